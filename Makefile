@@ -1,0 +1,31 @@
+# `make run` / `make test` create .venv and install on first use (and again when pyproject.toml changes).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+
+.PHONY: install run test test-fast clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## run the hospitals federation (4 hospitals, DP-SGD) and print the per-site table
+run: $(STAMP)
+	$(BIN)/fedfusion simulate --scenario hospitals $(ARGS)
+
+## the whole test suite, slow end-to-end tests included
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra $(ARGS)
+
+## unit tests only
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

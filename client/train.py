@@ -1,0 +1,184 @@
+"""DP-SGD training and evaluation loops: plain torch + Opacus, no Flower.
+
+The privacy accountant handed to :func:`train_dp` is restored from the site's ledger
+(see ``client/privacy.py``); Opacus appends this round's steps to its history, so the
+history after training covers the dataset's whole life, never one round only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
+    "steps_per_epoch", "train_dp", "train_plain", "evaluate",
+]
+
+LABEL, MODALITY_MASK = "label", "modality_mask"
+
+
+class TensorDictDataset(Dataset):
+    """Rows of equally long tensors, served as dicts (Opacus' empty-batch collate keeps dicts)."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        lengths = {k: len(v) for k, v in tensors.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"all tensors need the same number of rows; got {lengths}")
+        self.tensors = dict(tensors)
+        self.n = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    loss: float  # mean training loss over the round's batches
+    steps: int  # optimizer steps taken (DP-SGD steps when private)
+    num_examples: int  # training set size
+    sample_rate: float  # Poisson sampling rate Opacus used (1/len(loader)); 0 when not private
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float
+    balanced_accuracy: float
+    auc: float  # NaN when the test set holds one class only
+    num_examples: int
+    positives: int
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` = CUDA when the site has it, else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but torch sees no CUDA device on this site; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def make_loader(dataset: Dataset, *, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    """Opacus' Poisson loader makes len(loader) = ceil(n / B) steps per epoch at rate 1/len(loader)."""
+    return math.ceil(num_examples / batch_size)
+
+
+def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: float,
+           gen: torch.Generator | None) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    inputs = {k: v.to(device) for k, v in batch.items() if k not in (LABEL, MODALITY_MASK)}
+    mask = batch[MODALITY_MASK].to(device)
+    if dropout > 0 and gen is not None and len(mask):
+        keep = (torch.rand(mask.shape, generator=gen) >= dropout).to(device, mask.dtype)
+        dropped = mask * keep
+        # never hide every modality of a sample: fall back to what it had
+        empty = dropped.sum(dim=1, keepdim=True) == 0
+        mask = torch.where(empty, mask, dropped)
+    return inputs, mask, batch[LABEL].to(device)
+
+
+def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
+             noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
+             modality_dropout: float, device: torch.device, seed: int) -> TrainResult:
+    """Run ``epochs`` of DP-SGD (Poisson sampling) with ``accountant`` already holding the history.
+
+    Opacus' hook appends one entry per step to ``accountant.history``.
+    """
+    from opacus import PrivacyEngine  # heavy import: only where DP training runs
+
+    torch.manual_seed(seed)
+    model.to(device).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    engine = PrivacyEngine(accountant=_accountant_name(accountant), secure_mode=secure_mode)
+    engine.accountant = accountant  # restored history: ε continues, never resets
+    loader = make_loader(dataset, batch_size=batch_size, seed=seed)
+    dp_model, dp_opt, dp_loader = engine.make_private(
+        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+        max_grad_norm=max_grad_norm, poisson_sampling=True,
+    )
+    sample_rate = 1.0 / len(loader)
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses, steps = [], 0
+    for _ in range(epochs):
+        for batch in dp_loader:
+            inputs, mask, y = _split(batch, device, modality_dropout, gen)
+            dp_opt.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(dp_model(inputs, mask), y)
+            loss.backward()  # an empty Poisson batch still takes a (noise-only) step
+            dp_opt.step()
+            steps += 1
+            if len(y):
+                losses.append(float(loss.detach()))
+    dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
+    return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
+                       num_examples=len(dataset), sample_rate=sample_rate)
+
+
+def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
+                modality_dropout: float, device: torch.device, seed: int) -> TrainResult:
+    """Non-private SGD: baselines and benchmarks only."""
+    torch.manual_seed(seed)
+    model.to(device).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
+    loader = make_loader(dataset, batch_size=batch_size, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    losses, steps = [], 0
+    for _ in range(epochs):
+        for batch in loader:
+            inputs, mask, y = _split(batch, device, modality_dropout, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(inputs, mask), y)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            losses.append(float(loss.detach()))
+    return TrainResult(loss=float(np.mean(losses)), steps=steps, num_examples=len(dataset), sample_rate=0.0)
+
+
+def _accountant_name(accountant) -> str:
+    return accountant.mechanism()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
+             drop_modalities: tuple[int, ...] = ()) -> EvalResult:
+    """Loss, accuracy, balanced accuracy and ROC-AUC on ``dataset``.
+
+    ``drop_modalities`` hides the modalities at those positions of the mask (robustness checks).
+    """
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    model.to(device).eval()
+    ys, probs, loss_sum = [], [], 0.0
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        inputs, mask, y = _split(batch, device, 0.0, None)
+        if drop_modalities:
+            mask = mask.clone()
+            mask[:, list(drop_modalities)] = 0
+        logits = model(inputs, mask)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+        ys.append(y.cpu())
+    y_true = torch.cat(ys).numpy()
+    p = torch.cat(probs).numpy()
+    pred = (p >= 0.5).astype(int)
+    auc = float(roc_auc_score(y_true, p)) if len(np.unique(y_true)) == 2 else float("nan")
+    bacc = float(balanced_accuracy_score(y_true, pred)) if len(np.unique(y_true)) == 2 else float("nan")
+    return EvalResult(loss=loss_sum / len(y_true), accuracy=float((pred == y_true).mean()),
+                      balanced_accuracy=bacc, auc=auc, num_examples=int(len(y_true)),
+                      positives=int(y_true.sum()))

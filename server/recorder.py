@@ -1,0 +1,127 @@
+"""What the server keeps of a run: its ledger, per-site metrics, the summary.
+
+* ``ledger.sqlite``: one row per site per round (trained, declined or failed) with the
+  mechanism and the cumulative ε the site reported; append-only and hash-chained
+  (``common/privacy/ledger.py``, the same format as a site's own ledger).
+* ``metrics.csv``: one row per site per round (train loss, evaluation metrics, ε).
+* ``summary.json``: the latest privacy state and metrics of every site.
+
+Every file is written atomically; the ledger rows are appended as the replies arrive.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from common.privacy.ledger import Ledger, LedgerEntry
+from common.storage import atomic_write_text
+from server.strategy import SiteEvaluation, SiteReply
+
+__all__ = ["RunRecorder"]
+
+_EVAL_KEYS = ("accuracy", "balanced-accuracy", "auc", "loss", "num-examples")
+CSV_FIELDS = ("round", "site", "status", "train-loss", "accuracy", "balanced-accuracy", "auc", "eval-loss",
+              "eval-examples", "epsilon", "epsilon-rdp", "noise-multiplier", "sample-rate", "steps")
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+class RunRecorder:
+    """Implements :class:`server.strategy.RoundRecorder`; writes under ``out_dir``."""
+
+    def __init__(self, *, out_dir: Path | None, federation_id: str, run_id: str, run_info: dict[str, Any]) -> None:
+        self.out_dir, self.federation_id, self.run_id = out_dir, federation_id, run_id
+        self.ledger = Ledger(out_dir / "ledger.sqlite") if out_dir else None
+        self.run_info = run_info
+        self.rows: dict[tuple[int, str], dict[str, Any]] = {}
+        self.sites: dict[str, dict[str, Any]] = {}
+        self.rounds: dict[int, dict[str, Any]] = {}
+
+    def _row(self, rnd: int, site: str) -> dict[str, Any]:
+        return self.rows.setdefault((rnd, site), {"round": rnd, "site": site})
+
+    def _site(self, site: str) -> dict[str, Any]:
+        return self.sites.setdefault(site, {"rounds_trained": 0, "rounds_declined": 0, "rounds_failed": 0})
+
+    # ------------------------------------------------------------------ train
+    def on_train(self, server_round: int, replies: list[SiteReply]) -> None:
+        for r in replies:
+            p = r.privacy
+            event = {"trained": "trained", "replayed": "trained", "declined": "declined"}.get(r.status, "failed")
+            s = self._site(r.site)
+            s[f"rounds_{event}"] += 1
+            if p:
+                s.update({
+                    "epsilon": _num(p.get("epsilon")), "epsilon_rdp": _num(p.get("epsilon-rdp")),
+                    "target_epsilon": _num(p.get("target-epsilon")), "epsilon_budget": _num(p.get("epsilon-budget")),
+                    "delta": _num(p.get("delta")), "noise_multiplier": _num(p.get("noise-multiplier")),
+                    "sample_rate": _num(p.get("sample-rate")), "steps": int(p.get("total-steps", 0)),
+                    "max_grad_norm": _num(p.get("max-grad-norm")), "accountant": p.get("accountant", ""),
+                    "lifetime_rounds_trained": int(p.get("rounds-trained", 0)),
+                    "secure_mode": bool(p.get("secure-mode", False)), "dataset_id": p.get("dataset-id", ""),
+                })
+                if r.status == "declined":
+                    s["last_decline_reason"] = p.get("reason", "")
+            row = self._row(server_round, r.site)
+            row.update({"status": r.status, "train-loss": _num(r.metrics.get("train-loss")),
+                        "epsilon": _num(p.get("epsilon")), "epsilon-rdp": _num(p.get("epsilon-rdp")),
+                        "noise-multiplier": _num(p.get("noise-multiplier")),
+                        "sample-rate": _num(p.get("sample-rate")), "steps": p.get("steps", 0)})
+            if self.ledger is not None:
+                self.ledger.append(LedgerEntry(
+                    site=r.site, round=server_round, event=event, federation_id=self.federation_id,
+                    run_id=self.run_id, dataset_id=str(p.get("dataset-id", "")),
+                    noise_multiplier=_num(p.get("noise-multiplier")), sample_rate=_num(p.get("sample-rate")),
+                    steps=int(p.get("steps", 0)) if event == "trained" else 0,
+                    max_grad_norm=_num(p.get("max-grad-norm")), delta=_num(p.get("delta")),
+                    accountant=str(p.get("accountant", "")), epsilon=_num(p.get("epsilon")),
+                    epsilon_rdp=_num(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
+                    reason=str(p.get("reason", "")) or r.error,
+                ))
+        self.flush()
+
+    # --------------------------------------------------------------- evaluate
+    def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None:
+        total = sum(e.metrics.get("num-examples", 0) for e in evaluations)
+        agg: dict[str, float] = {}
+        for e in evaluations:
+            row = self._row(server_round, e.site)
+            for k in _EVAL_KEYS:
+                row["eval-loss" if k == "loss" else ("eval-examples" if k == "num-examples" else k)] = _num(
+                    e.metrics.get(k))
+            self._site(e.site)["metrics"] = {k: _num(e.metrics.get(k)) for k in _EVAL_KEYS}
+        for k in ("accuracy", "balanced-accuracy", "auc", "loss"):
+            vals = [(e.metrics[k], e.metrics.get("num-examples", 0)) for e in evaluations
+                    if _num(e.metrics.get(k)) is not None]
+            if vals and total:
+                agg[k] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
+        self.rounds[server_round] = {"weighted": agg, "sites_evaluated": len(evaluations)}
+        self.flush()
+
+    # ------------------------------------------------------------------ files
+    def summary(self) -> dict[str, Any]:
+        return {**self.run_info, "federation_id": self.federation_id, "run_id": self.run_id,
+                "sites": self.sites, "rounds": {str(k): v for k, v in sorted(self.rounds.items())}}
+
+    def flush(self) -> None:
+        """Rewrite summary.json and metrics.csv (atomically) after every event."""
+        if self.out_dir is None:
+            return
+        atomic_write_text(self.out_dir / "summary.json", json.dumps(self.summary(), indent=2, sort_keys=True))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for key in sorted(self.rows):
+            w.writerow({k: ("" if v is None else v) for k, v in self.rows[key].items()})
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())

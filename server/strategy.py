@@ -1,0 +1,152 @@
+"""FedAvg that knows which site holds which modality branch.
+
+Flower's stock ``FedAvg.aggregate_train`` rejects replies whose array keys differ and
+replaces the global model with whatever it returns (keys nobody sent vanish). This
+subclass keeps Flower's loop (``Strategy.start``), sampling and message construction, and
+changes only what aggregation means:
+
+* each tensor is averaged over the sites that trained it, weighted by their examples, and
+  merged into the current global arrays (``server/aggregation.py``);
+* sites that declined (privacy budget) or failed are skipped, and every reply — trained,
+  declined or failed — is handed to the :class:`RoundRecorder` (server ledger, metrics).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+from typing import Any, Iterable, Protocol
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+
+from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY, SITE, STATUS_DECLINED
+from server.aggregation import Update, UpdateError, check_update, merge_weighted
+
+__all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
+
+
+@dataclass(frozen=True)
+class SiteReply:
+    site: str  # site name (from its privacy record), or "node-<id>" if unknown
+    node_id: int
+    status: str  # trained | declined | replayed | failed
+    num_examples: int
+    privacy: dict[str, Any] = field(default_factory=dict)  # the site's PRIVACY ConfigRecord
+    metrics: dict[str, float] = field(default_factory=dict)  # its train MetricRecord
+    error: str = ""  # why it failed
+
+
+@dataclass(frozen=True)
+class SiteEvaluation:
+    site: str
+    node_id: int
+    metrics: dict[str, float]
+
+
+class RoundRecorder(Protocol):
+    def on_train(self, server_round: int, replies: list[SiteReply]) -> None: ...
+    def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None: ...
+
+
+def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:
+    """Weighted mean per metric over the rows that report a finite value for it."""
+    out: dict[str, float] = {}
+    keys = {k for m, _ in rows for k in m if k != NUM_EXAMPLES}
+    for k in sorted(keys):
+        vals = [(m[k], w) for m, w in rows if k in m and np.isfinite(m[k])]
+        if vals:
+            out[k] = float(sum(v * w for v, w in vals) / sum(w for _, w in vals))
+    return out
+
+
+class ModalityFedAvg(FedAvg):
+    """FedAvg with per-tensor, per-modality aggregation and a recorder for every reply."""
+
+    def __init__(self, *, recorder: RoundRecorder | None = None, **fedavg_kwargs: Any) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.recorder = recorder
+        self._global: ArrayRecord | None = None
+        self._sites: dict[int, str] = {}  # node id -> site name, learnt from replies
+
+    # The loop hands us the current global arrays here; keep them to merge into.
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def _site_of(self, node_id: int) -> str:
+        return self._sites.get(node_id, f"node-{node_id}")
+
+    def _read_reply(self, msg: Message) -> tuple[SiteReply, Update | None]:
+        node = msg.metadata.src_node_id
+        if msg.has_error():
+            return SiteReply(self._site_of(node), node, "failed", 0, error=str(msg.error.reason)), None
+        content = msg.content
+        privacy = dict(content.config_records[PRIVACY]) if PRIVACY in content.config_records else {}
+        site = str(privacy.get("site") or self._site_of(node))
+        self._sites[node] = site
+        metrics = dict(content.metric_records[METRICS]) if METRICS in content.metric_records else {}
+        n = int(metrics.get(NUM_EXAMPLES, 0))
+        status = str(privacy.get("status", "failed" if not privacy else ""))
+        if status == STATUS_DECLINED:
+            return SiteReply(site, node, status, 0, privacy, metrics), None
+        if ARRAYS not in content.array_records or n <= 0:
+            return SiteReply(site, node, "failed", n, privacy, metrics,
+                             error="reply carries no arrays or no example count"), None
+        arrays = {k: v.numpy() for k, v in content.array_records[ARRAYS].items()}
+        return SiteReply(site, node, status or "trained", n, privacy, metrics), Update(site, arrays, float(n))
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        if self._global is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        global_np = {k: v.numpy() for k, v in self._global.items()}
+        site_replies, updates = [], []
+        for msg in replies:
+            reply, update = self._read_reply(msg)
+            if update is not None:
+                try:
+                    check_update(global_np, update)
+                    updates.append(update)
+                except UpdateError as err:  # a malformed update never crashes the federation
+                    log(WARNING, "round %d: dropping update: %s", server_round, err)
+                    reply = SiteReply(reply.site, reply.node_id, "failed", reply.num_examples, reply.privacy,
+                                      reply.metrics, error=str(err))
+            site_replies.append(reply)
+        counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
+        log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        if self.recorder:
+            self.recorder.on_train(server_round, site_replies)
+        if not updates:
+            return None, None  # the loop keeps the current global arrays
+        merged = merge_weighted(global_np, updates)
+        metrics = _weighted_mean([(r.metrics, r.num_examples) for r in site_replies if r.num_examples > 0
+                                  and r.status != "failed"])
+        metrics[NUM_EXAMPLES] = float(sum(u.weight for u in updates))
+        return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(metrics)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        evaluations = []
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            if msg.has_error():
+                log(WARNING, "round %d: evaluation failed at %s: %s", server_round, self._site_of(node),
+                    msg.error.reason)
+                continue
+            content = msg.content
+            site = str(content.config_records[SITE]["name"]) if SITE in content.config_records else self._site_of(node)
+            self._sites[node] = site
+            metrics = {k: float(v) for k, v in content.metric_records.get(METRICS, {}).items()}
+            evaluations.append(SiteEvaluation(site, node, metrics))
+        if self.recorder:
+            self.recorder.on_evaluate(server_round, evaluations)
+        rows = [(e.metrics, e.metrics.get(NUM_EXAMPLES, 0.0)) for e in evaluations if e.metrics.get(NUM_EXAMPLES)]
+        if not rows:
+            return None
+        agg = _weighted_mean(rows)
+        agg[NUM_EXAMPLES] = float(sum(w for _, w in rows))
+        return MetricRecord(agg)

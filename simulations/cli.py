@@ -1,0 +1,85 @@
+"""The ``fedfusion`` command."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _parse_set(values: list[str]) -> dict[str, object]:
+    """``--set key=value`` pairs; values are read as TOML scalars (numbers, true/false, "strings")."""
+    import tomllib
+
+    out: dict[str, object] = {}
+    for item in values:
+        if "=" not in item:
+            raise SystemExit(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw  # bare word: a string
+    return out
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from common.config import ConfigError
+    from simulations.driver import SimulationError, SimulationRequest, simulate
+    from simulations.report import plot_rounds, print_report
+
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out or Path("runs") / f"{args.scenario}-{stamp}").resolve()
+    try:
+        summary = simulate(SimulationRequest(scenario=args.scenario, out=out, rounds=args.rounds,
+                                             site_state=args.site_state, overrides=_parse_set(args.set),
+                                             progress=not args.quiet))
+    except (ConfigError, SimulationError) as err:
+        print(f"fedfusion simulate: {err}", file=sys.stderr)
+        return 1
+    budgets = {n: s.get("epsilon_budget") for n, s in summary.get("sites", {}).items()}
+    plot_rounds(out / "metrics.csv", out / "rounds.png", budgets=budgets)
+    print_report(summary, out)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from simulations.report import print_report
+
+    summary = json.loads((Path(args.run) / "summary.json").read_text())
+    print_report(summary, Path(args.run))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedfusion", description="Federated, DP multimodal training (Flower + Opacus)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="run a whole federation on this machine (Flower simulation engine)")
+    s.add_argument("--scenario", default="hospitals", help="packaged scenario name or path of a scenario .toml")
+    s.add_argument("--rounds", type=int, default=None, help="FL rounds (default: num-server-rounds)")
+    s.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<scenario>-<time>)")
+    s.add_argument("--site-state", type=Path, default=None,
+                   help="existing site-state root holding <site>/ledger.sqlite: budgets keep being spent across runs")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a [tool.flwr.app.config] setting, e.g. --set target-epsilon=2.0")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cmd_simulate)
+
+    r = sub.add_parser("report", help="print the table of a finished run folder")
+    r.add_argument("run", type=Path)
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

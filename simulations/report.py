@@ -1,0 +1,102 @@
+"""The run report a person looks at: a per-site table and a plot of accuracy and ε per round."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+__all__ = ["site_table", "print_report", "plot_rounds"]
+
+
+def _f(v: Any, fmt: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return format(v, fmt)
+
+
+def site_table(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """One row per site: final metrics and ε spent against budget."""
+    rows = []
+    for name, s in sorted(summary.get("sites", {}).items()):
+        m = s.get("metrics") or {}
+        budget = s.get("epsilon_budget")
+        rows.append({
+            "site": name,
+            "test n": _f(m.get("num-examples"), ".0f"),
+            "accuracy": _f(m.get("accuracy")),
+            "balanced acc.": _f(m.get("balanced-accuracy")),
+            "AUC": _f(m.get("auc")),
+            "ε (PRV)": _f(s.get("epsilon"), ".2f"),
+            "ε (RDP)": _f(s.get("epsilon_rdp"), ".2f"),
+            "budget": _f(budget, ".2f"),
+            "δ": _f(s.get("delta"), ".0e"),
+            "σ": _f(s.get("noise_multiplier"), ".3f"),
+            "trained/declined": f"{s.get('rounds_trained', 0)}/{s.get('rounds_declined', 0)}",
+        })
+    return rows
+
+
+def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rows = site_table(summary)
+    table = Table(title=f"fedfusion — {summary.get('scenario', '?')} — {summary.get('num_rounds', '?')} rounds "
+                        f"({summary.get('duration_s', '?')} s)")
+    for col in (rows[0] if rows else {"site": ""}):
+        table.add_column(col, justify="left" if col == "site" else "right")
+    for r in rows:
+        table.add_row(*r.values())
+    console.print(table)
+    last = summary.get("rounds", {})
+    if last:
+        k = max(last, key=int)
+        w = last[k].get("weighted", {})
+        console.print(f"weighted over sites, round {k}: accuracy {_f(w.get('accuracy'))}, balanced accuracy "
+                      f"{_f(w.get('balanced-accuracy'))}, AUC {_f(w.get('auc'))}")
+    console.print(summary.get("accountant_note", ""), style="dim")
+    console.print(summary.get("data_note", ""), style="dim")
+    declined = {n: s.get("last_decline_reason") for n, s in summary.get("sites", {}).items()
+                if s.get("rounds_declined")}
+    for n, why in declined.items():
+        console.print(f"[yellow]{n} declined to train: {why}[/yellow]")
+    if out_dir is not None:
+        console.print(f"outputs in {out_dir}: summary.json, metrics.csv, ledger.sqlite, model.safetensors, "
+                      "rounds.png, sites/<site>/ledger.sqlite")
+
+
+def plot_rounds(metrics_csv: Path, png: Path, *, budgets: dict[str, float] | None = None) -> None:
+    """Accuracy and cumulative ε per round per site, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    with metrics_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            s = series.setdefault(row["site"], {"accuracy": [], "balanced-accuracy": [], "epsilon": []})
+            for k in s:
+                if row.get(k):
+                    s[k].append((int(row["round"]), float(row[k])))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (site, s) in enumerate(sorted(series.items())):
+        color = f"C{i}"
+        if s["balanced-accuracy"]:
+            ax1.plot(*zip(*s["balanced-accuracy"]), marker="o", color=color, label=site)
+        if s["epsilon"]:
+            ax2.plot(*zip(*s["epsilon"]), marker="o", color=color, label=site)
+        if budgets and site in budgets and budgets[site]:
+            ax2.axhline(budgets[site], color=color, linestyle="--", linewidth=0.8)
+    ax1.set(title="balanced accuracy on each site's test set", xlabel="round", ylim=(0, 1))
+    ax2.set(title="cumulative ε per site (PRV; dashed: lifetime budget)", xlabel="round", ylabel="ε")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,79 @@
+"""The one reader of run settings: defaults from pyproject, validation that names the key."""
+
+from pathlib import Path
+
+import pytest
+
+from common.config import (ConfigError, app_defaults, load_scenario, load_site_file, parse_run_config,
+                           resolve_site)
+
+
+def test_every_default_in_pyproject_parses():
+    run = parse_run_config(app_defaults())
+    assert run.privacy.accountant == "prv"
+    assert run.federation.num_rounds >= 1
+    assert run.paths.scenario_file.name == "hospitals.toml"
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("num-server-rounds", 0, "'num-server-rounds' must be >= 1"),
+        ("fusion", "sum", "'fusion' must be one of concat, attention, late"),
+        ("accountant", "gdp", "'accountant' must be one of prv, rdp"),
+        ("out-dir", "runs/x", "'out-dir' must be an absolute path"),
+        ("target-epsilon", -1.0, "'target-epsilon' must be > 0"),
+        ("dp", "yes", "'dp' must be true or false"),
+        ("target-epsilon", 50.0, "exceeds epsilon-budget"),
+    ],
+)
+def test_bad_settings_name_the_key(key, value, match):
+    cfg = app_defaults() | {key: value}
+    with pytest.raises(ConfigError, match=match):
+        parse_run_config(cfg)
+
+
+def test_missing_key_is_named():
+    cfg = app_defaults()
+    del cfg["batch-size"]
+    with pytest.raises(ConfigError, match="missing setting 'batch-size'"):
+        parse_run_config(cfg)
+
+
+def test_hospitals_scenario_maps_partitions_to_sites(tmp_path):
+    run = parse_run_config(app_defaults() | {"out-dir": str(tmp_path)})
+    sc = load_scenario(run.paths.scenario_file)
+    assert [s.name for s in sc.sites] == ["cleveland", "hungary", "switzerland", "va_long_beach"]
+    assert sc.modalities == ("tabular", "text")
+    assert "text" not in sc.sites[3].modalities  # one hospital keeps no notes
+    site = resolve_site({"partition-id": 3, "num-partitions": 4}, run)
+    assert site.spec.name == "va_long_beach"
+    assert site.state_dir == tmp_path / "sites" / "va_long_beach"
+    with pytest.raises(ConfigError, match="partition-id 4 has no site"):
+        resolve_site({"partition-id": 4}, run)
+
+
+def test_scenario_privacy_overrides_are_validated(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('[[sites]]\nname = "a"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+                 'modalities = ["tabular"]\nprivacy = { epsilon-budget = 1.0 }\n')
+    run = parse_run_config(app_defaults() | {"out-dir": str(tmp_path), "scenario-file": str(f)})
+    with pytest.raises(ConfigError, match="target-epsilon .* exceeds epsilon-budget"):
+        resolve_site({"partition-id": 0}, run)
+    f.write_text('[[sites]]\nname = "a"\nsource = "uci-heart"\nhospital = "cleveland"\nmodalities = ["audio"]\n')
+    with pytest.raises(ConfigError, match="'modalities' must be a non-empty list"):
+        load_scenario(f)
+
+
+def test_site_file_for_deployment(tmp_path):
+    f = tmp_path / "site.toml"
+    f.write_text(f'[site]\nname = "cleveland"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+                 f'modalities = ["tabular", "text"]\nstate-dir = "{tmp_path / "state"}"\n'
+                 f'data-dir = "{Path(__file__).resolve().parents[2] / "data"}"\n[privacy]\ntarget-epsilon = 2.0\n')
+    run = parse_run_config(app_defaults())
+    site = resolve_site({"site-config": str(f)}, run)
+    assert site.spec.name == "cleveland" and site.privacy.target_epsilon == 2.0
+    assert site.state_dir == tmp_path / "state"
+    f.write_text('[site]\nname = "x"\nsource = "uci-heart"\nmodalities = ["tabular"]\n')
+    with pytest.raises(ConfigError, match="'state-dir' .* is required"):
+        load_site_file(f, run=run)
