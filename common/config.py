@@ -316,7 +316,7 @@ def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
 
 
 #: keys of a [[sites]] entry that are handed to the site's data source
-_SOURCE_ARG_KEYS = ("hospital", "bank", "partition", "files")
+_SOURCE_ARG_KEYS = ("hospital", "bank", "partition", "files", "mapping")
 
 
 def load_scenario(path: Path) -> Scenario:

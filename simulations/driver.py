@@ -40,7 +40,7 @@ class SimulationRequest:
     rounds: int | None = None  # overrides num-server-rounds
     site_state: Path | None = None  # existing site-state root (sites/<site>/) to keep spending a budget
     overrides: dict[str, Any] = field(default_factory=dict)  # other [tool.flwr.app.config] keys
-    cpus_per_client: float = 1.0  # Ray CPUs per simulated site
+    cpus_per_client: int = 1  # Ray CPUs per simulated site
     timeout: float = 3600.0  # seconds before the run is abandoned
     progress: bool = True  # show a progress bar
 
@@ -82,7 +82,9 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
 
 def _env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)  # flower-superlink starts flower-superexec etc. by name
     env.update({
+        "PATH": bindir + os.pathsep + env.get("PATH", ""),
         "FLWR_HOME": str(flwr_home),
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -111,7 +113,7 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
     env = _env(flwr_home, ray_tmp)
     bindir = Path(sys.executable).parent
     superlink_log, run_log = out / "logs" / "superlink.log", out / "logs" / "run.log"
-    fed_cfg = f"num-supernodes={len(scenario.sites)} client-resources-num-cpus={req.cpus_per_client}"
+    fed_cfg = f"num-supernodes={len(scenario.sites)} client-resources-num-cpus={int(req.cpus_per_client)}"
     procs = ProcessSet()
     try:
         link = procs.start([str(bindir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.heart import DEFAULT_CSV_PATH, HOSPITAL_DISPLAY_NAMES, HOSPITALS, load_heart_disease
+from common.data.cleaning import load_mapped
+from common.data.heart import CANONICAL_COLUMNS, DEFAULT_CSV_PATH, HOSPITAL_DISPLAY_NAMES, HOSPITALS, load_heart_disease
 from common.data.notes import notes_for
+from common.data.schema import DataContractError
 from common.data.split import stratified_split
 from common.data.tabular import NormalizerStats, fit_normalizer, transform
 
-__all__ = ["SiteSplit", "load_hospital"]
+__all__ = ["SiteSplit", "load_hospital", "load_mapped_hospital", "split_site"]
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,63 @@ def load_hospital(
     rows = table[table["hospital"] == hospital].reset_index(drop=True)
     if rows.empty:
         raise ValueError(f"{csv_path or DEFAULT_CSV_PATH} has no rows for hospital {hospital!r}")
+    return split_site(rows, test_fraction=test_fraction, seed=seed)
+
+
+def split_site(rows: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 0) -> tuple[SiteSplit, SiteSplit]:
+    """Split one site's rows of the canonical heart table, and standardise with its own training rows only.
+
+    Parameters
+    ----------
+    rows
+        One site's rows with the columns of ``load_heart_disease`` (in the order the split should see them).
+    test_fraction, seed
+        As for :func:`load_hospital`.
+
+    Returns
+    -------
+    tuple[SiteSplit, SiteSplit]
+        ``(train, test)``; test rows never influence the normalisation.
+    """
+    rows = rows.reset_index(drop=True)
     train_idx, test_idx = stratified_split(rows["label"].to_numpy(), test_fraction=test_fraction, seed=seed)
     train_rows, test_rows = rows.iloc[train_idx], rows.iloc[test_idx]
     stats = fit_normalizer(train_rows)  # this site's training rows only
     return _site_split(train_rows, stats), _site_split(test_rows, stats)
+
+
+def load_mapped_hospital(
+    mapping_path: Path, *, hospital: str | None = None, test_fraction: float = 0.3, seed: int = 0
+) -> tuple[SiteSplit, SiteSplit]:
+    """Map a hospital's own export onto the heart schema (``data/mappings/*.toml``), then split as :func:`split_site`.
+
+    Parameters
+    ----------
+    mapping_path
+        The site's mapping file (its ``[file] path`` names the export; see ``common.data.mapping``).
+    hospital
+        Keep only this hospital's rows; needed only when the export holds several hospitals.
+    test_fraction, seed
+        As for :func:`load_hospital`.
+
+    Raises
+    ------
+    DataContractError
+        If the mapping or the export breaks the data contract (the message names file, line and column), or the
+        mapping's schema is not the heart schema.
+    """
+    mapped = load_mapped(mapping_path)
+    table = mapped.table
+    lacking = [c for c in CANONICAL_COLUMNS if c not in table.columns]
+    if lacking:
+        raise DataContractError(f"schema '{mapped.mapping.schema.name}' lacks the heart table's column(s) {lacking}",
+                                file=mapping_path, expected="a mapping onto data/schemas/heart.toml")  # fmt: skip
+    if hospital is not None:
+        table = table[table["hospital"] == hospital]
+    held = sorted(set(table["hospital"]))
+    if len(held) != 1:
+        raise DataContractError(
+            f"the mapped export holds hospital(s) {held}", file=mapped.mapping.file.path, mapping=mapping_path,
+            expected="exactly one hospital (name it with 'hospital')",
+        )
+    return split_site(table[list(CANONICAL_COLUMNS)], test_fraction=test_fraction, seed=seed)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from common.data.heart_site import SiteSplit, load_hospital
+from common.data.heart_site import SiteSplit, load_hospital, load_mapped_hospital
 from common.data.tabular import TABULAR_FEATURES
 
 __all__ = ["DataSource", "SOURCES", "get_source", "load_site_data"]
@@ -31,6 +31,14 @@ def _uci_heart(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[Site
     return load_hospital(str(args["hospital"]), csv_path=csv, seed=seed)
 
 
+def _mapped_csv(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:
+    if "mapping" not in args:
+        raise ValueError("source 'mapped-csv' needs 'mapping' (the site's mapping TOML, relative to the data folder, "
+                         "e.g. 'mappings/cleveland.toml')")
+    hospital = str(args["hospital"]) if "hospital" in args else None
+    return load_mapped_hospital(data_dir / str(args["mapping"]), hospital=hospital, seed=seed)
+
+
 SOURCES: dict[str, DataSource] = {
     "uci-heart": DataSource(
         name="uci-heart",
@@ -38,6 +46,14 @@ SOURCES: dict[str, DataSource] = {
         note="UCI Heart Disease (Janosi, Steinbrunn, Pfisterer, Detrano 1988; CC BY 4.0): real records; "
              "clinical notes are template-GENERATED from each patient's categorical fields.",
         load=_uci_heart,
+    ),
+    "mapped-csv": DataSource(
+        name="mapped-csv",
+        tabular_features=TABULAR_FEATURES,
+        note="UCI Heart Disease records read from a hospital's own export through its mapping file "
+             "(data/mappings; the exports in data/uci-heart-disease/exports are GENERATED from the canonical CSV); "
+             "clinical notes are template-GENERATED from each patient's categorical fields.",
+        load=_mapped_csv,
     ),
 }
 

@@ -1,0 +1,254 @@
+"""Applying a site mapping to the site's file: the schema's table, plus a report of every change made.
+
+Cleaning never imputes. A value that is blank, a missing-value code, or out of range under an ``out_of_range =
+"missing"`` rule becomes missing (NaN / None / pd.NA / NaT) and stays missing; the tabular features later carry a mask
+so the model sees what was not recorded (:func:`common.data.tabular.transform`). Every other value is converted to
+the schema's unit and vocabulary or refused with a :class:`~common.data.schema.DataContractError` naming the file,
+line and column. :class:`CleaningReport` counts, per column, what each rule changed, and can be written as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from common.data.cleaning_report import CleaningReport, ColumnReport
+from common.data.codes import parse_number
+from common.data.mapping import ColumnRule, SiteMapping, load_mapping
+from common.data.schema import DataContractError, FeatureSpec, display_path
+from common.data.site_file import RawTable, read_site_file
+
+__all__ = ["CleaningReport", "ColumnReport", "MappedTable", "apply_mapping", "load_mapped"]
+
+
+@dataclass(frozen=True)
+class MappedTable:
+    """A site's file mapped onto the schema."""
+
+    table: pd.DataFrame  # the schema's features as columns, in schema order, rows sorted by the id feature
+    report: CleaningReport
+    mapping: SiteMapping
+
+
+class _Bad(Exception):
+    """One cell's problem: ``(problem, expected)``."""
+
+
+def _alternatives(rule: ColumnRule) -> str:
+    missing = list(rule.missing.table)
+    return f", or a missing-value code ({', '.join(repr(c) for c in missing)})" if missing else ""
+
+
+def _value(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> object:
+    """The canonical value of one non-missing cell; None if an outlier rule makes it missing."""
+    spec = rule.feature
+    if rule.codes:
+        found, value = rule.codes.lookup(text)
+        if not found:
+            codes = ", ".join(rule.codes.table)
+            raise _Bad(f"unknown code {text!r}", f"one of {codes}{_alternatives(rule)}")
+        report.recoded += 1
+    elif spec.type == "categorical":
+        if text not in (spec.vocabulary or ()):
+            raise _Bad(f"unknown category {text!r}", f"{spec.expected()}{_alternatives(rule)} (or map the site's "
+                       "words with [columns.<name>] codes)")  # fmt: skip
+        value = text
+    elif spec.type == "boolean":
+        if text.lower() not in ("true", "false"):
+            raise _Bad(f"{text!r} is not true or false", f"true or false{_alternatives(rule)} (or map the site's "
+                       "words with [columns.<name>] codes)")  # fmt: skip
+        value = text.lower() == "true"
+    elif spec.type in ("numeric", "integer"):
+        number = parse_number(text, decimal)
+        if number is None:
+            raise _Bad(f"{text!r} is not a number", f"a number with decimal separator {decimal!r}{_alternatives(rule)}")
+        value = number
+    elif spec.type == "timestamp":
+        return _timestamp(rule, text, report)
+    else:
+        return text
+    if spec.type == "numeric":
+        value = _numeric(rule, float(value), text, report)  # type: ignore[arg-type]
+    if spec.type in ("numeric", "integer") and value is not None and spec.range is not None:
+        low, high = spec.range
+        if not low <= value <= high:  # type: ignore[operator]
+            if rule.out_of_range == "error":
+                unit = f" {spec.unit}" if spec.unit else ""
+                source = f" (read {text!r} {rule.unit})" if rule.conversion else ""
+                raise _Bad(f"{value:g}{unit}{source} is outside the allowed range",
+                           f"{spec.expected()} (or set out_of_range = 'missing' for this column)")  # fmt: skip
+            report.out_of_range_to_missing += 1
+            return None
+    if spec.type == "integer":
+        if not float(value).is_integer():  # type: ignore[arg-type]
+            raise _Bad(f"{text!r} is not a whole number", spec.expected())
+        return int(value)  # type: ignore[call-overload]
+    return value
+
+
+def _numeric(rule: ColumnRule, value: float, text: str, report: ColumnReport) -> float:
+    if rule.conversion is not None:
+        value = rule.conversion.apply(value)
+        report.converted += 1
+    if rule.round is not None:
+        rounded = round(value, rule.round)
+        report.rounded += rounded != value
+        value = rounded
+    if rule.feature.integer_valued and not value.is_integer():
+        raise _Bad(f"{text!r} is not a whole number", rule.feature.expected())
+    return value
+
+
+def _timestamp(rule: ColumnRule, text: str, report: ColumnReport) -> datetime:
+    try:
+        moment = datetime.strptime(text, rule.format or "")
+    except ValueError:
+        raise _Bad(f"{text!r} is not a timestamp in the site's format",
+                   f"format {rule.format!r}{_alternatives(rule)}") from None  # fmt: skip
+    if rule.timezone is not None:
+        moment = moment.replace(tzinfo=ZoneInfo(rule.timezone))
+    report.to_utc += moment.utcoffset() != timedelta(0)
+    return moment.astimezone(UTC)
+
+
+def _column(spec: FeatureSpec, values: list[object]) -> object:
+    """Values as the table's column for ``spec`` (missing as NaN / None / pd.NA / NaT)."""
+    if spec.type == "numeric":
+        return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
+    if spec.type == "integer":
+        return np.asarray(values, dtype=np.int64)
+    if spec.type == "boolean":
+        return pd.array(values, dtype="boolean")
+    if spec.type == "timestamp":
+        return pd.to_datetime(pd.Series(values, dtype=object), utc=True).array
+    return values
+
+
+def _check_header(raw: RawTable, mapping: SiteMapping) -> None:
+    mapped = [r.column for r in mapping.columns]
+    absent = [c for c in mapped if c not in raw.columns]
+    if absent:
+        features = ", ".join(f"'{r.column}' -> {r.feature.name}" for r in mapping.columns if r.column in absent)
+        raise DataContractError(
+            f"missing column(s) {features}", file=raw.path, line=1, mapping=mapping.path,
+            expected=f"a header naming every mapped column; it has {list(raw.columns)}",
+        )
+    extra = [c for c in raw.columns if c not in mapped and c not in mapping.file.ignore]
+    if extra:
+        raise DataContractError(f"column(s) {extra} are not in the mapping", file=raw.path, line=1,
+                                mapping=mapping.path, expected="a [columns.<name>] table for each, or list them "
+                                "in [file] ignore")  # fmt: skip
+
+
+def apply_mapping(mapping: SiteMapping) -> MappedTable:
+    """Read the site's file and map it onto the schema.
+
+    Returns
+    -------
+    MappedTable
+        The table (schema features in schema order; features the site does not provide are missing in every row;
+        rows sorted by the id feature) and its cleaning report.
+
+    Raises
+    ------
+    DataContractError
+        Naming file, line and column, for any cell that is not what the mapping and schema allow, a missing
+        required value, or a repeated value of a unique feature.
+    """
+    raw = read_site_file(mapping.file, mapping=mapping.path)
+    if mapping.file.header:
+        _check_header(raw, mapping)
+    values: dict[str, list[object]] = {}
+    reports = []
+    for rule in mapping.columns:
+        report = ColumnReport(column=rule.column, feature=rule.feature.name,
+                              conversion=rule.conversion.describe() if rule.conversion else None)  # fmt: skip
+        position = raw.columns.index(rule.column)
+        cells: list[object] = []
+        for row, line in zip(raw.rows, raw.lines, strict=True):
+            text = row[position]
+            try:
+                value = _cell(rule, text, mapping.file.decimal, report)
+            except _Bad as bad:
+                problem, expected = bad.args
+                raise DataContractError(problem, file=raw.path, line=line, column=rule.column, expected=expected,
+                                        mapping=mapping.path) from None  # fmt: skip
+            cells.append(value)
+        report.missing = sum(v is None for v in cells)
+        report.observed = len(cells) - report.missing
+        values[rule.feature.name] = cells
+        reports.append(report)
+    n = len(raw.rows)
+    for name, value in mapping.constants.items():
+        values[name] = [value] * n
+    if mapping.row_number is not None:
+        values[mapping.row_number.feature.name] = _row_numbers(mapping, n)
+    _check_unique(mapping, raw, values)
+    table = pd.DataFrame({s.name: _column(s, values.get(s.name, [None] * n)) for s in mapping.schema.features})
+    id_feature = mapping.schema.role("id")
+    if id_feature is not None:
+        table = table.sort_values(id_feature.name, kind="stable", ignore_index=True)
+    schema_path = mapping.schema.path
+    report = CleaningReport(
+        site_file=display_path(raw.path), mapping=display_path(mapping.path) if mapping.path else None,
+        schema=display_path(schema_path) if schema_path else mapping.schema.name, rows=n,
+        blank_lines=raw.blank_lines, columns=reports, constants=dict(mapping.constants),
+        row_number=(f"{mapping.row_number.feature.name} = {mapping.row_number.offset} + record number (1-based)"
+                    if mapping.row_number else None),
+        not_provided=[f for f in mapping.schema.names if f not in mapping.provided()],
+        missing={name: int(table[name].isna().sum()) for name in mapping.schema.names},
+    )  # fmt: skip
+    return MappedTable(table=table, report=report, mapping=mapping)
+
+
+def _cell(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> object:
+    if not text:
+        report.blank += 1
+        value = None
+    elif rule.missing.lookup(text)[0]:
+        code = rule.missing.code_for(text)
+        report.missing_codes[code] = report.missing_codes.get(code, 0) + 1
+        value = None
+    else:
+        value = _value(rule, text, decimal, report)
+    if value is None and rule.feature.required:
+        label = f"{rule.feature.role} " if rule.feature.role != "feature" else ""
+        raise _Bad(f"missing value {text!r} for required {label}feature '{rule.feature.name}'",
+                   f"{rule.feature.expected()} (this feature may not be missing)")  # fmt: skip
+    return value
+
+
+def _row_numbers(mapping: SiteMapping, n: int) -> list[object]:
+    numbering = mapping.row_number
+    assert numbering is not None
+    first, last = numbering.offset + 1, numbering.offset + n
+    low, high = numbering.feature.range or (-np.inf, np.inf)
+    if not (low <= first and last <= high):
+        raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path, key="[row_number] offset",
+                                expected=numbering.feature.expected())  # fmt: skip
+    return list(range(first, last + 1))
+
+
+def _check_unique(mapping: SiteMapping, raw: RawTable, values: dict[str, list[object]]) -> None:
+    for rule in mapping.columns:
+        if not rule.feature.unique:
+            continue
+        first_line: dict[object, int] = {}
+        for value, line in zip(values[rule.feature.name], raw.lines, strict=True):
+            if value is None:
+                continue
+            if value in first_line:
+                raise DataContractError(f"{rule.feature.name} {value!r} also appears on line {first_line[value]}",
+                                        file=raw.path, line=line, column=rule.column, mapping=mapping.path,
+                                        expected=f"each {rule.feature.name} once")  # fmt: skip
+            first_line[value] = line
+
+
+def load_mapped(path: Path, *, data_file: Path | None = None) -> MappedTable:
+    """Read a mapping TOML and apply it (see :func:`apply_mapping`); ``data_file`` replaces ``[file] path``."""
+    return apply_mapping(load_mapping(path, data_file=data_file))

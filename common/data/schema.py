@@ -1,0 +1,241 @@
+"""The federation's data contract: feature definitions declared in a TOML file (e.g. ``data/schemas/heart.toml``).
+
+A schema lists, in column order, every feature a site's mapped table holds: its role (id, site, label or an input
+feature), modality, type, unit, allowed range or vocabulary, and whether it is required. Sites never change the
+schema; each site writes a mapping (:mod:`common.data.mapping`) from its own files onto it.
+
+Every problem with a schema, a mapping or a site's file raises :class:`DataContractError`, whose message names the
+file, the line and column (or the setting) and what was expected.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from common.data.units import KNOWN_UNITS
+
+__all__ = ["FEATURE_TYPES", "MODALITIES", "ROLES", "DataContractError", "FeatureSpec", "Schema", "display_path",
+           "load_schema", "read_toml", "schema_from_dict"]  # fmt: skip
+
+FEATURE_TYPES = ("numeric", "integer", "categorical", "boolean", "text", "timestamp")
+ROLES = ("id", "site", "label", "feature")  # id: one per schema, unique; site: which site a row is from
+MODALITIES = ("tabular", "text", "image")
+_FEATURE_KEYS = {"role", "modality", "type", "unit", "quantity", "range", "vocabulary", "required", "unique",
+                 "integer_valued", "description"}  # fmt: skip
+
+
+def display_path(path: Path | str) -> str:
+    """``path`` relative to the working directory when it lies below it (as people type it), else absolute."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+class DataContractError(ValueError):
+    """A schema, a site mapping or a site's data file breaks the data contract.
+
+    The message reads ``<file> line <n>, column '<c>': <problem>; expected <what> (mapping <mapping file>)``; parts
+    that do not apply are left out. The parts are kept as attributes for programs.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: Path | str | None = None,
+        line: int | None = None,
+        column: str | None = None,
+        key: str | None = None,
+        expected: str | None = None,
+        mapping: Path | str | None = None,
+    ) -> None:
+        self.problem, self.file, self.line, self.column = problem, file, line, column
+        self.key, self.expected, self.mapping = key, expected, mapping
+        where = display_path(file) if file is not None else ""
+        if line is not None:
+            where += f" line {line}"
+        if column is not None:
+            where += f", column '{column}'"
+        if key is not None:
+            where += f", {key}"
+        message = f"{where.lstrip(', ')}: {problem}" if where else problem
+        if expected:
+            message += f"; expected {expected}"
+        if mapping is not None and (file is None or Path(mapping) != Path(file)):
+            message += f" (mapping {display_path(mapping)})"
+        super().__init__(message)
+
+
+def read_toml(path: Path, *, what: str) -> dict[str, Any]:
+    """Read a TOML file; a missing or invalid file is a :class:`DataContractError` naming it."""
+    try:
+        with Path(path).open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise DataContractError(f"{what} file not found", file=path) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise DataContractError(f"not valid TOML ({error})", file=path) from None
+    except OSError as error:
+        raise DataContractError(f"{what} file cannot be read ({error.strerror})", file=path) from None
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """One feature of the contract (one column of a mapped table)."""
+
+    name: str
+    type: str  # one of FEATURE_TYPES
+    role: str = "feature"  # one of ROLES
+    modality: str | None = None  # one of MODALITIES for role "feature"; None for id / site / label
+    unit: str | None = None  # numeric only: the federation's unit (a name from common.data.units)
+    quantity: str | None = None  # numeric only: what is measured, for substance-specific units (mmol/L)
+    range: tuple[float, float] | None = None  # numeric / integer: allowed closed interval
+    vocabulary: tuple[str, ...] | None = None  # categorical: the allowed canonical words
+    required: bool = False  # a row may not lack it
+    unique: bool = False  # no two rows share a value
+    integer_valued: bool = False  # numeric: values must be whole numbers (stored as float64, NaN = missing)
+    description: str = ""
+
+    def expected(self) -> str:
+        """Words for what a value of this feature must be (used in error messages)."""
+        if self.type == "categorical":
+            return "one of " + ", ".join(repr(v) for v in self.vocabulary or ())
+        if self.type == "boolean":
+            return "true or false"
+        if self.range is not None:
+            unit = f" {self.unit}" if self.unit and self.unit != "1" else ""
+            low, high = (_show(v) for v in self.range)
+            kind = "an integer" if self.type == "integer" or self.integer_valued else "a number"
+            return f"{kind} from {low} to {high}{unit}"
+        return {"numeric": "a number", "integer": "an integer", "text": "text", "timestamp": "a timestamp"}[self.type]
+
+
+def _show(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A federation schema: its features in column order."""
+
+    name: str
+    description: str
+    features: tuple[FeatureSpec, ...]
+    path: Path | None = None  # the TOML file it was read from
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Feature names in column order."""
+        return tuple(f.name for f in self.features)
+
+    def feature(self, name: str) -> FeatureSpec:
+        """The feature called ``name`` (KeyError if there is none)."""
+        for spec in self.features:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def role(self, role: str) -> FeatureSpec | None:
+        """The feature with ``role`` ("id", "site" or "label"), or None."""
+        return next((f for f in self.features if f.role == role), None)
+
+    def modality(self, modality: str) -> tuple[str, ...]:
+        """Names of the input features of one modality, in column order."""
+        return tuple(f.name for f in self.features if f.role == "feature" and f.modality == modality)
+
+
+def _feature(name: str, raw: Mapping[str, Any], fail: Callable[[str, str], NoReturn]) -> FeatureSpec:
+    unknown = sorted(set(raw) - _FEATURE_KEYS)
+    if unknown:
+        fail(f"unknown key(s) {unknown}", f"keys from {sorted(_FEATURE_KEYS)}")
+    kind, role = raw.get("type"), raw.get("role", "feature")
+    if kind not in FEATURE_TYPES:
+        fail(f"type {kind!r} is not a feature type", "one of " + ", ".join(FEATURE_TYPES))
+    if role not in ROLES:
+        fail(f"role {role!r} is not a role", "one of " + ", ".join(ROLES))
+    modality = raw.get("modality")
+    if role == "feature" and modality not in MODALITIES:
+        fail(f"modality {modality!r} is not a modality", "one of " + ", ".join(MODALITIES))
+    if role != "feature" and modality is not None:
+        fail(f"a {role} feature has no modality", "no 'modality' key")
+    unit, quantity = raw.get("unit"), raw.get("quantity")
+    if (unit is not None or quantity is not None) and kind != "numeric":
+        fail(f"'unit' and 'quantity' apply to numeric features, not {kind}", "no 'unit' or 'quantity' key")
+    if unit is not None and unit not in KNOWN_UNITS:
+        fail(f"unknown unit {unit!r}", "one of " + ", ".join(KNOWN_UNITS))
+    bounds = raw.get("range")
+    if bounds is not None:
+        if kind not in ("numeric", "integer"):
+            fail(f"'range' applies to numeric and integer features, not {kind}", "no 'range' key")
+        if not (isinstance(bounds, list) and len(bounds) == 2 and all(_is_number(b) for b in bounds)
+                and bounds[0] <= bounds[1]):  # fmt: skip
+            fail(f"range {bounds!r} is not [low, high]", "two numbers, low <= high")
+        bounds = (float(bounds[0]), float(bounds[1]))
+    vocabulary = raw.get("vocabulary")
+    if kind == "categorical":
+        if not (isinstance(vocabulary, list) and vocabulary and all(isinstance(v, str) and v for v in vocabulary)
+                and len(set(vocabulary)) == len(vocabulary)):  # fmt: skip
+            fail(f"vocabulary {vocabulary!r} is not a list of distinct words", "a non-empty list of distinct strings")
+        vocabulary = tuple(vocabulary)
+    elif vocabulary is not None:
+        fail(f"'vocabulary' applies to categorical features, not {kind}", "no 'vocabulary' key")
+    flags = {k: raw.get(k, False) for k in ("required", "unique", "integer_valued")}
+    for key, value in flags.items():
+        if not isinstance(value, bool):
+            fail(f"'{key}' is {value!r}", "true or false")
+    if role in ("id", "site", "label") and not flags["required"]:
+        fail(f"the {role} feature must be required", "required = true")
+    if kind == "integer" and not flags["required"]:
+        fail("an integer feature must be required (it is stored as int64, which has no missing value)",
+             "required = true, or type = 'numeric' with integer_valued = true")  # fmt: skip
+    return FeatureSpec(name=name, type=kind, role=role, modality=modality, unit=unit, quantity=quantity,
+                       range=bounds, vocabulary=vocabulary, required=flags["required"], unique=flags["unique"],
+                       integer_valued=flags["integer_valued"], description=str(raw.get("description", "")))  # fmt: skip
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def schema_from_dict(raw: Mapping[str, Any], *, path: Path | None = None) -> Schema:
+    """Validate a parsed schema TOML (``[schema]`` + ``[features.<name>]`` tables) into a :class:`Schema`.
+
+    Raises
+    ------
+    DataContractError
+        Naming the file and the feature, if any key is unknown or any value is not allowed.
+    """
+    unknown = sorted(set(raw) - {"schema", "features"})
+    if unknown:
+        raise DataContractError(f"unknown table(s) {unknown}", file=path, expected="[schema] and [features.<name>]")
+    features_raw = raw.get("features")
+    if not isinstance(features_raw, Mapping) or not features_raw:
+        raise DataContractError("no features", file=path, expected="at least one [features.<name>] table")
+    features = []
+    for name, spec in features_raw.items():
+
+        def fail(problem: str, expected: str, name: str = name) -> NoReturn:
+            raise DataContractError(problem, file=path, key=f"feature '{name}'", expected=expected)
+
+        if not isinstance(spec, Mapping):
+            fail("is not a table", "[features.<name>] with type = ...")
+        features.append(_feature(name, spec, fail))
+    for role in ("id", "site", "label"):
+        holders = [f.name for f in features if f.role == role]
+        if len(holders) > 1 or (role == "id" and not holders):
+            raise DataContractError(f"{len(holders)} features have role '{role}' ({holders})", file=path,
+                                    expected="exactly one id feature, at most one site and one label feature")
+    head = raw.get("schema", {})
+    return Schema(name=str(head.get("name", path.stem if path else "schema")),
+                  description=str(head.get("description", "")), features=tuple(features), path=path)  # fmt: skip
+
+
+def load_schema(path: Path) -> Schema:
+    """Read and validate a schema TOML file (see :func:`schema_from_dict`)."""
+    return schema_from_dict(read_toml(path, what="schema"), path=Path(path))

@@ -1,0 +1,46 @@
+"""Privacy accounting shared by sites, the server and the audit.
+
+* :mod:`~common.privacy.accountant`: Opacus accountant factory (PRV, RDP; GDP refused), ε of
+  a mechanism history, noise calibration, default δ.
+* :mod:`~common.privacy.reference`: independent ε with Google's ``dp_accounting`` (PLD, RDP).
+* :mod:`~common.privacy.entry` / :mod:`~common.privacy.ledger`: the append-only, hash-chained
+  SQLite ledger of reservations and reports.
+* :mod:`~common.privacy.search`: the bracketing search behind the calibration (no privacy math).
+
+Every ε is sample-level (ε, δ)-DP of one site's dataset under add/remove-one neighbouring, for
+Poisson-subsampled DP-SGD, at the δ passed by the caller (see ``accountant``'s docstring).
+"""
+
+from common.privacy.accountant import (
+    ACCOUNTANTS,
+    BudgetExhausted,
+    Mechanism,
+    calibrate_noise_multiplier,
+    default_delta,
+    epsilon_from_history,
+    make_accountant,
+    normalize_history,
+)
+from common.privacy.entry import EVENTS, GENESIS_HASH, SERVER_EVENTS, SITE_EVENTS, LedgerEntry
+from common.privacy.ledger import Ledger, LedgerIntegrityError
+from common.privacy.reference import epsilon_dp_accounting_rdp, epsilon_pld
+
+__all__ = [
+    "ACCOUNTANTS",
+    "EVENTS",
+    "GENESIS_HASH",
+    "SERVER_EVENTS",
+    "SITE_EVENTS",
+    "BudgetExhausted",
+    "Ledger",
+    "LedgerEntry",
+    "LedgerIntegrityError",
+    "Mechanism",
+    "calibrate_noise_multiplier",
+    "default_delta",
+    "epsilon_dp_accounting_rdp",
+    "epsilon_from_history",
+    "epsilon_pld",
+    "make_accountant",
+    "normalize_history",
+]

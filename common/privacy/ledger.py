@@ -1,0 +1,253 @@
+"""Append-only, hash-chained SQLite privacy ledger, shared by sites and the server.
+
+A site's ledger is the source of truth for what its dataset has spent, across rounds and
+runs (Flower's ``context.state`` only lives for one run). The server keeps one in the same
+format for what sites reported. Rows are :class:`~common.privacy.entry.LedgerEntry`.
+
+Guarantees
+----------
+* Append-only: this module issues no UPDATE or DELETE, and triggers in the file refuse them.
+* Atomic appends: one ``BEGIN IMMEDIATE`` transaction reads the chain head and inserts the
+  row; concurrent writers (threads or processes) wait up to ``BUSY_TIMEOUT_S`` for the lock
+  and each gets its own ``seq``.
+* Hash chain: row ``seq`` stores ``prev_hash`` = hash of row ``seq-1`` (``GENESIS_HASH`` for
+  the first) and ``hash`` = sha256 over the canonical JSON of all its other fields (see
+  :mod:`common.privacy.entry`). :meth:`Ledger.verify` detects an edited field, a deleted or
+  inserted row (seq gap / prev_hash mismatch), reordered rows, a forged row with a bad hash.
+* Not yet detected: truncation of the newest rows, and a rewrite that recomputes every hash
+  after the edit. Both need a signed chain head, to be added on top of :meth:`Ledger.head`.
+
+Accounting from the ledger (:meth:`Ledger.mechanism_history`, :meth:`Ledger.spent`) refuses
+a ledger that fails :meth:`Ledger.verify`: an ε computed from tampered rows could be too low.
+ε values mean what :mod:`common.privacy.accountant` says (sample-level, add/remove-one, at
+the δ passed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from common.privacy.accountant import Mechanism, epsilon_from_history
+from common.privacy.entry import GENESIS_HASH, LedgerEntry, entry_hash
+
+__all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "Ledger", "LedgerEntry", "LedgerIntegrityError"]
+
+LEDGER_KIND = "fedfusion-privacy-ledger"  # meta.kind: refuses to treat another SQLite file as a ledger
+SCHEMA_VERSION = "1"  # meta.schema_version: bump on any change of columns or hashing
+BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another writer's lock
+
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LedgerEntry))
+_SQL_TYPE = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int | None": "INTEGER",
+             "float | None": "REAL"}
+_COLUMNS = ",\n  ".join(
+    '"seq" INTEGER PRIMARY KEY' if f.name == "seq" else f'"{f.name}" {_SQL_TYPE[f.type]}'
+    for f in dataclasses.fields(LedgerEntry)
+)
+_SCHEMA: tuple[str, ...] = (  # one statement each: executescript() would COMMIT our open transaction
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    f"CREATE TABLE IF NOT EXISTS entries (\n  {_COLUMNS}\n)",
+    "CREATE INDEX IF NOT EXISTS entries_by_site ON entries (site, seq)",
+    "CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries "
+    "BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only: UPDATE refused'); END",
+    "CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries "
+    "BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only: DELETE refused'); END",
+)
+_SELECT = f"SELECT {', '.join(chr(34) + n + chr(34) for n in FIELDS)} FROM entries"
+_INSERT = (f"INSERT INTO entries ({', '.join(chr(34) + n + chr(34) for n in FIELDS)}) "
+           f"VALUES ({', '.join('?' for _ in FIELDS)})")
+
+
+class LedgerIntegrityError(ValueError):
+    """The ledger file fails verification (or is not a ledger); ``problems`` lists why."""
+
+    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+def _meta_problems(meta: dict[str, str]) -> list[str]:
+    if (meta.get("kind"), meta.get("schema_version")) == (LEDGER_KIND, SCHEMA_VERSION):
+        return []
+    return [f"meta: kind={meta.get('kind')!r}, schema_version={meta.get('schema_version')!r}; expected "
+            f"{LEDGER_KIND!r}, {SCHEMA_VERSION!r} (not a fedfusion ledger, or another schema version)"]
+
+
+def _where(row: dict[str, Any]) -> str:
+    return f"seq={row.get('seq')!r} (site={row.get('site')!r}, round={row.get('round')!r})"
+
+
+def _chain_problems(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Problems of the hash chain ``rows`` (raw column dicts, in seq order)."""
+    problems: list[str] = []
+    expected_seq, prev_hash, prev_where = 1, GENESIS_HASH, "the start (genesis)"
+    for row in rows:
+        where = _where(row)
+        if row["seq"] != expected_seq:
+            problems.append(f"{where}: expected seq {expected_seq} — rows deleted, inserted or reordered")
+        if row["prev_hash"] != prev_hash:
+            problems.append(f"{where}: prev_hash does not match the hash of {prev_where} — "
+                            "a row before it was deleted, inserted, reordered or rewritten")
+        try:
+            entry = LedgerEntry(**row)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{where}: not a valid ledger entry ({exc})")
+        else:
+            if entry_hash(entry) != row["hash"]:
+                problems.append(f"{where}: hash does not match its content — row edited, or forged with a bad hash")
+        expected_seq = row["seq"] + 1 if isinstance(row["seq"], int) else expected_seq + 1
+        prev_hash, prev_where = row["hash"], where
+    return problems
+
+
+class Ledger:
+    """An append-only, hash-chained privacy ledger in one SQLite file.
+
+    Parameters
+    ----------
+    path : Path
+        The SQLite file; it and its parent folders are created if absent. An existing file
+        must be a ledger of this kind and schema version.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._transaction() as conn:
+            for statement in _SCHEMA:  # idempotent
+                conn.execute(statement)
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            if not meta:
+                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
+                                 [("kind", LEDGER_KIND), ("schema_version", SCHEMA_VERSION)])
+            elif _meta_problems(meta):
+                raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
+
+    # ------------------------------------------------------------ connection
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, mode: str = "IMMEDIATE") -> Iterator[sqlite3.Connection]:
+        """One transaction: IMMEDIATE takes the write lock at once (writers), DEFERRED reads a snapshot."""
+        with self._connect() as conn:
+            conn.execute(f"BEGIN {mode}")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def _rows(self, conn: sqlite3.Connection, site: str | None = None) -> list[dict[str, Any]]:
+        sql, args = (_SELECT + " ORDER BY seq", ()) if site is None else (
+            _SELECT + " WHERE site = ? ORDER BY seq", (site,))
+        return [dict(zip(FIELDS, r)) for r in conn.execute(sql, args).fetchall()]
+
+    def _snapshot(self) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """Meta and all rows, read in one transaction (a consistent snapshot)."""
+        with self._transaction("DEFERRED") as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            return meta, self._rows(conn)
+
+    # ----------------------------------------------------------------- write
+    def append(self, entry: LedgerEntry) -> LedgerEntry:
+        """Append ``entry`` atomically and return it with ``seq``, ``ts``, ``prev_hash``, ``hash`` set.
+
+        Raises
+        ------
+        ValueError
+            If the entry already carries chain fields (they are assigned here, never by the caller).
+        """
+        if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
+            raise ValueError(f"{self.path}: append() assigns seq/ts/prev_hash/hash; got an entry that already has "
+                             f"seq={entry.seq!r}, ts={entry.ts!r} (site={entry.site!r}, round={entry.round})")
+        with self._transaction("IMMEDIATE") as conn:
+            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
+            ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+            chained = dataclasses.replace(entry, seq=seq, ts=ts, prev_hash=prev_hash)
+            chained = dataclasses.replace(chained, hash=entry_hash(chained))
+            conn.execute(_INSERT, [getattr(chained, n) for n in FIELDS])
+        return chained
+
+    # ------------------------------------------------------------------ read
+    def entries(self, *, site: str | None = None) -> list[LedgerEntry]:
+        """Rows in seq order (only ``site``'s if given). Does not verify the chain: see :meth:`verify`.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If a row is not a valid entry (e.g. a value of the wrong type was written into the file).
+        """
+        with self._transaction("DEFERRED") as conn:
+            rows = self._rows(conn, site)
+        out = []
+        for row in rows:
+            try:
+                out.append(LedgerEntry(**row))
+            except (TypeError, ValueError) as exc:
+                raise LedgerIntegrityError(f"{self.path}: {_where(row)} is not a valid ledger entry: {exc}") from exc
+        return out
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest row; ``(0, GENESIS_HASH)`` when empty (what a signature will cover)."""
+        with self._transaction("DEFERRED") as conn:
+            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+
+    def verify(self) -> list[str]:
+        """Problems with the file's meta and hash chain; ``[]`` means intact (up to truncation).
+
+        Each problem names the row's seq, site and round.
+        """
+        meta, rows = self._snapshot()
+        return _meta_problems(meta) + _chain_problems(rows)
+
+    # ------------------------------------------------------------ accounting
+    def mechanism_history(self, *, site: str, dataset_id: str = "") -> list[Mechanism]:
+        """The site's DP-SGD history ``[(σ, q, steps), ...]`` from its "reserve" rows, in seq order.
+
+        A reservation counts as spent whether or not it was confirmed (conservative).
+        ``dataset_id=""`` means ALL of the site's reservations (never "only rows without an id");
+        a non-empty ``dataset_id`` keeps only that dataset's. Runs and federations are not
+        filtered: a dataset's budget spans all of them.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If :meth:`verify` finds any problem: ε from a tampered ledger could be too low.
+        """
+        meta, rows = self._snapshot()  # verify and account from the same snapshot
+        problems = _meta_problems(meta) + _chain_problems(rows)
+        if problems:
+            raise LedgerIntegrityError(
+                f"{self.path}: refusing to account from a ledger that fails verification "
+                f"({len(problems)} problem(s)); first: {problems[0]}", problems=problems)
+        history: list[Mechanism] = []
+        for row in rows:
+            if row["event"] != "reserve" or row["site"] != site or (dataset_id and row["dataset_id"] != dataset_id):
+                continue
+            history.append((float(row["noise_multiplier"]), float(row["sample_rate"]), int(row["steps"])))
+        return history
+
+    def spent(self, *, site: str, delta: float, accountant: str = "prv", dataset_id: str = "") -> float:
+        """ε the site has spent (all its reservations, or one dataset's) at ``delta`` by ``accountant``.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If the ledger fails verification.
+        """
+        history = self.mechanism_history(site=site, dataset_id=dataset_id)
+        return epsilon_from_history(history, delta=delta, accountant=accountant)
