@@ -10,6 +10,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
 from common.records import ARRAYS, CONFIG, METRICS, PRIVACY, SITE
 
@@ -22,7 +23,13 @@ app = ClientApp()
 def train(msg: Message, context: Context) -> Message:
     """Train this site's branches with DP-SGD, or decline if the budget would be exceeded."""
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
-    outcome = job.train(msg.content[ARRAYS].to_torch_state_dict())
+    state = msg.content[ARRAYS].to_torch_state_dict()
+    # The same round sent again (server restart) is answered from the cache: no second spend.
+    cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
+    outcome = cache.get(job.federation_id, job.server_round, digest)
+    if outcome is None:
+        outcome = job.train(state)
+        cache.put(job.federation_id, job.server_round, digest, outcome)
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
     if outcome.arrays is not None:
         content[ARRAYS] = ArrayRecord(outcome.arrays)

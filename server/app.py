@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, ConfigRecord, Context
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.storage import atomic_write_bytes
+from server.checkpoint import load_checkpoint
 from server.recorder import RunRecorder
 from server.strategy import ModalityFedAvg
 
@@ -25,6 +27,10 @@ def main(grid: Grid, context: Context) -> None:
     federation_id = run.federation.federation_id or f"run-{context.run_id}"
     model = build_model(run.model, scenario=scenario, seed=run.federation.seed)
     initial = initial_trainable_state(model)
+    # Resume: a restarted ServerApp with the same federation-id and out-dir continues after the
+    # last checkpointed round (Flower's run id changes across restarts; the federation id does not).
+    ckpt = load_checkpoint(run.paths.out_dir, federation_id=federation_id) if run.paths.out_dir else None
+    done = ckpt.round if ckpt else 0
 
     recorder = RunRecorder(
         out_dir=run.paths.out_dir, federation_id=federation_id, run_id=str(context.run_id),
@@ -39,8 +45,11 @@ def main(grid: Grid, context: Context) -> None:
                          "from each patient's categorical fields.",
         },
     )
+    if ckpt:
+        recorder.restore()
+        initial = ckpt.arrays
     strategy = ModalityFedAvg(
-        recorder=recorder,
+        recorder=recorder, round_offset=done,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,
         fraction_evaluate=run.federation.fraction_evaluate,
@@ -49,16 +58,19 @@ def main(grid: Grid, context: Context) -> None:
     )
     started = time.time()
     config = ConfigRecord({"federation-id": federation_id, "num-server-rounds": run.federation.num_rounds})
-    result = strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=run.federation.num_rounds,
-        timeout=run.federation.round_timeout, train_config=config, evaluate_config=ConfigRecord(dict(config)),
-    )
+    final = ArrayRecord({k: Array(np.asarray(v)) for k, v in initial.items()}) if ckpt else ArrayRecord(initial)
+    if done < run.federation.num_rounds:
+        result = strategy.start(
+            grid=grid, initial_arrays=final, num_rounds=run.federation.num_rounds - done,
+            timeout=run.federation.round_timeout, train_config=config, evaluate_config=ConfigRecord(dict(config)),
+        )
+        final = result.arrays if len(result.arrays) else final
     recorder.run_info["duration_s"] = round(time.time() - started, 1)
     recorder.run_info["completed"] = True
     if run.paths.out_dir is not None:
         from safetensors.numpy import save
 
-        arrays = {k: v.numpy() for k, v in result.arrays.items()}
+        arrays = {k: v.numpy() for k, v in final.items()}
         atomic_write_bytes(run.paths.out_dir / "model.safetensors",
                            save(arrays, metadata={"federation_id": federation_id, "scenario": scenario.name}))
     recorder.flush()

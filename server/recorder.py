@@ -18,8 +18,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from common.privacy.ledger import Ledger, LedgerEntry
 from common.storage import atomic_write_text
+from server.checkpoint import Checkpoint, arrays_digest, save_checkpoint
 from server.strategy import SiteEvaluation, SiteReply
 
 __all__ = ["RunRecorder"]
@@ -90,6 +93,30 @@ class RunRecorder:
                     reason=str(p.get("reason", "")) or r.error,
                 ))
         self.flush()
+
+    # ------------------------------------------------------------ checkpoint
+    def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
+        """Checkpoint the global arrays after each aggregated round (atomic write)."""
+        self.run_info["last_round"] = server_round
+        if self.out_dir is not None:
+            save_checkpoint(self.out_dir, Checkpoint(self.federation_id, server_round, arrays, arrays_digest(arrays)))
+
+    def restore(self) -> None:
+        """Resume after a restart: reload what earlier runs of this federation recorded."""
+        if self.out_dir is None or not (self.out_dir / "summary.json").exists():
+            return
+        old = json.loads((self.out_dir / "summary.json").read_text())
+        if old.get("federation_id") != self.federation_id:
+            return
+        self.sites = old.get("sites", {})
+        self.rounds = {int(k): v for k, v in old.get("rounds", {}).items()}
+        self.run_info["resumed_from_run"] = old.get("run_id")
+        if (self.out_dir / "metrics.csv").exists():
+            with (self.out_dir / "metrics.csv").open() as fh:
+                for row in csv.DictReader(fh):
+                    r = int(row["round"])
+                    self.rows[(r, row["site"])] = {k: (_num(v) if k not in ("site", "status") else v)
+                                                   for k, v in row.items() if v != ""} | {"round": r}
 
     # --------------------------------------------------------------- evaluate
     def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None:

@@ -49,6 +49,7 @@ class SiteEvaluation:
 
 class RoundRecorder(Protocol):
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None: ...
+    def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None: ...
     def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None: ...
 
 
@@ -66,9 +67,10 @@ def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, floa
 class ModalityFedAvg(FedAvg):
     """FedAvg with per-tensor, per-modality aggregation and a recorder for every reply."""
 
-    def __init__(self, *, recorder: RoundRecorder | None = None, **fedavg_kwargs: Any) -> None:
+    def __init__(self, *, recorder: RoundRecorder | None = None, round_offset: int = 0, **fedavg_kwargs: Any) -> None:
         super().__init__(**fedavg_kwargs)
         self.recorder = recorder
+        self.round_offset = round_offset  # rounds completed before a restart: round r of the loop is r + offset
         self._global: ArrayRecord | None = None
         self._sites: dict[int, str] = {}  # node id -> site name, learnt from replies
 
@@ -76,7 +78,11 @@ class ModalityFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays
-        return super().configure_train(server_round, arrays, config, grid)
+        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def _site_of(self, node_id: int) -> str:
         return self._sites.get(node_id, f"node-{node_id}")
@@ -104,6 +110,7 @@ class ModalityFedAvg(FedAvg):
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         if self._global is None:
             raise RuntimeError("aggregate_train called before configure_train")
+        server_round += self.round_offset
         global_np = {k: v.numpy() for k, v in self._global.items()}
         site_replies, updates = [], []
         for msg in replies:
@@ -122,14 +129,19 @@ class ModalityFedAvg(FedAvg):
         if self.recorder:
             self.recorder.on_train(server_round, site_replies)
         if not updates:
+            if self.recorder:
+                self.recorder.on_aggregated(server_round, global_np)
             return None, None  # the loop keeps the current global arrays
         merged = merge_weighted(global_np, updates)
+        if self.recorder:
+            self.recorder.on_aggregated(server_round, merged)
         metrics = _weighted_mean([(r.metrics, r.num_examples) for r in site_replies if r.num_examples > 0
                                   and r.status != "failed"])
         metrics[NUM_EXAMPLES] = float(sum(u.weight for u in updates))
         return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(metrics)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         evaluations = []
         for msg in replies:
             node = msg.metadata.src_node_id
