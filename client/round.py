@@ -128,9 +128,20 @@ class SiteRound:
     def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
         data = self.data()
         model = self.model(global_state, data)
-        r = evaluate(model, data.test, device=resolve_device(self.site.device))
-        return {NUM_EXAMPLES: float(r.num_examples), "loss": r.loss, "accuracy": r.accuracy,
-                "balanced-accuracy": r.balanced_accuracy, "auc": r.auc, "positives": float(r.positives)}
+        device = resolve_device(self.site.device)
+        r = evaluate(model, data.test, device=device)
+        out = {NUM_EXAMPLES: float(r.num_examples), "loss": r.loss, "accuracy": r.accuracy,
+               "balanced-accuracy": r.balanced_accuracy, "auc": r.auc, "positives": float(r.positives)}
+        # Missing-modality robustness: each held modality removed in turn, and each alone.
+        mods = self.scenario.modalities
+        if len(data.modalities) > 1:
+            for m in data.modalities:
+                j = mods.index(m)
+                others = tuple(i for i, o in enumerate(mods) if o != m)
+                for tag, drop in ((f"without-{m}", (j,)), (f"only-{m}", others)):
+                    a = evaluate(model, data.test, device=device, drop_modalities=drop)
+                    out[f"bacc-{tag}"], out[f"auc-{tag}"] = a.balanced_accuracy, a.auc
+        return out
 
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

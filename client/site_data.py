@@ -61,7 +61,7 @@ def _text_features(notes: tuple[str, ...], *, kind: str, cache_dir: Path) -> dic
 
 
 def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[str, ...], text_kind: str,
-             cache_dir: Path) -> dict[str, torch.Tensor]:
+             cache_dir: Path, images: np.ndarray | None) -> dict[str, torch.Tensor]:
     n = len(split)
     out = {
         "tabular": torch.from_numpy(split.tabular),
@@ -77,6 +77,9 @@ def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[
         elif m == "text":
             out.update(_text_features(split.notes, kind=text_kind, cache_dir=cache_dir))
             present[:, j] = np.array([bool(t.strip()) for t in split.notes], dtype=np.float32)
+        elif m == "image" and images is not None:
+            out["image"] = torch.from_numpy(images)
+            present[:, j] = 1.0
         else:
             raise ValueError(f"modality {m!r} is not provided by this site's data source")
     out[MODALITY_MASK] = torch.from_numpy(present)
@@ -91,8 +94,17 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
     train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir, seed=seed)
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
     cache = site.state_dir / "cache"
+    train_img = test_img = None
+    if "image" in site_mods:
+        # CONSTRUCTED modality: real MNIST digits paired to records by label (AV-MNIST style),
+        # see common/data/images.py. It carries no clinical signal.
+        from common.data.images import ImagePairing, paired_images_split
+
+        train_img, test_img = paired_images_split(train.labels, test.labels, pairing=ImagePairing(seed=seed),
+                                                  site_salt=site.spec.name)
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
-    data = SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
+    data = SiteData(train=TensorDictDataset(_tensors(train, images=train_img, **kw)),
+                    test=TensorDictDataset(_tensors(test, images=test_img, **kw)),
                     dataset_id=_fingerprint(train), modalities=site_mods)
     _MEMO[key] = data
     return data

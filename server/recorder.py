@@ -128,6 +128,9 @@ class RunRecorder:
                 row["eval-loss" if k == "loss" else ("eval-examples" if k == "num-examples" else k)] = _num(
                     e.metrics.get(k))
             self._site(e.site)["metrics"] = {k: _num(e.metrics.get(k)) for k in _EVAL_KEYS}
+            ablations = {k: _num(v) for k, v in e.metrics.items() if "-without-" in k or "-only-" in k}
+            if ablations:  # missing-modality robustness, evaluated at the site on its test rows
+                self._site(e.site)["modality_ablations"] = ablations
         for k in ("accuracy", "balanced-accuracy", "auc", "loss"):
             vals = [(e.metrics[k], e.metrics.get("num-examples", 0)) for e in evaluations
                     if _num(e.metrics.get(k)) is not None]

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["site_table", "print_report", "plot_rounds"]
+__all__ = ["site_table", "modality_table", "print_report", "plot_rounds"]
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -38,11 +38,31 @@ def site_table(summary: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def modality_table(summary: dict[str, Any]) -> list[dict[str, str]]:
+    """Per site: balanced accuracy / AUC of the fused model, with each modality removed, and each alone."""
+    mods = summary.get("modalities", [])
+    rows = []
+    for name, s in sorted(summary.get("sites", {}).items()):
+        ab = s.get("modality_ablations")
+        if not ab:
+            continue
+        m = s.get("metrics") or {}
+        row = {"site": name, "fused": f"{_f(m.get('balanced-accuracy'), '.2f')} / {_f(m.get('auc'), '.2f')}"}
+        for mod in mods:
+            for tag in (f"without-{mod}", f"only-{mod}"):
+                if f"bacc-{tag}" in ab:
+                    row[tag] = f"{_f(ab.get(f'bacc-{tag}'), '.2f')} / {_f(ab.get(f'auc-{tag}'), '.2f')}"
+                else:
+                    row[tag] = "-"
+        rows.append(row)
+    return rows
+
+
 def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     rows = site_table(summary)
     table = Table(title=f"fedfusion — {summary.get('scenario', '?')} — {summary.get('num_rounds', '?')} rounds "
                         f"({summary.get('duration_s', '?')} s)")
@@ -51,6 +71,15 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     for r in rows:
         table.add_row(*r.values())
     console.print(table)
+    mrows = modality_table(summary)
+    if mrows:
+        mt = Table(title="missing-modality robustness: balanced accuracy / AUC on each site's test set "
+                         "(final model; modality hidden by its mask)")
+        for col in mrows[0]:
+            mt.add_column(col, justify="left" if col == "site" else "right")
+        for r in mrows:
+            mt.add_row(*r.values())
+        console.print(mt)
     last = summary.get("rounds", {})
     if last:
         k = max(last, key=int)
