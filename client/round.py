@@ -6,6 +6,7 @@ No Flower imports: the handlers in ``client/app.py`` pass plain mappings in and 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +23,8 @@ from common.privacy.accountant import epsilon_from_history
 from common.records import NUM_EXAMPLES, STATUS_DECLINED, STATUS_TRAINED
 
 __all__ = ["TrainOutcome", "SiteRound"]
+
+log = logging.getLogger("fedfusion.client")
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ class SiteRound:
                        device=device, seed=seed)
         self._check_accountant(sp, plan, accountant, res.steps, res.sample_rate)
         sp.confirm(plan, **ids)
+        log.info("site %s round %d: %d DP-SGD steps at sample rate %.4f (Opacus: 1/len(loader)), sigma %.4f, "
+                 "C %g -> epsilon %.3f (%s, delta %.1e; RDP %.3f)", self.site.spec.name, self.server_round,
+                 plan.steps, plan.sample_rate, plan.noise_multiplier, self.site.privacy.max_grad_norm,
+                 plan.epsilon_after, self.site.privacy.accountant.upper(), sp.delta, plan.epsilon_rdp_after)
         return TrainOutcome(_cpu(trainable_state(model, branches=branches)),
                             {NUM_EXAMPLES: float(n), "train-loss": res.loss},
                             self._report(sp, plan, STATUS_TRAINED, ""))
