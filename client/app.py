@@ -7,23 +7,59 @@ them to Flower's Message API.
 
 from __future__ import annotations
 
+import logging
+from functools import wraps
+from typing import Callable
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
-from common.records import ARRAYS, CONFIG, METRICS, PRIVACY, SITE
+from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
+                            STATUS_FAILED)
 
 __all__ = ["app"]
 
 app = ClientApp()
+log = logging.getLogger("fedfusion.client")
+
+
+def reply_on_error(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
+    """A site's error becomes a normal reply that names the site and says why; the federation goes on.
+
+    (A privacy reservation made before the error stays in the ledger: it counts as spent.)
+    """
+
+    @wraps(handler)
+    def wrapped(msg: Message, context: Context) -> Message:
+        try:
+            return handler(msg, context)
+        except Exception as err:  # noqa: BLE001 - every failure is reported, with the traceback logged here
+            log.exception("site handler failed")
+            site = str(context.node_config.get("site-config", f"partition {context.node_config.get('partition-id')}"))
+            try:
+                from common.config import parse_run_config, resolve_site
+
+                site = resolve_site(context.node_config, parse_run_config(context.run_config)).spec.name
+            except Exception:  # noqa: BLE001 - the site's own config may be what failed
+                pass
+            reason = f"{type(err).__name__}: {err}"
+            content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0.0}),
+                                  PRIVACY: ConfigRecord({"status": STATUS_FAILED, "site": site, "reason": reason})})
+            return Message(content=content, reply_to=msg)
+
+    return wrapped
 
 
 @app.train()
+@reply_on_error
 def train(msg: Message, context: Context) -> Message:
     """Train this site's branches with DP-SGD, or decline if the budget would be exceeded."""
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
     state = msg.content[ARRAYS].to_torch_state_dict()
+    # Folded evaluation: the received global model's test metrics ride along (one message, one process).
+    evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
     # The same round sent again (server restart) is answered from the cache: no second spend.
     cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
     outcome = cache.get(job.federation_id, job.server_round, digest)
@@ -33,10 +69,13 @@ def train(msg: Message, context: Context) -> Message:
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
     if outcome.arrays is not None:
         content[ARRAYS] = ArrayRecord(outcome.arrays)
+    if evaluation is not None:
+        content[EVALUATION] = MetricRecord(evaluation)
     return Message(content=content, reply_to=msg)
 
 
 @app.evaluate()
+@reply_on_error
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this site's own test rows."""
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))

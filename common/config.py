@@ -29,6 +29,8 @@ __all__ = [
     "TrainSettings",
     "PrivacySettings",
     "PathSettings",
+    "CentralSettings",
+    "PRIVACY_MODES",
     "RunConfig",
     "SiteSpec",
     "Scenario",
@@ -52,6 +54,7 @@ IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
 ACCOUNTANTS = ("prv", "rdp")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("tabular", "text", "image")
+PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site-level DP by Flower's wrapper
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,7 @@ class FederationSettings:
     fraction_train: float  # fraction of connected sites sampled for training
     min_train_nodes: int  # minimum number of sites sampled per round
     fraction_evaluate: float  # fraction of sites sampled for evaluation
+    fold_evaluation: bool  # evaluate the received global model inside the train reply
     round_timeout: float  # seconds to wait for replies in one round
     seed: int  # global seed: model init, splits, sampling
     federation_id: str  # stable id across restarts ("" = derived from the first run id)
@@ -109,12 +113,24 @@ class PathSettings:
 
 
 @dataclass(frozen=True)
+class CentralSettings:
+    """Site-level DP of the released model (``privacy-mode = "central"``; checks: common/privacy/central.py)."""
+
+    target_epsilon: float  # site-level ε cap after num-server-rounds releases (Flower's max_epsilon)
+    noise_multiplier: float  # σ on the sum of clipped site updates; 0.0 = smallest σ meeting target_epsilon
+    clipping_norm: float  # L2 norm each site's model update is clipped to (at the server)
+    delta: float  # δ of the site-level guarantee; must stay below 1/number of sites
+
+
+@dataclass(frozen=True)
 class RunConfig:
     federation: FederationSettings
     model: ModelSettings
     train: TrainSettings
     privacy: PrivacySettings
     paths: PathSettings
+    privacy_mode: str  # sample | central (PRIVACY_MODES)
+    central: CentralSettings  # read in both modes, used in central mode only
 
 
 # ------------------------------------------------------------------------ scenario / sites
@@ -250,6 +266,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         fraction_train=r.number("fraction-train", low=0.0, high=1.0, low_open=True),
         min_train_nodes=r.integer("min-train-nodes", low=1),
         fraction_evaluate=r.number("fraction-evaluate", low=0.0, high=1.0),
+        fold_evaluation=r.boolean("fold-evaluation"),
         round_timeout=r.number("round-timeout", low=0.0, low_open=True),
         seed=r.integer("seed", low=0),
         federation_id=r.text("federation-id"),
@@ -276,7 +293,14 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         out_dir=r.path("out-dir"),
         site_state_root=r.path("site-state-root"),
     )
-    return RunConfig(federation=fed, model=model, train=train, privacy=_privacy(r), paths=paths)
+    central = CentralSettings(
+        target_epsilon=r.number("central-target-epsilon", low=0.0, low_open=True),
+        noise_multiplier=r.number("central-noise-multiplier", low=0.0),
+        clipping_norm=r.number("central-clipping-norm", low=0.0, low_open=True),
+        delta=r.number("central-delta", low=0.0, high=0.1, low_open=True),
+    )
+    return RunConfig(federation=fed, model=model, train=train, privacy=_privacy(r), paths=paths,
+                     privacy_mode=r.choice("privacy-mode", PRIVACY_MODES), central=central)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -9,8 +9,8 @@ privacy facts must never be averaged, so they never travel as metrics).
 from __future__ import annotations
 
 __all__ = [
-    "ARRAYS", "CONFIG", "METRICS", "PRIVACY", "SITE", "NUM_EXAMPLES",
-    "STATUS_TRAINED", "STATUS_DECLINED", "STATUS_REPLAYED", "PRIVACY_FIELDS",
+    "ARRAYS", "CONFIG", "METRICS", "PRIVACY", "SITE", "EVALUATION", "EVALUATE_GLOBAL", "NUM_EXAMPLES", "SITE_WEIGHT",
+    "STATUS_TRAINED", "STATUS_DECLINED", "STATUS_REPLAYED", "STATUS_FAILED", "PRIVACY_FIELDS",
 ]
 
 ARRAYS = "arrays"  # ArrayRecord key, as Flower's FedAvg uses it
@@ -18,11 +18,15 @@ CONFIG = "config"  # ConfigRecord key of the server's instructions
 METRICS = "metrics"  # MetricRecord key of the reply
 PRIVACY = "privacy"  # ConfigRecord key of the site's privacy report (train replies)
 SITE = "site"  # ConfigRecord key of the site's identity (evaluate replies)
+EVALUATION = "evaluation"  # MetricRecord key: the received global model's test metrics, folded into a train reply
+EVALUATE_GLOBAL = "evaluate-global"  # CONFIG flag: fold evaluation into the train reply
 NUM_EXAMPLES = "num-examples"  # weighting key, as Flower's FedAvg uses it
+SITE_WEIGHT = "site-weight"  # privacy-mode "central": weighting key; every site sends 1.0 (equal weights)
 
 STATUS_TRAINED = "trained"
 STATUS_DECLINED = "declined"
 STATUS_REPLAYED = "replayed"
+STATUS_FAILED = "failed"
 
 #: fields of the PRIVACY ConfigRecord; cumulative values cover the dataset's lifetime
 PRIVACY_FIELDS = (
@@ -43,4 +47,9 @@ PRIVACY_FIELDS = (
     "max-grad-norm",  # clipping norm C
     "rounds-trained",  # rounds this dataset was trained in, lifetime
     "secure-mode",  # Opacus secure_mode on or off
+    # the site's signed ledger head after this round (common/privacy/signing.py); the server records it
+    "ledger-head-seq",  # seq of the newest row of the site's ledger
+    "ledger-head-hash",  # that row's hash
+    "ledger-head-signature",  # base64 ECDSA-SHA384 signature over (kind, site, seq, hash)
+    "site-public-key",  # OpenSSH line of the key that signed it
 )

@@ -24,6 +24,10 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
+    if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)
+        from server.central import run_central
+
+        return run_central(grid, context, run=run, scenario=scenario)
     federation_id = run.federation.federation_id or f"run-{context.run_id}"
     model = build_model(run.model, scenario=scenario, seed=run.federation.seed)
     initial = initial_trainable_state(model)
@@ -49,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.restore()
         initial = ckpt.arrays
     strategy = ModalityFedAvg(
-        recorder=recorder, round_offset=done,
+        recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,
         fraction_evaluate=run.federation.fraction_evaluate,
@@ -65,6 +69,9 @@ def main(grid: Grid, context: Context) -> None:
             timeout=run.federation.round_timeout, train_config=config, evaluate_config=ConfigRecord(dict(config)),
         )
         final = result.arrays if len(result.arrays) else final
+    if run.federation.fold_evaluation and run.federation.fraction_evaluate > 0:
+        strategy.evaluate_final(grid, final, ConfigRecord(dict(config)), server_round=run.federation.num_rounds,
+                                timeout=run.federation.round_timeout)
     recorder.run_info["duration_s"] = round(time.time() - started, 1)
     recorder.run_info["completed"] = True
     if run.paths.out_dir is not None:

@@ -18,12 +18,13 @@ from logging import INFO, WARNING
 from typing import Any, Iterable, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY, SITE, STATUS_DECLINED
+from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
+                            STATUS_DECLINED, STATUS_FAILED)
 from server.aggregation import Update, UpdateError, check_update, merge_weighted
 
 __all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
@@ -67,9 +68,13 @@ def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, floa
 class ModalityFedAvg(FedAvg):
     """FedAvg with per-tensor, per-modality aggregation and a recorder for every reply."""
 
-    def __init__(self, *, recorder: RoundRecorder | None = None, round_offset: int = 0, **fedavg_kwargs: Any) -> None:
+    def __init__(self, *, recorder: RoundRecorder | None = None, round_offset: int = 0, fold_evaluation: bool = False,
+                 **fedavg_kwargs: Any) -> None:
+        if fold_evaluation:  # sites evaluate inside the train reply; no separate evaluate messages per round
+            fedavg_kwargs["fraction_evaluate"] = 0.0
         super().__init__(**fedavg_kwargs)
         self.recorder = recorder
+        self.fold_evaluation = fold_evaluation
         self.round_offset = round_offset  # rounds completed before a restart: round r of the loop is r + offset
         self._global: ArrayRecord | None = None
         self._sites: dict[int, str] = {}  # node id -> site name, learnt from replies
@@ -78,6 +83,8 @@ class ModalityFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays
+        if self.fold_evaluation:
+            config[EVALUATE_GLOBAL] = True
         return super().configure_train(server_round + self.round_offset, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -100,6 +107,8 @@ class ModalityFedAvg(FedAvg):
         status = str(privacy.get("status", "failed" if not privacy else ""))
         if status == STATUS_DECLINED:
             return SiteReply(site, node, status, 0, privacy, metrics), None
+        if status == STATUS_FAILED:  # the site caught its own error and said why
+            return SiteReply(site, node, status, 0, privacy, metrics, error=str(privacy.get("reason", ""))), None
         if ARRAYS not in content.array_records or n <= 0:
             return SiteReply(site, node, "failed", n, privacy, metrics,
                              error="reply carries no arrays or no example count"), None
@@ -112,9 +121,12 @@ class ModalityFedAvg(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         server_round += self.round_offset
         global_np = {k: v.numpy() for k, v in self._global.items()}
-        site_replies, updates = [], []
+        site_replies, updates, folded = [], [], []
         for msg in replies:
             reply, update = self._read_reply(msg)
+            if not msg.has_error() and EVALUATION in msg.content.metric_records:
+                folded.append(SiteEvaluation(reply.site, reply.node_id,
+                                             {k: float(v) for k, v in msg.content.metric_records[EVALUATION].items()}))
             if update is not None:
                 try:
                     check_update(global_np, update)
@@ -127,6 +139,8 @@ class ModalityFedAvg(FedAvg):
         counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
         if self.recorder:
+            if folded:  # metrics of the model the sites received = the previous round's global model
+                self.recorder.on_evaluate(server_round - 1, folded)
             self.recorder.on_train(server_round, site_replies)
         if not updates:
             if self.recorder:
@@ -140,8 +154,20 @@ class ModalityFedAvg(FedAvg):
         metrics[NUM_EXAMPLES] = float(sum(u.weight for u in updates))
         return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(metrics)
 
+    def evaluate_final(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, *, server_round: int,
+                       timeout: float) -> MetricRecord | None:
+        """One evaluate round of the final model (with folded evaluation, nothing else evaluates it)."""
+        config["server-round"] = server_round
+        messages = [Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
+                            message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
+        replies = grid.send_and_receive(messages=messages, timeout=timeout)
+        return self.aggregate_evaluate(server_round - self.round_offset, replies)
+
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         server_round += self.round_offset
+        replies = list(replies)
+        if not replies:
+            return None
         evaluations = []
         for msg in replies:
             node = msg.metadata.src_node_id
@@ -150,6 +176,10 @@ class ModalityFedAvg(FedAvg):
                     msg.error.reason)
                 continue
             content = msg.content
+            if PRIVACY in content.config_records and content.config_records[PRIVACY].get("status") == STATUS_FAILED:
+                log(WARNING, "round %d: evaluation failed at %s: %s", server_round,
+                    content.config_records[PRIVACY].get("site"), content.config_records[PRIVACY].get("reason"))
+                continue
             site = str(content.config_records[SITE]["name"]) if SITE in content.config_records else self._site_of(node)
             self._sites[node] = site
             metrics = {k: float(v) for k, v in content.metric_records.get(METRICS, {}).items()}

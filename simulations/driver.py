@@ -101,6 +101,11 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
     out = req.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     cfg = _run_config(req, scenario_file)
+    if cfg.get("privacy-mode") == "central":  # refuse what Flower's accounting cannot honour, before any process
+        from common.config import parse_run_config
+        from common.privacy.central import plan_central
+
+        plan_central(parse_run_config(app_defaults() | cfg), scenario)
     cfg_file = out / "run-config.toml"
     cfg_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(cfg.items())))
     flwr_home = out / ".flwr"
@@ -138,6 +143,11 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
     summary = json.loads(summary_file.read_text())
     if not summary.get("completed"):
         raise SimulationError(f"the run did not complete; see {run_log} and {superlink_log}")
+    sites = summary.get("sites", {})
+    if sites and not any(s.get("rounds_trained") for s in sites.values()):
+        errors = sorted({f"{n}: {s.get('last_error') or s.get('last_decline_reason', '?')}" for n, s in sites.items()})
+        raise SimulationError("the federation ran but no site trained in any round:\n  " + "\n  ".join(errors[:8])
+                              + f"\nsee {run_log}")
     return summary
 
 

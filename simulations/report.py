@@ -92,6 +92,9 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
                 if s.get("rounds_declined")}
     for n, why in declined.items():
         console.print(f"[yellow]{n} declined to train: {why}[/yellow]")
+    for n, s in sorted(summary.get("sites", {}).items()):
+        if s.get("rounds_failed"):
+            console.print(f"[red]{n} failed in {s['rounds_failed']} round(s): {s.get('last_error', '')}[/red]")
     if out_dir is not None:
         console.print(f"outputs in {out_dir}: summary.json, metrics.csv, ledger.sqlite, model.safetensors, "
                       "rounds.png, sites/<site>/ledger.sqlite")
