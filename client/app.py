@@ -8,6 +8,7 @@ them to Flower's Message API.
 from __future__ import annotations
 
 import logging
+import time
 from functools import wraps
 from typing import Callable
 
@@ -59,13 +60,19 @@ def train(msg: Message, context: Context) -> Message:
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
     state = msg.content[ARRAYS].to_torch_state_dict()
     # Folded evaluation: the received global model's test metrics ride along (one message, one process).
+    t0 = time.perf_counter()
     evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
+    t1 = time.perf_counter()
     # The same round sent again (server restart) is answered from the cache: no second spend.
     cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
     outcome = cache.get(job.federation_id, job.server_round, digest)
     if outcome is None:
         outcome = job.train(state)
         cache.put(job.federation_id, job.server_round, digest, outcome)
+    # compute time inside the handler (data, model, training, evaluation): the rest of a round is overhead
+    outcome.metrics["compute-seconds"] = time.perf_counter() - t0
+    if evaluation is not None:
+        evaluation["compute-seconds"] = t1 - t0
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
     if outcome.arrays is not None:
         content[ARRAYS] = ArrayRecord(outcome.arrays)
@@ -79,6 +86,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this site's own test rows."""
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
+    t0 = time.perf_counter()
     metrics = job.evaluate(msg.content[ARRAYS].to_torch_state_dict())
+    metrics["compute-seconds"] = time.perf_counter() - t0
     content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord({"name": job.site.spec.name})})
     return Message(content=content, reply_to=msg)

@@ -9,6 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import load_scenario, parse_run_config
+from common.data.sources import get_source
 from common.factory import build_model, initial_trainable_state
 from common.storage import atomic_write_bytes
 from server.checkpoint import load_checkpoint
@@ -45,8 +46,7 @@ def main(grid: Grid, context: Context) -> None:
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
-            "data_note": "Tabular records are real (UCI Heart Disease); clinical notes are template-GENERATED "
-                         "from each patient's categorical fields.",
+            "data_note": " ".join(sorted({get_source(s.source).note for s in scenario.sites})),
         },
     )
     if ckpt:

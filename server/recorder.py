@@ -7,6 +7,13 @@
 * ``summary.json``: the latest privacy state and metrics of every site.
 
 Every file is written atomically; the ledger rows are appended as the replies arrive.
+
+Signed heads: each site signs its own ledger's head after every round and sends it in its
+PRIVACY record; the server keeps each one in the ``heads`` table of ``ledger.sqlite``
+(append-only, hash-chained; recorded as received, a bad signature is logged and kept as
+evidence). After every event the server signs the heads of both of its tables with its own
+key (``server_key`` in the run folder) into ``ledger-head.json``. ``fedfusion audit`` checks
+every ledger against these.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,11 +29,21 @@ from typing import Any
 import numpy as np
 
 from common.privacy.ledger import Ledger, LedgerEntry
+from common.privacy.signing import (
+    SERVER_HEAD_FILE,
+    SERVER_KEY_FILE,
+    HeadRecord,
+    load_or_create_key,
+    verify_head,
+    write_signed_heads,
+)
 from common.storage import atomic_write_text
 from server.checkpoint import Checkpoint, arrays_digest, save_checkpoint
 from server.strategy import SiteEvaluation, SiteReply
 
 __all__ = ["RunRecorder"]
+
+log = logging.getLogger(__name__)
 
 _EVAL_KEYS = ("accuracy", "balanced-accuracy", "auc", "loss", "num-examples")
 CSV_FIELDS = ("round", "site", "status", "train-loss", "accuracy", "balanced-accuracy", "auc", "eval-loss",
@@ -46,6 +64,7 @@ class RunRecorder:
     def __init__(self, *, out_dir: Path | None, federation_id: str, run_id: str, run_info: dict[str, Any]) -> None:
         self.out_dir, self.federation_id, self.run_id = out_dir, federation_id, run_id
         self.ledger = Ledger(out_dir / "ledger.sqlite") if out_dir else None
+        self.key = load_or_create_key(out_dir / SERVER_KEY_FILE, comment="fedfusion-server") if out_dir else None
         self.run_info = run_info
         self.rows: dict[tuple[int, str], dict[str, Any]] = {}
         self.sites: dict[str, dict[str, Any]] = {}
@@ -76,6 +95,8 @@ class RunRecorder:
                 })
                 if r.status == "declined":
                     s["last_decline_reason"] = p.get("reason", "")
+            if r.status == "failed":
+                s["last_error"] = r.error
             row = self._row(server_round, r.site)
             row.update({"status": r.status, "train-loss": _num(r.metrics.get("train-loss")),
                         "epsilon": _num(p.get("epsilon")), "epsilon-rdp": _num(p.get("epsilon-rdp")),
@@ -92,7 +113,46 @@ class RunRecorder:
                     epsilon_rdp=_num(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
                     reason=str(p.get("reason", "")) or r.error,
                 ))
+                self._record_head(server_round, r.site, p)
         self.flush()
+
+    def _record_head(self, server_round: int, site: str, p: dict[str, Any]) -> None:
+        """Keep the signed ledger head a site sent (if any) in the ledger file's ``heads`` table."""
+        if self.ledger is None or not p.get("ledger-head-signature"):
+            return
+        try:
+            record = HeadRecord(
+                kind="site-ledger", site=site, round=server_round, run_id=self.run_id,
+                head_seq=int(p["ledger-head-seq"]), head_hash=str(p.get("ledger-head-hash", "")),
+                public_key=str(p.get("site-public-key", "")), signature=str(p["ledger-head-signature"]),
+                secure_mode=bool(p["secure-mode"]) if "secure-mode" in p else None,
+                epsilon_budget=_num(p.get("epsilon-budget")))
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("round %d: site %s sent a malformed signed ledger head (%s); not recorded",
+                        server_round, site, err)
+            return
+        if not verify_head(record.public_key, record.signature, kind=record.kind, site=site,
+                           seq=record.head_seq, head_hash=record.head_hash):
+            log.warning("round %d: the signed ledger head site %s sent does not verify; recorded as evidence",
+                        server_round, site)
+        self.ledger.append_head(record)
+
+    def _sign_state(self) -> None:
+        """Sign the heads of this server's ledger tables into ``ledger-head.json`` (atomic)."""
+        if self.ledger is None or self.key is None or self.out_dir is None:
+            return
+        from datetime import datetime, timezone
+
+        write_signed_heads(self.out_dir / SERVER_HEAD_FILE, self.ledger.sign_state(self.key),
+                           signed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    # ---------------------------------------------------------------- timing
+    def on_timing(self, server_round: int, phase: str, wall_s: float, compute_s: list[float]) -> None:
+        """Round wall time vs the slowest site's compute: the difference is per-round overhead."""
+        slowest = max(compute_s, default=0.0)
+        self.rounds.setdefault(server_round, {}).setdefault("timing", {})[phase] = {
+            "wall_s": round(wall_s, 3), "slowest_site_compute_s": round(slowest, 3),
+            "overhead_s": round(wall_s - slowest, 3)}
 
     # ------------------------------------------------------------ checkpoint
     def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:
@@ -136,7 +196,7 @@ class RunRecorder:
                     if _num(e.metrics.get(k)) is not None]
             if vals and total:
                 agg[k] = sum(v * w for v, w in vals) / sum(w for _, w in vals)
-        self.rounds[server_round] = {"weighted": agg, "sites_evaluated": len(evaluations)}
+        self.rounds.setdefault(server_round, {}).update({"weighted": agg, "sites_evaluated": len(evaluations)})
         self.flush()
 
     # ------------------------------------------------------------------ files
@@ -155,3 +215,4 @@ class RunRecorder:
         for key in sorted(self.rows):
             w.writerow({k: ("" if v is None else v) for k, v in self.rows[key].items()})
         atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
+        self._sign_state()

@@ -13,6 +13,7 @@ changes only what aggregation means:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any, Iterable, Protocol
@@ -51,6 +52,7 @@ class SiteEvaluation:
 class RoundRecorder(Protocol):
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None: ...
     def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None: ...
+    def on_timing(self, server_round: int, phase: str, wall_s: float, compute_s: list[float]) -> None: ...
     def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None: ...
 
 
@@ -83,12 +85,14 @@ class ModalityFedAvg(FedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self._global = arrays
+        self._round_started = time.monotonic()
         if self.fold_evaluation:
             config[EVALUATE_GLOBAL] = True
         return super().configure_train(server_round + self.round_offset, arrays, config, grid)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        self._evaluate_started = time.monotonic()
         return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def _site_of(self, node_id: int) -> str:
@@ -139,6 +143,8 @@ class ModalityFedAvg(FedAvg):
         counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
         if self.recorder:
+            self.recorder.on_timing(server_round, "train", time.monotonic() - self._round_started,
+                                    [r.metrics.get("compute-seconds", 0.0) for r in site_replies])
             if folded:  # metrics of the model the sites received = the previous round's global model
                 self.recorder.on_evaluate(server_round - 1, folded)
             self.recorder.on_train(server_round, site_replies)
@@ -158,6 +164,7 @@ class ModalityFedAvg(FedAvg):
                        timeout: float) -> MetricRecord | None:
         """One evaluate round of the final model (with folded evaluation, nothing else evaluates it)."""
         config["server-round"] = server_round
+        self._evaluate_started = time.monotonic()
         messages = [Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
                             message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
         replies = grid.send_and_receive(messages=messages, timeout=timeout)
@@ -169,6 +176,7 @@ class ModalityFedAvg(FedAvg):
         if not replies:
             return None
         evaluations = []
+        started = getattr(self, "_evaluate_started", None)
         for msg in replies:
             node = msg.metadata.src_node_id
             if msg.has_error():
@@ -186,6 +194,9 @@ class ModalityFedAvg(FedAvg):
             evaluations.append(SiteEvaluation(site, node, metrics))
         if self.recorder:
             self.recorder.on_evaluate(server_round, evaluations)
+            if started is not None:
+                self.recorder.on_timing(server_round, "evaluate", time.monotonic() - started,
+                                        [e.metrics.get("compute-seconds", 0.0) for e in evaluations])
         rows = [(e.metrics, e.metrics.get(NUM_EXAMPLES, 0.0)) for e in evaluations if e.metrics.get(NUM_EXAMPLES)]
         if not rows:
             return None

@@ -49,7 +49,7 @@ def _simulate(tmp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sim")
     out = tmp / "run1"
-    proc = _simulate(tmp, out, "--rounds", "2", "--set", "epsilon-budget=3.0")
+    proc = _simulate(tmp, out, "--rounds", "2", "--set", "epsilon-budget=2.6")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, out, proc
 
@@ -101,14 +101,14 @@ def test_second_run_on_same_site_state_continues_and_declines(first_run):
     tmp, out, _ = first_run
     before = json.loads((out / "summary.json").read_text())["sites"]
     out2 = tmp / "run2"
-    # same calibration (2 planned rounds reach ε=2.0); lifetime budget 3.0 is exhausted within run 2
-    proc = _simulate(tmp, out2, "--rounds", "2", "--set", "epsilon-budget=3.0", "--site-state", str(out / "sites"))
+    # same calibration (2 planned rounds reach ε=2.0): run 2 round 1 -> ~2.43 fits the lifetime budget 2.6, round 2 (~2.8) does not
+    proc = _simulate(tmp, out2, "--rounds", "2", "--set", "epsilon-budget=2.6", "--site-state", str(out / "sites"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     after = json.loads((out2 / "summary.json").read_text())["sites"]
     for site in ("cleveland", "va_long_beach"):
         # continues from the spent budget: never below what run 1 ended with, never above the budget
         assert after[site]["epsilon"] >= before[site]["epsilon"]
-        assert after[site]["epsilon"] <= 3.0
+        assert after[site]["epsilon"] <= 2.6
         assert after[site]["rounds_declined"] >= 1  # the budget runs out within run 2
         ledger = Ledger(out / "sites" / site / "ledger.sqlite")
         assert ledger.verify() == []
