@@ -1,60 +1,22 @@
-"""One hospital of the heart-disease data as a federated site: its train and test arrays, ready for the models."""
+"""One hospital of the heart-disease data as a federated site: its train and test arrays, ready for the models.
+
+:class:`SiteSplit` and the split itself are domain-agnostic (:mod:`common.data.site_split`); they are re-exported here.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from common.data.cleaning import load_mapped
 from common.data.heart import CANONICAL_COLUMNS, DEFAULT_CSV_PATH, HOSPITAL_DISPLAY_NAMES, HOSPITALS, load_heart_disease
 from common.data.notes import notes_for
 from common.data.schema import DataContractError
-from common.data.split import stratified_split
-from common.data.tabular import NormalizerStats, fit_normalizer, transform
+from common.data.site_split import SiteSplit, split_rows
+from common.data.tabular import TABULAR_FEATURES
 
 __all__ = ["SiteSplit", "load_hospital", "load_mapped_hospital", "split_site"]
-
-
-@dataclass(frozen=True)
-class SiteSplit:
-    """The rows of one site's train or test set; row i of every field is the same patient."""
-
-    ids: np.ndarray  # int64 (n,), patient ids from the CSV
-    labels: np.ndarray  # int64 (n,), 1 = heart disease (num > 0), 0 = none
-    tabular: np.ndarray  # float32 (n, F), standardised TABULAR_FEATURES, 0 where missing
-    tabular_mask: np.ndarray  # float32 (n, F), 1 = observed, 0 = missing
-    notes: tuple[str, ...]  # n generated notes (categorical fields only; see common.data.notes)
-
-    def __post_init__(self) -> None:
-        n = len(self.ids)
-        lengths = {
-            "labels": len(self.labels),
-            "tabular": len(self.tabular),
-            "tabular_mask": len(self.tabular_mask),
-            "notes": len(self.notes),
-        }
-        wrong = {name: length for name, length in lengths.items() if length != n}
-        if wrong:
-            raise ValueError(f"SiteSplit: ids has {n} rows but {wrong}")
-        if self.tabular.shape != self.tabular_mask.shape:
-            raise ValueError(f"SiteSplit: tabular {self.tabular.shape} and mask {self.tabular_mask.shape} differ")
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def _site_split(rows: pd.DataFrame, stats: NormalizerStats) -> SiteSplit:
-    tabular, mask = transform(rows, stats)
-    return SiteSplit(
-        ids=rows["id"].to_numpy(dtype=np.int64),
-        labels=rows["label"].to_numpy(dtype=np.int64),
-        tabular=tabular,
-        tabular_mask=mask,
-        notes=notes_for(rows),
-    )
 
 
 def load_hospital(
@@ -104,11 +66,7 @@ def split_site(rows: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 0)
     tuple[SiteSplit, SiteSplit]
         ``(train, test)``; test rows never influence the normalisation.
     """
-    rows = rows.reset_index(drop=True)
-    train_idx, test_idx = stratified_split(rows["label"].to_numpy(), test_fraction=test_fraction, seed=seed)
-    train_rows, test_rows = rows.iloc[train_idx], rows.iloc[test_idx]
-    stats = fit_normalizer(train_rows)  # this site's training rows only
-    return _site_split(train_rows, stats), _site_split(test_rows, stats)
+    return split_rows(rows, features=TABULAR_FEATURES, notes=notes_for, test_fraction=test_fraction, seed=seed)
 
 
 def load_mapped_hospital(

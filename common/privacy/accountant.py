@@ -50,6 +50,7 @@ __all__ = [
     "ACCOUNTANTS",
     "BudgetExhausted",
     "CALIBRATION_RTOL",
+    "CALIBRATION_START",
     "MAX_NOISE_MULTIPLIER",
     "MIN_NOISE_MULTIPLIER",
     "Mechanism",
@@ -67,6 +68,7 @@ PRV_EPS_ERROR = 0.01  # Opacus' default: absolute width of PRV's ε error band (
 CALIBRATION_RTOL = 0.005  # calibrated σ is within 0.5 % of the smallest σ meeting the target
 MIN_NOISE_MULTIPLIER = 0.3  # calibration floor: below it PRV gets very slow (>10 s) and ε is huge anyway
 MAX_NOISE_MULTIPLIER = 1e4  # calibration cap: if σ = 1e4 cannot meet the target, nothing useful can
+CALIBRATION_START = 1.0  # first σ tried: typical DP-SGD σ lie in [0.5, 3], one doubling/halving away
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ def normalize_history(history: Sequence[Sequence[Any]]) -> list[Mechanism]:
     out: list[Mechanism] = []
     for i, entry in enumerate(history):
         where = f"history[{i}] = {entry!r}"
-        if isinstance(entry, (str, bytes)) or len(entry) != 3:
+        if isinstance(entry, (str, bytes)) or not hasattr(entry, "__len__") or len(entry) != 3:
             raise ValueError(f"{where}: expected (noise_multiplier, sample_rate, num_steps)")
         sigma = _real(entry[0], f"{where}: noise_multiplier")
         q = _real(entry[1], f"{where}: sample_rate")
@@ -236,9 +238,10 @@ def calibrate_noise_multiplier(
     """Smallest σ such that ``prior_history + [(σ, sample_rate, steps)]`` has ε <= target.
 
     The same accountant (and the same :func:`epsilon_from_history`) that enforces and reports
-    the budget is used to calibrate: the returned σ was evaluated and meets the target;
-    ``0.995·σ`` (``CALIBRATION_RTOL``) was evaluated and does not. If even
-    ``MIN_NOISE_MULTIPLIER`` meets the target, that floor is returned.
+    the budget is used to calibrate: the returned σ was evaluated and meets the target, and
+    some σ' >= σ/(1 + ``CALIBRATION_RTOL``) (σ/1.005) was evaluated and does not. If even
+    ``MIN_NOISE_MULTIPLIER`` meets the target, that floor is returned. Typically 5-7 accountant
+    evaluations (secant search, :mod:`common.privacy.search`).
 
     Parameters
     ----------
@@ -253,7 +256,7 @@ def calibrate_noise_multiplier(
     accountant : str
         ``"prv"`` (default) or ``"rdp"``.
     prior_history : sequence of (noise_multiplier, sample_rate, num_steps)
-        Already spent; its last σ is the search's first guess.
+        Already spent (ε composes over it and the new steps).
 
     Returns
     -------
@@ -286,9 +289,8 @@ def calibrate_noise_multiplier(
     def cost(sigma: float) -> float:
         return epsilon_from_history([*prior, (sigma, q, int(steps))], delta=delta, accountant=accountant)
 
-    start = prior[-1][0] if prior else 1.0
     try:
-        found = smallest_feasible(cost, target=target, start=start, low=MIN_NOISE_MULTIPLIER,
+        found = smallest_feasible(cost, target=target, start=CALIBRATION_START, low=MIN_NOISE_MULTIPLIER,
                                   high=MAX_NOISE_MULTIPLIER, rtol=CALIBRATION_RTOL)
     except NoFeasibleValue as exc:
         floor = f" ({accountant.upper()} cannot certify ε below ~{PRV_EPS_ERROR} more than the " \

@@ -5,10 +5,10 @@ hands it ``σ -> ε(prior history + this round at σ)``. Every returned value wa
 and found feasible, so the answer is safe even where the cost function is only roughly
 monotone (numerical accountants are); "smallest" holds to the relative precision ``rtol``.
 
-Method: bracket by doubling/halving from ``start``, then shrink ``[below, value]`` with a
-secant step in log-log space (ε(σ) is close to a power law), nudged so that two evaluations
-usually close the bracket; a step that fails to halve the bracket's log-width is replaced
-by a geometric bisection, so the search never does worse than bisection by much.
+Method: bracket by doubling/halving from ``start``, then shrink ``[below, value]`` with
+secant steps in log-log space through the two evaluations nearest the target (ε(σ) is
+smooth, close to a power law), nudged so that two evaluations usually close the bracket; after two steps in a row that fail to halve the bracket's
+log-width comes one geometric bisection, so the search never does worse than bisection by much.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import dataclass
 __all__ = ["NoFeasibleValue", "SearchResult", "smallest_feasible"]
 
 MAX_EVALUATIONS = 200  # hard stop; a correct search needs ~5-25 evaluations
+POOR_STEPS_BEFORE_BISECTION = 2  # safeguard: never much worse than bisection
 CAP_PROBE_AFTER = 4  # doublings without success before `high` itself is tried (early "unreachable")
 
 
@@ -39,15 +40,20 @@ class SearchResult:
     evaluations: int  # how many times the cost function was called
 
 
-def _secant(lo: float, f_lo: float, hi: float, f_hi: float, target: float) -> float | None:
-    """Root of log(cost) - log(target) on the line through both ends in log-log space."""
-    if not (f_lo > 0 and f_hi > 0 and math.isfinite(f_lo) and math.isfinite(f_hi)):
+def _secant(points: list[tuple[float, float]], target: float) -> float | None:
+    """Root of log(cost/target) vs log(x) on the line through the two points nearest the root.
+
+    Nearest = smallest |log(cost/target)|; those are usually the two latest evaluations, so this
+    is a true secant step (fast when the curve bends, unlike regula falsi on the bracket ends).
+    """
+    logs = [(abs(g), math.log(x), g) for x, g in
+            ((x, math.log(v / target)) for x, v in points if 0 < v < math.inf)]
+    if len(logs) < 2:
         return None
-    g_lo, g_hi = math.log(f_lo / target), math.log(f_hi / target)
-    if not g_lo > g_hi:
+    (_, x1, g1), (_, x2, g2) = sorted(logs)[:2]
+    if x1 == x2 or g1 == g2:
         return None
-    x_lo, x_hi = math.log(lo), math.log(hi)
-    return math.exp(x_lo + g_lo * (x_hi - x_lo) / (g_lo - g_hi))
+    return math.exp(x1 - g1 * (x2 - x1) / (g2 - g1))
 
 
 def smallest_feasible(
@@ -87,16 +93,15 @@ def smallest_feasible(
         raise ValueError(f"search range must satisfy 0 < low <= high < inf, got low={low}, high={high}")
     if not (target > 0 and rtol > 0):
         raise ValueError(f"target and rtol must be > 0, got target={target}, rtol={rtol}")
-    calls = 0
+    points: list[tuple[float, float]] = []  # every (x, cost(x)) evaluated
 
     def f(x: float) -> float:
-        nonlocal calls
-        calls += 1
-        if calls > MAX_EVALUATIONS:
+        if len(points) >= MAX_EVALUATIONS:
             raise RuntimeError(f"search did not converge in {MAX_EVALUATIONS} evaluations (target={target})")
         v = float(cost(x))
         if math.isnan(v):
             raise ValueError(f"cost({x!r}) is NaN: cannot search")
+        points.append((x, v))
         return v
 
     def infeasible(v_high: float) -> NoFeasibleValue:
@@ -112,7 +117,7 @@ def smallest_feasible(
         hi, f_hi = x, v
         while lo is None:  # walk down until infeasible (or the floor)
             if hi <= low:
-                return SearchResult(value=hi, below=None, cost=f_hi, evaluations=calls)
+                return SearchResult(value=hi, below=None, cost=f_hi, evaluations=len(points))
             x = max(hi / 2, low)
             v = f(x)
             if v <= target:
@@ -142,11 +147,12 @@ def smallest_feasible(
     ratio = 1.0 + rtol
     done = ratio * (1 + 1e-12)  # float slack: hi / (hi / ratio) may round above ratio
     width_before = math.log(hi / lo)
-    stalled = False
+    poor_steps = 0  # consecutive secant steps that did not halve the bracket's log-width
     while hi / lo > done:
-        est = _secant(lo, f_lo, hi, f_hi, target)
-        if est is None or stalled:
+        est = _secant(points, target)
+        if est is None or poor_steps >= POOR_STEPS_BEFORE_BISECTION:
             x = math.sqrt(lo * hi)  # geometric bisection
+            poor_steps = 0
         elif est >= hi / ratio:
             x = hi / ratio  # root just below hi: one evaluation can close the bracket
         elif est <= lo * ratio:
@@ -159,6 +165,6 @@ def smallest_feasible(
         else:
             lo, f_lo = x, v
         width = math.log(hi / lo)
-        stalled = width > 0.5 * width_before and not stalled  # bisect after one poor step, then retry secant
+        poor_steps = poor_steps + 1 if width > 0.5 * width_before else 0
         width_before = width
-    return SearchResult(value=hi, below=lo, cost=f_hi, evaluations=calls)
+    return SearchResult(value=hi, below=lo, cost=f_hi, evaluations=len(points))

@@ -92,7 +92,7 @@ def test_bad_delta(delta: float) -> None:
 
 
 def test_rdp_is_looser_than_prv() -> None:
-    h = [(1.1, 0.05, 100), (0.9, 0.05, 20)]
+    h = [(1.1, 0.02, 100), (0.9, 0.02, 20)]
     prv = epsilon_from_history(h, delta=DELTA, accountant="prv")
     rdp = epsilon_from_history(h, delta=DELTA, accountant="rdp")
     assert rdp >= prv > 0
