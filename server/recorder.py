@@ -77,10 +77,19 @@ class RunRecorder:
         return self.sites.setdefault(site, {"rounds_trained": 0, "rounds_declined": 0, "rounds_failed": 0})
 
     # ------------------------------------------------------------------ train
+    def _already_recorded(self, site: str, server_round: int) -> bool:
+        """After a restart a site may replay a round the server already logged: log each round once."""
+        if self.ledger is None:
+            return False
+        return any(e.round == server_round and e.federation_id == self.federation_id and e.event == "trained"
+                   for e in self.ledger.entries(site=site))
+
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None:
         for r in replies:
             p = r.privacy
             event = {"trained": "trained", "replayed": "trained", "declined": "declined"}.get(r.status, "failed")
+            if r.status == "replayed" and self._already_recorded(r.site, server_round):
+                continue  # the same spend, reported again: neither counted nor logged twice
             s = self._site(r.site)
             s[f"rounds_{event}"] += 1
             if p:

@@ -1,0 +1,266 @@
+"""The operator's side of a deployed federation: certificates, the SuperLink, site registration.
+
+Everything lives in one folder the operator chooses (``DIR``)::
+
+    DIR/federation.toml        name, host, port, bind address (written by `init`, read by `start`)
+    DIR/certs/ca.crt           federation CA certificate: give it to every site
+    DIR/certs/ca.key           CA private key (0600): keep it with the operator, never share it
+    DIR/certs/server.pem|.key  SuperLink certificate (SAN: localhost, 127.0.0.1, host) and key (0600)
+    DIR/flwr-home/config.toml  `[superlink.<name>]` connection, so `FLWR_HOME=DIR/flwr-home flwr run . <name>` works
+    DIR/state.db               the SuperLink's database (registered sites, runs, messages)
+    DIR/logs/superlink.log     the SuperLink's log;  DIR/superlink.pid while started with --detach
+
+Plain glue around Flower's own commands (``flower-superlink``, ``flwr supernode register``);
+no Flower imports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.pki import make_federation_certificates
+from simulations.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
+
+__all__ = [
+    "DEFAULT_PORT",
+    "FederationError",
+    "FederationLayout",
+    "Federation",
+    "init_federation",
+    "load_federation",
+    "superlink_command",
+    "start_federation",
+    "stop_federation",
+    "register_site",
+]
+
+DEFAULT_PORT = 9092  # the SuperLink's one port (Fleet, Control and ServerAppIo APIs share it)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class FederationError(RuntimeError):
+    """An operator command cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FederationLayout:
+    """Where each file of a federation folder lives."""
+
+    root: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "federation.toml"
+
+    @property
+    def certs(self) -> Path:
+        return self.root / "certs"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.certs / "ca.crt"
+
+    @property
+    def flwr_home(self) -> Path:
+        return self.root / "flwr-home"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "state.db"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "logs" / "superlink.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.root / "superlink.pid"
+
+
+@dataclass(frozen=True)
+class Federation:
+    layout: FederationLayout
+    name: str  # connection name in flwr-home/config.toml (`flwr run . <name>`)
+    host: str  # the name or IP sites use in --superlink HOST:PORT (in the certificate's SANs)
+    port: int  # the SuperLink's port
+    bind: str  # the interface the SuperLink listens on
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _bind_for(host: str) -> str:
+    return "127.0.0.1" if host in ("127.0.0.1", "localhost") else "0.0.0.0"
+
+
+def init_federation(folder: Path, *, host: str, port: int = DEFAULT_PORT, name: str = "fedfusion",
+                    force: bool = False) -> Federation:
+    """Create a federation folder: CA, SuperLink certificate, Flower connection, settings.
+
+    Parameters
+    ----------
+    folder
+        The operator's federation folder (created).
+    host
+        Host name or IP the sites will connect to; it goes into the certificate.
+    port
+        The SuperLink's port.
+    name
+        Connection name for ``flwr run . <name>``; letters, digits, ``-``, ``_``.
+    force
+        Overwrite an existing federation folder's certificates and settings.
+
+    Returns
+    -------
+    Federation
+        The new federation.
+
+    Raises
+    ------
+    FederationError
+        If the folder already holds a federation (and not ``force``) or an argument is invalid.
+    """
+    if not _NAME.match(name):
+        raise FederationError(f"--name must be letters, digits, '-' or '_' (got {name!r})")
+    if not 0 < port < 65536:
+        raise FederationError(f"--port must be 1-65535 (got {port})")
+    if not host or any(c in host for c in " /:\"'"):
+        raise FederationError(f"--host must be a host name or IPv4 address (got {host!r})")
+    layout = FederationLayout(Path(folder).expanduser().resolve())
+    if layout.settings.exists() and not force:
+        raise FederationError(f"{layout.root} already holds a federation ({layout.settings}); "
+                              "use another folder, or --force to replace its certificates")
+    layout.root.mkdir(parents=True, exist_ok=True)
+    make_federation_certificates(layout.certs, host=host, federation=name)
+    fed = Federation(layout=layout, name=name, host=host, port=port, bind=_bind_for(host))
+    layout.settings.write_text(
+        "# Written by `fedfusion federation init`; read by `fedfusion federation start`.\n"
+        "[federation]\n"
+        f"name = {json.dumps(name)}   # connection name: FLWR_HOME={layout.flwr_home} flwr run . {name}\n"
+        f"host = {json.dumps(host)}   # what sites put in --superlink HOST:PORT (in the certificate)\n"
+        f"port = {port}\n"
+        f"bind = {json.dumps(fed.bind)}   # interface the SuperLink listens on\n")
+    layout.flwr_home.mkdir(exist_ok=True)
+    (layout.flwr_home / "config.toml").write_text(
+        "# Flower CLI connections of this federation (written by `fedfusion federation init`).\n"
+        "[superlink]\n"
+        f"default = {json.dumps(name)}\n\n"
+        f"[superlink.{name}]\n"
+        f"address = {json.dumps(fed.address)}\n"
+        f"root-certificates = {json.dumps(str(layout.ca_cert))}\n")
+    return fed
+
+
+def load_federation(folder: Path) -> Federation:
+    """Read ``DIR/federation.toml`` (written by :func:`init_federation`)."""
+    layout = FederationLayout(Path(folder).expanduser().resolve())
+    try:
+        raw = tomllib.loads(layout.settings.read_text())["federation"]
+        return Federation(layout=layout, name=str(raw["name"]), host=str(raw["host"]), port=int(raw["port"]),
+                          bind=str(raw.get("bind", _bind_for(str(raw["host"])))))
+    except FileNotFoundError:
+        raise FederationError(f"{layout.root} is not a federation folder (no federation.toml); "
+                              "create it with `fedfusion federation init DIR --host HOST`") from None
+    except (KeyError, ValueError, tomllib.TOMLDecodeError) as err:
+        raise FederationError(f"{layout.settings}: unreadable ({err})") from None
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).parent / name)
+
+
+def superlink_command(fed: Federation) -> list[str]:
+    """The ``flower-superlink`` command line: TLS, SuperNode authentication, database in the folder."""
+    c = fed.layout.certs
+    return [_bin("flower-superlink"),
+            "--ssl-ca-certfile", str(c / "ca.crt"), "--ssl-certfile", str(c / "server.pem"),
+            "--ssl-keyfile", str(c / "server.key"),
+            "--enable-supernode-auth",
+            "--database", str(fed.layout.database),
+            "--disable-runtime-dependency-installation",
+            "--host", fed.bind, "--port", str(fed.port)]
+
+
+def start_federation(folder: Path, *, detach: bool = False, timeout: float = 60.0) -> int:
+    """Start the SuperLink of a federation folder.
+
+    Parameters
+    ----------
+    folder
+        A folder made by :func:`init_federation`.
+    detach
+        Run in the background (PID in ``DIR/superlink.pid``) and return once it listens; otherwise run
+        in the foreground until Ctrl-C.
+    timeout
+        Seconds to wait for the port when detaching.
+
+    Returns
+    -------
+    int
+        0 when detached and up; otherwise the SuperLink's exit code.
+    """
+    fed = load_federation(folder)
+    lay = fed.layout
+    if read_pid(lay.pidfile) is not None:
+        raise FederationError(f"the SuperLink of {lay.root} is already running (PID file {lay.pidfile}); "
+                              f"stop it with `fedfusion federation stop {lay.root}`")
+    env = flower_env(lay.flwr_home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+    cmd = superlink_command(fed)
+    if not detach:
+        print(f"SuperLink {fed.address} (log {lay.log}); Ctrl-C stops it", flush=True)
+        return run_foreground(cmd, env=env, log=lay.log)
+    try:  # it listens on 127.0.0.1 or on every interface: probe loopback
+        pid = start_detached(cmd, env=env, log=lay.log, pidfile=lay.pidfile, port=fed.port, timeout=timeout)
+    except ServiceError as err:
+        raise FederationError(f"the SuperLink did not start: {err}") from None
+    print(f"SuperLink {fed.address} running, PID {pid} (PID file {lay.pidfile}, log {lay.log})")
+    return 0
+
+
+def stop_federation(folder: Path) -> bool:
+    """Stop a SuperLink started with ``--detach`` (and every process it spawned). True if one was running."""
+    return stop_pidfile(load_federation(folder).layout.pidfile)
+
+
+def register_site(folder: Path, public_key: Path, *, name: str, timeout: float = 60.0) -> int:
+    """Register a site's public key with the running SuperLink (``flwr supernode register``).
+
+    Parameters
+    ----------
+    folder
+        The federation folder (its ``flwr-home`` holds the connection).
+    public_key
+        The site's ``.pub`` file (OpenSSH ECDSA, as written by ``fedfusion site init``).
+    name
+        The site's name, shown by ``flwr supernode list``.
+    timeout
+        Seconds before giving up on the SuperLink.
+
+    Returns
+    -------
+    int
+        The exit code of ``flwr supernode register`` (0 = registered).
+    """
+    fed = load_federation(folder)
+    key = Path(public_key).expanduser().resolve()
+    if not key.is_file():
+        raise FederationError(f"public key {key} not found (the site's keys/<name>.pub from `fedfusion site init`)")
+    if not _NAME.match(name):
+        raise FederationError(f"--name must be letters, digits, '-' or '_' (got {name!r})")
+    cmd = [_bin("flwr"), "supernode", "register", str(key), fed.name, "--name", name]
+    try:
+        done = subprocess.run(cmd, env=flower_env(fed.layout.flwr_home), capture_output=True, text=True,
+                              timeout=timeout, cwd=fed.layout.root)
+    except subprocess.TimeoutExpired:
+        raise FederationError(f"no answer from the SuperLink at {fed.address} within {timeout:.0f}s; "
+                              f"is it running? (`fedfusion federation start {fed.layout.root}`)") from None
+    sys.stdout.write(done.stdout)
+    sys.stderr.write(done.stderr)
+    return done.returncode
