@@ -10,6 +10,9 @@ Order within a round (crash-safe, never under-counts):
 2. check: ε(history + this round) <= lifetime budget, else append "decline" and stop;
 3. append "reserve" (the round counts as spent from now on, whatever happens next);
 4. run the DP steps; append "confirm".
+5. after a confirm or a decline: sign the ledger's head with the site's key
+   (``<state-dir>/site_key``; see :meth:`SitePrivacy.sign_head`) and report it to the server,
+   which records it: a later truncation or rewrite of the ledger is then detectable.
 """
 
 from __future__ import annotations
@@ -26,9 +29,12 @@ from common.privacy.accountant import (
     make_accountant,
 )
 from common.privacy.ledger import Ledger, LedgerEntry
+from common.privacy.signing import load_or_create_key
 from common.storage import atomic_write_text
 
-__all__ = ["RoundPlan", "SitePrivacy"]
+__all__ = ["SITE_KEY_FILE", "RoundPlan", "SitePrivacy"]
+
+SITE_KEY_FILE = "site_key"  # in the state dir: the site's ECDSA P-384 key (a SuperNode-auth key may be put here)
 
 
 @dataclass(frozen=True)
@@ -140,3 +146,18 @@ class SitePrivacy:
                                               run_id=run_id, epsilon=plan.epsilon_before, epsilon_rdp=rdp,
                                               reason=plan.reason))
 
+    # ----------------------------------------------------------- signed head
+    def sign_head(self, *, round: int, run_id: str) -> dict[str, object]:
+        """Sign the ledger's newest row, keep the signature in the ledger's ``heads`` table, and
+        return the PRIVACY record fields that carry it to the server.
+
+        The key is ``<state-dir>/site_key`` (OpenSSH or PEM, ECDSA): in deployment, put the
+        SuperNode-authentication key there (``ssh-keygen -t ecdsa -b 384``); otherwise a P-384 key
+        of the site's own is created on first use (0600, public half in ``site_key.pub``).
+        """
+        key = load_or_create_key(self.state_dir / SITE_KEY_FILE, comment=f"fedfusion-site-{self.site}")
+        head = self.ledger.sign_head(key, site=self.site, round=round, run_id=run_id,
+                                     secure_mode=self.settings.secure_mode,
+                                     epsilon_budget=self.settings.epsilon_budget)
+        return {"ledger-head-seq": head.head_seq, "ledger-head-hash": head.head_hash,
+                "ledger-head-signature": head.signature, "site-public-key": head.public_key}

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 import torch
 
+from client.central import central_update
 from client.privacy import SitePrivacy
 from client.site_data import SiteData, load_site
 from client.train import evaluate, resolve_device, steps_per_epoch, train_dp, train_plain
@@ -73,6 +74,10 @@ class SiteRound:
         device = resolve_device(self.site.device)
         seed = self.run.federation.seed * 1000 + self.server_round
         branches = (*data.modalities, "head")
+        if self.run.privacy_mode == "central":  # site-level DP at the server (server/central.py): plain SGD here
+            return TrainOutcome(*central_update(model, data.train, global_state=global_state, train=t, device=device,
+                                                seed=seed, site=self.site.spec.name,
+                                                branches=(*self.scenario.modalities, "head")))
         if not self.site.privacy.enabled:
             res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
                               momentum=t.momentum, modality_dropout=t.modality_dropout, device=device, seed=seed)
@@ -119,7 +124,9 @@ class SiteRound:
     def _report(self, sp: SitePrivacy, plan, status: str, reason: str) -> dict[str, Any]:
         history = sp.history()
         s = self.site.privacy
-        return {
+        # after this round's confirm/decline: sign the ledger's head; the server records it (anchors the ledger)
+        head = sp.sign_head(round=self.server_round, run_id=self.run_id)
+        return head | {
             "status": status, "reason": reason, "site": self.site.spec.name, "dataset-id": sp.dataset_id,
             "epsilon": plan.epsilon_after if status == STATUS_TRAINED else plan.epsilon_before,
             "epsilon-rdp": (plan.epsilon_rdp_after if status == STATUS_TRAINED else

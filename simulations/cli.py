@@ -55,6 +55,42 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------- empirical-audit (one-run privacy audit)
+def _cmd_empirical_audit(args: argparse.Namespace) -> int:
+    """Exit 0: bound <= accounted ε; 1: the bound exceeds it (a leak caught); 2: bad settings."""
+    from common.config import ConfigError
+    from simulations.empirical_audit import EmpiricalAuditRequest, format_report, run_empirical_audit
+
+    req = EmpiricalAuditRequest(site=args.site, canaries=args.canaries, rounds=args.rounds,
+                                target_epsilon=args.target_epsilon, noise_scale=args.noise_scale, seed=args.seed,
+                                scenario=args.scenario, state_root=args.state_root, audit_delta=args.audit_delta)
+    try:
+        report = run_empirical_audit(req)
+    except ConfigError as err:
+        print(f"fedfusion empirical-audit: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1, allow_nan=False) if args.json else format_report(report))
+    return 0 if report["verdict"] == "PASS" else 1
+
+
+def _add_empirical_audit(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("empirical-audit", help="one-run empirical lower bound on a site's ε (Steinke et al. 2023)")
+    e.add_argument("--site", default="cleveland", help="site name in the scenario (default: cleveland)")
+    e.add_argument("--scenario", default="hospitals", help="packaged scenario name or path of a scenario .toml")
+    e.add_argument("--canaries", type=int, default=1000, help="m white-box gradient canaries (default: 1000)")
+    e.add_argument("--rounds", type=int, default=None, help="FL rounds trained (default: num-server-rounds)")
+    e.add_argument("--target-epsilon", type=float, default=None,
+                   help="ε the noise is calibrated for, i.e. the claim (default: the site's target-epsilon)")
+    e.add_argument("--noise-scale", type=float, default=1.0,
+                   help="σ used = scale × calibrated σ: 1 = as configured; 0.1 or 0 = negative controls")
+    e.add_argument("--audit-delta", type=float, default=None, help="δ of the audit (default: min(1e-5, site δ))")
+    e.add_argument("--seed", type=int, default=0, help="canary coin flips, sampling and noise")
+    e.add_argument("--state-root", type=Path, default=None,
+                   help="folder for <site>/cache (text features; no ledger is written): default runs/empirical-audit")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.set_defaults(func=_cmd_empirical_audit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedfusion", description="Federated, DP multimodal training (Flower + Opacus)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -73,6 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="print the table of a finished run folder")
     r.add_argument("run", type=Path)
     r.set_defaults(func=_cmd_report)
+    _add_empirical_audit(sub)  # `empirical-audit`
+
+    from server.audit_cli import add_audit_command  # `audit`: ledgers, recomputed ε, budgets (server/audit*.py)
+
+    add_audit_command(sub)
+
+    from simulations.deploy_cli import add_deploy_commands  # `federation ...` and `site ...` (deployment)
+
+    add_deploy_commands(sub)
     return p
 
 

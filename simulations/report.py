@@ -86,6 +86,13 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
         w = last[k].get("weighted", {})
         console.print(f"weighted over sites, round {k}: accuracy {_f(w.get('accuracy'))}, balanced accuracy "
                       f"{_f(w.get('balanced-accuracy'))}, AUC {_f(w.get('auc'))}")
+    central = summary.get("central_dp")
+    if central:  # privacy-mode "central": one site-level ε for the federation (server/central.py)
+        console.print(f"site-level (central) DP: ε = {_f(central.get('epsilon'))} at δ = {_f(central.get('delta'), 'g')} "
+                      f"after {central.get('releases')} releases (Flower RdpAccountant; dp_accounting PLD "
+                      f"{_f(central.get('epsilon_pld'))}); σ = {_f(central.get('noise_multiplier'))}, "
+                      f"C = {_f(central.get('clipping_norm'), 'g')}, {central.get('sampled_sites')} of "
+                      f"{central.get('num_sites')} sites per round, no sampling amplification claimed")
     console.print(summary.get("accountant_note", ""), style="dim")
     console.print(summary.get("data_note", ""), style="dim")
     declined = {n: s.get("last_decline_reason") for n, s in summary.get("sites", {}).items()

@@ -6,6 +6,9 @@
 * :mod:`~common.privacy.entry` / :mod:`~common.privacy.ledger`: the append-only, hash-chained
   SQLite ledger of reservations and reports.
 * :mod:`~common.privacy.search`: the bracketing search behind the calibration (no privacy math).
+* :mod:`~common.privacy.central`: ``privacy-mode = "central"`` (site-level DP by Flower's wrapper and
+  accountant): the plan and its checks, the ``*federation*`` ledger row and its stated assumption. Imported
+  on demand (not re-exported here); its ε is site-level, not sample-level.
 
 Every ε is sample-level (ε, δ)-DP of one site's dataset under add/remove-one neighbouring, for
 Poisson-subsampled DP-SGD, at the δ passed by the caller (see ``accountant``'s docstring).

@@ -86,7 +86,9 @@ class LedgerEntry:
         if self.event not in EVENTS:
             raise ValueError(f"LedgerEntry.event={self.event!r} (site={self.site!r}, round={self.round}): "
                              f"expected one of {EVENTS}")
-        missing = [n for n in _REQUIRED.get(self.event, ()) if getattr(self, n) in (None, "", 0)]
+        missing = [n for n in _REQUIRED.get(self.event, ()) if getattr(self, n) is None or getattr(self, n) == ""]
+        if self.event == "reserve" and self.steps < 1:
+            missing.append("steps")
         if missing:
             raise ValueError(f"LedgerEntry event {self.event!r} (site={self.site!r}, round={self.round}) needs "
                              f"{missing}: a {self.event} row must record its mechanism to be accountable")
@@ -136,9 +138,9 @@ _RULES: tuple[tuple[str, Any, str], ...] = (
     ("seq", lambda v: v >= 1, "seq starts at 1"),
 )
 
-# per event: fields that must be set (not None / "" / 0) for the row to make sense
+# per event: fields that must be set (not None, not "") for the row to make sense; a reserve also needs steps >= 1
 _REQUIRED: dict[str, tuple[str, ...]] = {
-    "reserve": ("noise_multiplier", "sample_rate", "steps", "delta", "accountant", "epsilon"),
+    "reserve": ("noise_multiplier", "sample_rate", "delta", "accountant", "epsilon"),
 }
 
 

@@ -14,8 +14,15 @@ Guarantees
   the first) and ``hash`` = sha256 over the canonical JSON of all its other fields (see
   :mod:`common.privacy.entry`). :meth:`Ledger.verify` detects an edited field, a deleted or
   inserted row (seq gap / prev_hash mismatch), reordered rows, a forged row with a bad hash.
-* Not yet detected: truncation of the newest rows, and a rewrite that recomputes every hash
-  after the edit. Both need a signed chain head, to be added on top of :meth:`Ledger.head`.
+* Not detected by the chain alone: truncation of the newest rows, and a rewrite that recomputes
+  every hash after the edit. Signed heads catch both: :meth:`Ledger.sign_head` signs
+  :meth:`Ledger.head` (:mod:`common.privacy.signing`) and keeps the signature in the file's
+  second table, ``heads`` (append-only, with a hash chain of its own); the server records
+  the heads sites send it in the same table of its ledger file (:meth:`Ledger.append_head`).
+  ``fedfusion audit`` (``server/audit.py``) checks a ledger against those heads.
+* The ``heads`` table was added without changing the ``entries`` schema or its hashing:
+  a file written before it gains an empty table when first opened for writing, and older
+  code ignores the table. ``Ledger(path, read_only=True)`` (the audit) never writes.
 
 Accounting from the ledger (:meth:`Ledger.mechanism_history`, :meth:`Ledger.spent`) refuses
 a ledger that fails :meth:`Ledger.verify`: an ε computed from tampered rows could be too low.
@@ -28,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sqlite3
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,8 +43,10 @@ from typing import Any
 
 from common.privacy.accountant import Mechanism, epsilon_from_history
 from common.privacy.entry import GENESIS_HASH, LedgerEntry, entry_hash
+from common.privacy.signing import HeadRecord, SignedHead, head_record_hash
 
-__all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "Ledger", "LedgerEntry", "LedgerIntegrityError"]
+__all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "HeadRecord", "Ledger", "LedgerEntry",
+           "LedgerIntegrityError"]
 
 LEDGER_KIND = "fedfusion-privacy-ledger"  # meta.kind: refuses to treat another SQLite file as a ledger
 SCHEMA_VERSION = "1"  # meta.schema_version: bump on any change of columns or hashing
@@ -58,6 +68,21 @@ _SCHEMA: tuple[str, ...] = (  # one statement each: executescript() would COMMIT
     "CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries "
     "BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only: DELETE refused'); END",
 )
+HEAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HeadRecord))
+_HEAD_SQL = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int | None": "INTEGER",
+             "bool | None": "INTEGER", "float | None": "REAL"}
+_HEADS_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE IF NOT EXISTS heads (\n  " + ",\n  ".join(
+        '"seq" INTEGER PRIMARY KEY' if f.name == "seq" else f'"{f.name}" {_HEAD_SQL[f.type]}'
+        for f in dataclasses.fields(HeadRecord)) + "\n)",
+    "CREATE TRIGGER IF NOT EXISTS heads_no_update BEFORE UPDATE ON heads "
+    "BEGIN SELECT RAISE(ABORT, 'privacy ledger heads are append-only: UPDATE refused'); END",
+    "CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON heads "
+    "BEGIN SELECT RAISE(ABORT, 'privacy ledger heads are append-only: DELETE refused'); END",
+)
+_SELECT_HEADS = f"SELECT {', '.join(chr(34) + n + chr(34) for n in HEAD_FIELDS)} FROM heads"
+_INSERT_HEAD = (f"INSERT INTO heads ({', '.join(chr(34) + n + chr(34) for n in HEAD_FIELDS)}) "
+                f"VALUES ({', '.join('?' for _ in HEAD_FIELDS)})")
 _SELECT = f"SELECT {', '.join(chr(34) + n + chr(34) for n in FIELDS)} FROM entries"
 _INSERT = (f"INSERT INTO entries ({', '.join(chr(34) + n + chr(34) for n in FIELDS)}) "
            f"VALUES ({', '.join('?' for _ in FIELDS)})")
@@ -82,23 +107,24 @@ def _where(row: dict[str, Any]) -> str:
     return f"seq={row.get('seq')!r} (site={row.get('site')!r}, round={row.get('round')!r})"
 
 
-def _chain_problems(rows: Sequence[dict[str, Any]]) -> list[str]:
-    """Problems of the hash chain ``rows`` (raw column dicts, in seq order)."""
+def _chain_problems(rows: Sequence[dict[str, Any]], *, record: Any = LedgerEntry, hasher: Any = entry_hash,
+                    what: str = "ledger entry", prefix: str = "") -> list[str]:
+    """Problems of the hash chain ``rows`` (raw column dicts, in seq order) of ``record`` rows."""
     problems: list[str] = []
     expected_seq, prev_hash, prev_where = 1, GENESIS_HASH, "the start (genesis)"
     for row in rows:
-        where = _where(row)
+        where = prefix + _where(row)
         if row["seq"] != expected_seq:
             problems.append(f"{where}: expected seq {expected_seq} — rows deleted, inserted or reordered")
         if row["prev_hash"] != prev_hash:
             problems.append(f"{where}: prev_hash does not match the hash of {prev_where} — "
                             "a row before it was deleted, inserted, reordered or rewritten")
         try:
-            entry = LedgerEntry(**row)
+            entry = record(**row)
         except (TypeError, ValueError) as exc:
-            problems.append(f"{where}: not a valid ledger entry ({exc})")
+            problems.append(f"{where}: not a valid {what} ({exc})")
         else:
-            if entry_hash(entry) != row["hash"]:
+            if hasher(entry) != row["hash"]:
                 problems.append(f"{where}: hash does not match its content — row edited, or forged with a bad hash")
         expected_seq = row["seq"] + 1 if isinstance(row["seq"], int) else expected_seq + 1
         prev_hash, prev_where = row["hash"], where
@@ -113,13 +139,23 @@ class Ledger:
     path : Path
         The SQLite file; it and its parent folders are created if absent. An existing file
         must be a ledger of this kind and schema version.
+    read_only : bool
+        Open an existing file without ever writing to it (no table is created): for audits.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.read_only = read_only
+        if read_only:
+            if not self.path.is_file():
+                raise LedgerIntegrityError(f"{self.path}: no such ledger file")
+            meta = self._snapshot()[0]
+            if _meta_problems(meta):
+                raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._transaction() as conn:
-            for statement in _SCHEMA:  # idempotent
+            for statement in (*_SCHEMA, *_HEADS_SCHEMA):  # idempotent
                 conn.execute(statement)
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if not meta:
@@ -131,7 +167,11 @@ class Ledger:
     # ------------------------------------------------------------ connection
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        if getattr(self, "read_only", False):
+            uri = "file:" + urllib.parse.quote(str(self.path.resolve())) + "?mode=ro"
+            conn = sqlite3.connect(uri, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=True)
+        else:
+            conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             yield conn
         finally:
@@ -157,8 +197,9 @@ class Ledger:
     def _snapshot(self) -> tuple[dict[str, str], list[dict[str, Any]]]:
         """Meta and all rows, read in one transaction (a consistent snapshot)."""
         with self._transaction("DEFERRED") as conn:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            return meta, self._rows(conn)
+            has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
+            return meta, (self._rows(conn) if has_meta else [])
 
     # ----------------------------------------------------------------- write
     def append(self, entry: LedgerEntry) -> LedgerEntry:
@@ -251,3 +292,85 @@ class Ledger:
         """
         history = self.mechanism_history(site=site, dataset_id=dataset_id)
         return epsilon_from_history(history, delta=delta, accountant=accountant)
+
+    # ---------------------------------------------------------- signed heads
+    def _head_rows(self, conn: sqlite3.Connection, site: str | None = None) -> list[dict[str, Any]]:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='heads'").fetchone():
+            return []  # a file written before signed heads, opened read-only
+        sql, args = (_SELECT_HEADS + " ORDER BY seq", ()) if site is None else (
+            _SELECT_HEADS + " WHERE site = ? ORDER BY seq", (site,))
+        return [dict(zip(HEAD_FIELDS, r)) for r in conn.execute(sql, args).fetchall()]
+
+    def _append_head(self, conn: sqlite3.Connection, record: HeadRecord) -> HeadRecord:
+        if record.seq is not None or record.ts or record.prev_hash or record.hash:
+            raise ValueError(f"{self.path}: append_head() assigns seq/ts/prev_hash/hash (site={record.site!r})")
+        last = conn.execute("SELECT seq, hash FROM heads ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
+        ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        chained = dataclasses.replace(record, seq=seq, ts=ts, prev_hash=prev_hash)
+        chained = dataclasses.replace(chained, hash=head_record_hash(chained))
+        conn.execute(_INSERT_HEAD, [getattr(chained, n) for n in HEAD_FIELDS])
+        return chained
+
+    def append_head(self, record: HeadRecord) -> HeadRecord:
+        """Append a signed head (e.g. one a site sent the server) to the ``heads`` table, atomically."""
+        with self._transaction("IMMEDIATE") as conn:
+            return self._append_head(conn, record)
+
+    def sign_head(self, key: Any, *, site: str, round: int, run_id: str = "", secure_mode: bool | None = None,
+                  epsilon_budget: float | None = None) -> HeadRecord:
+        """Sign this ledger's newest row with ``key`` and keep the signature in ``heads``, in one transaction.
+
+        Returns the heads row: its ``head_seq``/``head_hash``/``public_key``/``signature`` are
+        what the site sends the server.
+        """
+        with self._transaction("IMMEDIATE") as conn:
+            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            head_seq, head_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+            signed = SignedHead.sign(key, kind="site-ledger", site=site, seq=head_seq, head_hash=head_hash)
+            return self._append_head(conn, HeadRecord(
+                kind=signed.kind, site=site, round=round, run_id=run_id, head_seq=head_seq, head_hash=head_hash,
+                public_key=signed.public_key, signature=signed.signature, secure_mode=secure_mode,
+                epsilon_budget=epsilon_budget))
+
+    def sign_state(self, key: Any, *, signer: str = "server") -> tuple[SignedHead, SignedHead]:
+        """Signed heads of the ``entries`` chain and of the ``heads`` chain, read in one snapshot.
+
+        The server's own anchor (``ledger-head.json``): truncating or rewriting either table
+        after it was signed is detected.
+        """
+        with self._transaction("DEFERRED") as conn:
+            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+            heads = self._head_rows(conn)
+        e_seq, e_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+        h_seq, h_hash = (int(heads[-1]["seq"]), str(heads[-1]["hash"])) if heads else (0, GENESIS_HASH)
+        return (SignedHead.sign(key, kind="server-ledger", site=signer, seq=e_seq, head_hash=e_hash),
+                SignedHead.sign(key, kind="server-heads", site=signer, seq=h_seq, head_hash=h_hash))
+
+    def heads(self, *, site: str | None = None) -> list[HeadRecord]:
+        """Rows of the ``heads`` table in seq order (only ``site``'s if given); not verified.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If a row is not a valid head record.
+        """
+        with self._transaction("DEFERRED") as conn:
+            rows = self._head_rows(conn, site)
+        try:
+            return [HeadRecord(**row) for row in rows]
+        except (TypeError, ValueError) as exc:
+            raise LedgerIntegrityError(f"{self.path}: a heads row is not a valid head record: {exc}") from exc
+
+    def heads_head(self) -> tuple[int, str]:
+        """``(seq, hash)`` of the newest ``heads`` row; ``(0, GENESIS_HASH)`` when none."""
+        with self._transaction("DEFERRED") as conn:
+            rows = self._head_rows(conn)
+        return (int(rows[-1]["seq"]), str(rows[-1]["hash"])) if rows else (0, GENESIS_HASH)
+
+    def verify_heads(self) -> list[str]:
+        """Problems of the ``heads`` table's own hash chain (not of the signatures: see the audit)."""
+        with self._transaction("DEFERRED") as conn:
+            rows = self._head_rows(conn)
+        return _chain_problems(rows, record=HeadRecord, hasher=head_record_hash, what="head record",
+                               prefix="heads ")

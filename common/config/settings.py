@@ -1,18 +1,4 @@
-"""The only reader of run settings, scenario files and site files.
-
-Every run setting has exactly one source of truth: ``[tool.flwr.app.config]`` in
-``pyproject.toml`` (key and default). Flower hands the merged values to the apps as
-``context.run_config``; :func:`parse_run_config` turns that mapping into frozen,
-validated dataclasses. Nothing else in the code base reads ``run_config``,
-``node_config`` or a scenario/site TOML file.
-
-Where a site's settings come from
----------------------------------
-* Simulation: Flower gives each node only ``partition-id`` and ``num-partitions``;
-  the scenario file (``scenario-file``) maps partition *i* to its ``[[sites]]`` entry.
-* Deployment: the SuperNode is started with
-  ``--node-config 'site-config="/abs/site.toml"'``; that file describes the site.
-"""
+"""Run settings: ``[tool.flwr.app.config]`` (Flower's ``run_config``) -> frozen, validated dataclasses."""
 
 from __future__ import annotations
 
@@ -23,29 +9,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 __all__ = [
-    "ConfigError",
-    "FederationSettings",
-    "ModelSettings",
-    "TrainSettings",
-    "PrivacySettings",
-    "PathSettings",
-    "CentralSettings",
-    "PRIVACY_MODES",
-    "RunConfig",
-    "SiteSpec",
-    "Scenario",
-    "SiteConfig",
-    "APP_DIR",
-    "app_defaults",
-    "parse_run_config",
-    "load_scenario",
-    "resolve_site",
-    "load_site_file",
+    "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
+    "CentralSettings", "PRIVACY_MODES", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES",
+    "app_defaults", "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
 #: the bundle's folder, which carries code and TOML files but no data.
-APP_DIR = Path(__file__).resolve().parents[1]
+APP_DIR = Path(__file__).resolve().parents[2]
 PACKAGED_SCENARIOS = APP_DIR / "simulations" / "scenarios"
 
 FUSIONS = ("concat", "attention", "late")
@@ -131,34 +102,6 @@ class RunConfig:
     paths: PathSettings
     privacy_mode: str  # sample | central (PRIVACY_MODES)
     central: CentralSettings  # read in both modes, used in central mode only
-
-
-# ------------------------------------------------------------------------ scenario / sites
-@dataclass(frozen=True)
-class SiteSpec:
-    name: str  # site slug, unique in the federation (also its ledger key)
-    source: str  # data source registry key, e.g. "uci-heart"
-    source_args: Mapping[str, Any]  # arguments for that source (e.g. hospital = "cleveland")
-    modalities: tuple[str, ...]  # modalities this site holds
-    privacy_overrides: Mapping[str, Any] = field(default_factory=dict)  # per-site privacy keys
-
-
-@dataclass(frozen=True)
-class Scenario:
-    name: str  # scenario name, e.g. "hospitals"
-    description: str  # one line for reports
-    modalities: tuple[str, ...]  # union of the sites' modalities = branches of the global model
-    sites: tuple[SiteSpec, ...]  # partition i of the simulation is sites[i]
-    path: Path  # file it was read from
-
-
-@dataclass(frozen=True)
-class SiteConfig:
-    spec: SiteSpec  # what the site holds
-    privacy: PrivacySettings  # run defaults merged with the site's overrides
-    data_dir: Path  # where the site's data source reads from
-    state_dir: Path  # the site's own durable state: ledger.sqlite, caches
-    device: str  # auto | cpu | cuda
 
 
 # ------------------------------------------------------------------------------ readers
@@ -301,133 +244,3 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
     )
     return RunConfig(federation=fed, model=model, train=train, privacy=_privacy(r), paths=paths,
                      privacy_mode=r.choice("privacy-mode", PRIVACY_MODES), central=central)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except FileNotFoundError as err:
-        raise ConfigError(f"{path}: file not found") from err
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML ({err})") from err
-
-
-_PRIVACY_KEYS = ("dp", "target-epsilon", "epsilon-budget", "delta", "max-grad-norm", "accountant",
-                 "secure-mode")
-
-
-def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
-    r = _Reader(raw, where)
-    name = r.text("name")
-    if not name or not name.replace("-", "_").replace("_", "").isalnum():
-        raise ConfigError(f"{where}: 'name' must be a non-empty slug of letters, digits, '-' or '_'; got {name!r}")
-    mods = raw.get("modalities")
-    if not isinstance(mods, list) or not mods or any(m not in MODALITIES for m in mods):
-        raise ConfigError(f"{where}: 'modalities' must be a non-empty list drawn from {MODALITIES}; got {mods!r}")
-    if "tabular" not in mods:
-        raise ConfigError(f"{where}: every site needs the 'tabular' modality (it carries the record); got {mods!r}")
-    unknown = set(raw) - {"name", "source", "modalities", "privacy", *_SOURCE_ARG_KEYS}
-    if unknown:
-        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    privacy = raw.get("privacy", {})
-    bad = set(privacy) - set(_PRIVACY_KEYS)
-    if bad:
-        raise ConfigError(f"{where}.privacy: unknown keys {sorted(bad)}; allowed: {_PRIVACY_KEYS}")
-    args = {k: raw[k] for k in _SOURCE_ARG_KEYS if k in raw}
-    return SiteSpec(name=name, source=r.text("source"), source_args=args,
-                    modalities=tuple(m for m in MODALITIES if m in mods), privacy_overrides=dict(privacy))
-
-
-#: keys of a [[sites]] entry that are handed to the site's data source
-_SOURCE_ARG_KEYS = ("hospital", "bank", "partition", "files", "mapping")
-
-
-def load_scenario(path: Path) -> Scenario:
-    """Read a scenario TOML: ``[scenario]`` plus one ``[[sites]]`` table per partition."""
-    raw = _read_toml(path)
-    head = raw.get("scenario", {})
-    sites_raw = raw.get("sites")
-    if not isinstance(sites_raw, list) or not sites_raw:
-        raise ConfigError(f"{path}: needs at least one [[sites]] table")
-    sites = tuple(_site_spec(s, f"{path} [[sites]] #{i}") for i, s in enumerate(sites_raw))
-    names = [s.name for s in sites]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"{path}: site names must be unique; got {names}")
-    mods = tuple(m for m in MODALITIES if any(m in s.modalities for s in sites))
-    return Scenario(name=str(head.get("name", path.stem)), description=str(head.get("description", "")),
-                    modalities=mods, sites=sites, path=path)
-
-
-def _merge_privacy(base: PrivacySettings, overrides: Mapping[str, Any], where: str) -> PrivacySettings:
-    if not overrides:
-        return base
-    merged = {f.name: getattr(base, f.name) for f in fields(base)}
-    keymap = {"dp": "enabled", "target-epsilon": "target_epsilon", "epsilon-budget": "epsilon_budget",
-              "delta": "delta", "max-grad-norm": "max_grad_norm", "accountant": "accountant",
-              "secure-mode": "secure_mode"}
-    flat = {k: merged[v] for k, v in keymap.items()}
-    flat.update(overrides)
-    return _privacy(_Reader(flat, where))
-
-
-def resolve_site(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
-    """Find this node's site: ``site-config`` file (deployment) or partition id (simulation)."""
-    if "site-config" in node_config:
-        return load_site_file(Path(str(node_config["site-config"])), run=run)
-    if "partition-id" not in node_config:
-        raise ConfigError(
-            "node config has neither 'site-config' (deployment) nor 'partition-id' (simulation); "
-            "start the SuperNode with --node-config 'site-config=\"/abs/site.toml\"'"
-        )
-    scenario = load_scenario(run.paths.scenario_file)
-    pid = int(node_config["partition-id"])
-    if not 0 <= pid < len(scenario.sites):
-        raise ConfigError(
-            f"partition-id {pid} has no site in {scenario.path} ({len(scenario.sites)} sites); "
-            f"run the simulation with num-supernodes={len(scenario.sites)}"
-        )
-    spec = scenario.sites[pid]
-    state_root = run.paths.site_state_root or (run.paths.out_dir / "sites" if run.paths.out_dir else None)
-    if state_root is None:
-        raise ConfigError("set 'out-dir' or 'site-state-root' (absolute): each site needs a state folder for its ledger")
-    return SiteConfig(
-        spec=spec,
-        privacy=_merge_privacy(run.privacy, spec.privacy_overrides, f"{scenario.path} site '{spec.name}'"),
-        data_dir=run.paths.data_dir or _repo_data_dir(),
-        state_dir=state_root / spec.name,
-        device=run.train.device,
-    )
-
-
-def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
-    """Read a deployed site's TOML (``[site]`` table + optional ``[privacy]``)."""
-    raw = _read_toml(path)
-    site = dict(raw.get("site", {}))
-    if "privacy" in raw:
-        site["privacy"] = raw["privacy"]
-    state_dir, data_dir = site.pop("state-dir", None), site.pop("data-dir", None)
-    device = site.pop("device", run.train.device)
-    spec = _site_spec(site, f"{path} [site]")
-    r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or ""}, f"{path} [site]")
-    sd = r.path("state-dir")
-    if sd is None:
-        raise ConfigError(f"{path} [site]: 'state-dir' (absolute) is required: it holds the site's privacy ledger")
-    return SiteConfig(spec=spec, privacy=_merge_privacy(run.privacy, spec.privacy_overrides, str(path)),
-                      data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
-                      device=_Reader({"device": device}, str(path)).choice("device", DEVICES))
-
-
-def _repo_data_dir() -> Path:
-    d = APP_DIR / "data"
-    if not d.is_dir():
-        raise ConfigError(
-            f"'data-dir' is empty and there is no data folder next to the app ({d}); Flower's app bundle "
-            "carries no data: pass --run-config 'data-dir=\"/abs/path/to/fedfusion/data\"'"
-        )
-    return d
-
-
-def with_overrides(run: RunConfig, **privacy: Any) -> RunConfig:
-    """Return ``run`` with privacy fields replaced (used by tests and the simulate driver)."""
-    return replace(run, privacy=replace(run.privacy, **privacy))

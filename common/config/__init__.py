@@ -1,0 +1,29 @@
+"""The only reader of run settings, scenario files and site files.
+
+Every run setting has exactly one source of truth: ``[tool.flwr.app.config]`` in
+``pyproject.toml`` (key and default). Flower hands the merged values to the apps as
+``context.run_config``; :func:`parse_run_config` turns that mapping into frozen,
+validated dataclasses. Nothing else in the code base reads ``run_config``,
+``node_config`` or a scenario/site TOML file.
+
+Where a site's settings come from
+---------------------------------
+* Simulation: Flower gives each node only ``partition-id`` and ``num-partitions``;
+  the scenario file (``scenario-file``) maps partition *i* to its ``[[sites]]`` entry.
+* Deployment: the SuperNode is started with
+  ``--node-config 'site-config="/abs/site.toml"'``; that file describes the site.
+
+The package has two modules: ``settings`` (run settings) and ``sites`` (scenario and site files).
+"""
+
+from common.config.settings import (APP_DIR, MODALITIES, PACKAGED_SCENARIOS, PRIVACY_MODES, CentralSettings,
+                                    ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
+                                    RunConfig, TrainSettings, app_defaults, parse_run_config)
+from common.config.sites import Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site
+
+__all__ = [
+    "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
+    "CentralSettings", "PRIVACY_MODES", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
+    "PACKAGED_SCENARIOS", "MODALITIES", "app_defaults", "parse_run_config", "load_scenario", "resolve_site",
+    "load_site_file",
+]
