@@ -146,6 +146,12 @@ class SiteRound:
         r = evaluate(model, data.test, device=device)
         out = {NUM_EXAMPLES: float(r.num_examples), "loss": r.loss, "accuracy": r.accuracy,
                "balanced-accuracy": r.balanced_accuracy, "auc": r.auc, "positives": float(r.positives)}
+        if self.run.train.embedding_views:  # local inspection only: written at the site, never sent
+            from client.embedding_views import write_embedding_views
+
+            write_embedding_views(model, data.test, self.site.state_dir / "views" / f"round-{self.server_round:03d}.png",
+                                  device=device, modalities=self.scenario.modalities,
+                                  title=f"{self.site.spec.name}, round {self.server_round}, test rows")
         # Missing-modality robustness: each held modality removed in turn, and each alone.
         mods = self.scenario.modalities
         if len(data.modalities) > 1:

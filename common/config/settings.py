@@ -62,6 +62,7 @@ class TrainSettings:
     momentum: float  # SGD momentum
     modality_dropout: float  # probability of hiding a present modality of a training sample
     device: str  # auto | cpu | cuda
+    embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
 
 
 @dataclass(frozen=True)
@@ -228,6 +229,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         momentum=r.number("momentum", low=0.0, high=0.999),
         modality_dropout=r.number("modality-dropout", low=0.0, high=0.9),
         device=r.choice("device", DEVICES),
+        embedding_views=r.boolean("embedding-views"),
     )
     scenario = r.path("scenario-file") or PACKAGED_SCENARIOS / "hospitals.toml"
     paths = PathSettings(
