@@ -46,7 +46,9 @@ def main(grid: Grid, context: Context) -> None:
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
-            "data_note": " ".join(sorted({get_source(s.source).note for s in scenario.sites})),
+            "data_note": " ".join(sorted({get_source(s.source).note for s in scenario.sites})) + (
+                " Images are a CONSTRUCTION: real MNIST digits paired to records by label (AV-MNIST style); "
+                "they carry no clinical or financial signal." if "image" in scenario.modalities else ""),
         },
     )
     if ckpt:
