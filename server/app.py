@@ -43,6 +43,7 @@ def main(grid: Grid, context: Context) -> None:
             "scenario": scenario.name, "scenario_description": scenario.description,
             "modalities": list(scenario.modalities), "num_rounds": run.federation.num_rounds,
             "fusion": run.model.fusion, "text_encoder": run.model.text_encoder,
+            "modality_dropout": run.train.modality_dropout,
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),

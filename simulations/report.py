@@ -74,7 +74,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     mrows = modality_table(summary)
     if mrows:
         mt = Table(title="missing-modality robustness: balanced accuracy / AUC on each site's test set "
-                         "(final model; modality hidden by its mask)")
+                         "(final model; modality hidden by its mask; trained with modality dropout "
+                         f"{summary.get('modality_dropout', 0.0):g})")
         for col in mrows[0]:
             mt.add_column(col, justify="left" if col == "site" else "right")
         for r in mrows:
