@@ -42,6 +42,7 @@ class SiteCheck:
     modalities: list[ModalityCount] = field(default_factory=list)
     missing_modalities: list[str] = field(default_factory=list)  # federation modalities the site does not hold
     privacy: dict[str, Any] = field(default_factory=dict)
+    cleaning: dict[str, dict[str, int]] = field(default_factory=dict)  # mapping changes per column per rule
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -155,6 +156,13 @@ def check_site(config: Path, *, scenario: Path | None = None, seed: int | None =
         report.errors.append(f"{config} [site] (source {site.spec.source!r}): {err}")
         return report
     report.train_rows, report.test_rows = len(train), len(test)
+    if "mapping" in site.spec.source_args:  # what the site's mapping changed, column by column
+        from common.data.cleaning import load_mapped
+
+        mapped = load_mapped(site.data_dir / str(site.spec.source_args["mapping"]))
+        report.cleaning = mapped.report.changes()
+        if site.state_dir.is_dir():  # the site keeps its own copy of the cleaning report
+            mapped.report.write_json(site.state_dir / "cleaning-report.json")
     for m in site.spec.modalities:
         if m == "tabular":
             c = ModalityCount(m, tab_source, int((train.tabular_mask.sum(1) > 0).sum()),
@@ -193,6 +201,8 @@ def format_check(report: SiteCheck) -> str:
         out.append(f"missing modalities (branches this site will not train): {miss}")
     if report.privacy:
         out.append("privacy       " + ", ".join(f"{k}={v}" for k, v in report.privacy.items()))
+    for column, rules in report.cleaning.items():
+        out.append(f"  cleaned {column:<18} " + ", ".join(f"{rule} x{n}" for rule, n in rules.items()))
     out += [f"warning: {w}" for w in report.warnings]
     out += [f"ERROR: {e}" for e in report.errors]
     out.append("OK: ready to join (nothing was sent)" if report.ok else
