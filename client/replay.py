@@ -14,29 +14,19 @@ import re
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 import torch
 
 from client.round import TrainOutcome
 from common.privacy.ledger import Ledger
 from common.records import STATUS_DECLINED, STATUS_REPLAYED
-from common.storage import atomic_write_bytes
+from common.storage import arrays_digest, atomic_write_bytes
 
 __all__ = ["ReplayCache", "state_digest"]
 
 
 def state_digest(state: Mapping[str, torch.Tensor]) -> str:
-    """The same digest the server computes over its arrays (server/checkpoint.py's recipe)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for k in sorted(state):
-        a = np.ascontiguousarray(state[k].detach().cpu().numpy())
-        h.update(k.encode())
-        h.update(str(a.dtype).encode())
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    """The digest the server computes over the arrays it sent (``common.storage.arrays_digest``)."""
+    return arrays_digest({k: v.detach().cpu().numpy() for k, v in state.items()})
 
 
 def _safe(s: str) -> str:

@@ -1,12 +1,17 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of either), and the
+digest of a set of named arrays that the server and the sites both compute."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Mapping
 
-__all__ = ["atomic_write_bytes", "atomic_write_text"]
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "arrays_digest"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -27,3 +32,15 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """sha256 over names, dtypes, shapes and bytes, in name order (same on server and sites)."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k])
+        h.update(k.encode())
+        h.update(str(a.dtype).encode())
+        h.update(repr(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()

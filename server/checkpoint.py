@@ -8,7 +8,6 @@ the same federation id and out-dir resumes from the round after the checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Mapping
 
 import numpy as np
 
-from common.storage import atomic_write_bytes
+from common.storage import arrays_digest, atomic_write_bytes
 
 __all__ = ["Checkpoint", "CheckpointError", "arrays_digest", "save_checkpoint", "load_checkpoint"]
 
@@ -33,18 +32,6 @@ class Checkpoint:
     round: int  # last completed (aggregated) round
     arrays: dict[str, np.ndarray]  # the global trainable arrays after that round
     digest: str  # arrays_digest(arrays): what the sites were (or will be) sent
-
-
-def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """sha256 over names, dtypes, shapes and bytes, in name order (same on server and sites)."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k])
-        h.update(k.encode())
-        h.update(str(a.dtype).encode())
-        h.update(repr(a.shape).encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def save_checkpoint(out_dir: Path, ckpt: Checkpoint) -> Path:

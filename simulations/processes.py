@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["free_port", "wait_for_port", "descendants", "ProcessSet"]
+__all__ = ["free_port", "wait_for_port", "descendants", "terminate", "ProcessSet"]
 
 
 def free_port() -> int:
@@ -77,6 +77,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def terminate(pids: list[int], *, groups: list[int] = (), grace: float = 10.0, poll=None) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` s, every pid and process group given, until all are gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for g in groups:
+            try:
+                os.killpg(g, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+            if poll is not None:
+                poll()  # reap our own children so they do not linger as zombies
+            time.sleep(0.2)
+        if not any(_alive(pid) for pid in pids):
+            break
+
+
 class ProcessSet:
     """Processes started here; :meth:`stop` ends them and every descendant they spawned."""
 
@@ -99,25 +121,8 @@ class ProcessSet:
 
     def stop(self, *, grace: float = 10.0) -> None:
         self.track()
-        pids = [p.pid for p in self.procs] + sorted(self._seen)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            for p in self.procs:
-                try:
-                    os.killpg(p.pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
-                for p in self.procs:
-                    p.poll()
-                time.sleep(0.2)
-            if not any(_alive(pid) for pid in pids):
-                break
+        terminate([p.pid for p in self.procs] + sorted(self._seen), groups=[p.pid for p in self.procs],
+                  grace=grace, poll=lambda: [p.poll() for p in self.procs])
         for p in self.procs:
             try:
                 p.wait(timeout=1)

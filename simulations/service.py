@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from simulations.processes import ProcessSet, descendants, wait_for_port
+from simulations.processes import ProcessSet, descendants, terminate, wait_for_port
 
 __all__ = ["ServiceError", "flower_env", "run_foreground", "start_detached", "stop_pidfile", "read_pid"]
 
@@ -204,21 +204,6 @@ def stop_pidfile(pidfile: Path, *, grace: float = 15.0) -> bool:
     if pid is None:
         pidfile.unlink(missing_ok=True)
         return False
-    pids = [pid, *descendants(pid)]
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)  # the session we started it in
-        except (ProcessLookupError, PermissionError):
-            pass
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in pids):
-            time.sleep(0.2)
-        if not any(_alive(p) for p in pids):
-            break
+    terminate([pid, *descendants(pid)], groups=[pid], grace=grace)
     pidfile.unlink(missing_ok=True)
     return True
