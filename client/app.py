@@ -17,8 +17,9 @@ from flwr.clientapp import ClientApp
 
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
-from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
-                            STATUS_FAILED)
+from client.timing import process_age_seconds
+from common.records import (ARRAYS, COMPUTE_SECONDS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES,
+                            PRIVACY, SETUP_SECONDS, SITE, STARTUP_SECONDS, STATUS_FAILED)
 
 __all__ = ["app"]
 
@@ -53,26 +54,33 @@ def reply_on_error(handler: Callable[[Message, Context], Message]) -> Callable[[
     return wrapped
 
 
+def _timing(job: SiteRound, node_config, seconds: float, startup: float | None) -> dict[str, float]:
+    """This message's time split (client/timing.py): compute excludes data loading and model building."""
+    out = {COMPUTE_SECONDS: max(0.0, seconds - job.setup.seconds), SETUP_SECONDS: job.setup.seconds}
+    if startup is not None and "site-config" in node_config:  # deployment: one fresh process per message
+        out[STARTUP_SECONDS] = startup
+    return out
+
+
 @app.train()
 @reply_on_error
 def train(msg: Message, context: Context) -> Message:
     """Train this site's branches with DP-SGD, or decline if the budget would be exceeded."""
+    startup = process_age_seconds()
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
     state = msg.content[ARRAYS].to_torch_state_dict()
     # Folded evaluation: the received global model's test metrics ride along (one message, one process).
     t0 = time.perf_counter()
     evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
-    t1 = time.perf_counter()
     # The same round sent again (server restart) is answered from the cache: no second spend.
     cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
     outcome = cache.get(job.federation_id, job.server_round, digest)
     if outcome is None:
         outcome = job.train(state)
         cache.put(job.federation_id, job.server_round, digest, outcome)
-    # compute time inside the handler (data, model, training, evaluation): the rest of a round is overhead
-    outcome.metrics["compute-seconds"] = time.perf_counter() - t0
-    if evaluation is not None:
-        evaluation["compute-seconds"] = t1 - t0
+    # the train reply's timing covers the whole handler (folded evaluation included); the server takes
+    # round wall time minus the slowest site's compute as the round's overhead
+    outcome.metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
     if outcome.arrays is not None:
         content[ARRAYS] = ArrayRecord(outcome.arrays)
@@ -85,9 +93,10 @@ def train(msg: Message, context: Context) -> Message:
 @reply_on_error
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on this site's own test rows."""
+    startup = process_age_seconds()
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
     t0 = time.perf_counter()
     metrics = job.evaluate(msg.content[ARRAYS].to_torch_state_dict())
-    metrics["compute-seconds"] = time.perf_counter() - t0
+    metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))
     content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord({"name": job.site.spec.name})})
     return Message(content=content, reply_to=msg)

@@ -16,6 +16,7 @@ import torch
 from client.central import central_update
 from client.privacy import SitePrivacy
 from client.site_data import SiteData, load_site
+from client.timing import Stopwatch
 from client.train import evaluate, resolve_device, steps_per_epoch, train_dp, train_plain
 from common.config import RunConfig, Scenario, SiteConfig, load_scenario, parse_run_config, resolve_site
 from common.factory import build_model
@@ -40,6 +41,7 @@ class SiteRound:
                  federation_id: str, run_id: str) -> None:
         self.run, self.scenario, self.site = run, scenario, site
         self.server_round, self.federation_id, self.run_id = server_round, federation_id, run_id
+        self.setup = Stopwatch()  # seconds spent loading data and building models (not compute)
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any],
@@ -51,16 +53,18 @@ class SiteRound:
 
     # ------------------------------------------------------------------ parts
     def data(self) -> SiteData:
-        return load_site(self.site, model_modalities=self.scenario.modalities,
-                         text_encoder=self.run.model.text_encoder, seed=self.run.federation.seed)
+        with self.setup:
+            return load_site(self.site, model_modalities=self.scenario.modalities,
+                             text_encoder=self.run.model.text_encoder, seed=self.run.federation.seed)
 
     def model(self, global_state: Mapping[str, torch.Tensor], data: SiteData) -> torch.nn.Module:
-        model = build_model(self.run.model, scenario=self.scenario, seed=self.run.federation.seed)
-        load_trainable(model, global_state)
-        # Branches this site has no data for get no gradient: freeze them so that Opacus neither
-        # noises nor sends them, and the server keeps their global values.
-        freeze_branches(model, [m for m in self.scenario.modalities if m not in data.modalities])
-        return model
+        with self.setup:
+            model = build_model(self.run.model, scenario=self.scenario, seed=self.run.federation.seed)
+            load_trainable(model, global_state)
+            # Branches this site has no data for get no gradient: freeze them so that Opacus neither
+            # noises nor sends them, and the server keeps their global values.
+            freeze_branches(model, [m for m in self.scenario.modalities if m not in data.modalities])
+            return model
 
     def privacy(self, data: SiteData) -> SitePrivacy:
         return SitePrivacy(site=self.site.spec.name, dataset_id=data.dataset_id, settings=self.site.privacy,

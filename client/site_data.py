@@ -45,23 +45,25 @@ def _fingerprint(split: SiteSplit) -> str:
     return h.hexdigest()[:16]
 
 
-def _text_features(notes: tuple[str, ...], *, kind: str, cache_dir: Path) -> dict[str, torch.Tensor]:
+def _text_features(notes: tuple[str, ...], *, kind: str, cache_dir: Path | None) -> dict[str, torch.Tensor]:
+    """Frozen-encoder features of ``notes``; ``cache_dir`` None = no disk cache (the site's ``feature-cache``)."""
     from safetensors.torch import load, save
 
     from common.models.text import TextFeaturizer
 
     cfg = text_config(kind)
     key = hashlib.sha256("\x1f".join([kind, repr(cfg), *notes]).encode("utf-8")).hexdigest()[:20]
-    path = cache_dir / f"text-{kind}-{key}.safetensors"
-    if path.exists():
+    path = cache_dir / f"text-{kind}-{key}.safetensors" if cache_dir is not None else None
+    if path is not None and path.exists():
         return load(path.read_bytes())
     feats = TextFeaturizer(cfg).featurize(list(notes))
-    atomic_write_bytes(path, save({k: v.contiguous() for k, v in feats.items()}))
+    if path is not None:
+        atomic_write_bytes(path, save({k: v.contiguous() for k, v in feats.items()}))
     return feats
 
 
 def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[str, ...], text_kind: str,
-             cache_dir: Path, images: np.ndarray | None) -> dict[str, torch.Tensor]:
+             cache_dir: Path | None, images: np.ndarray | None) -> dict[str, torch.Tensor]:
     n = len(split)
     out = {
         "tabular": torch.from_numpy(split.tabular),
@@ -88,12 +90,13 @@ def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[
 
 def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encoder: str, seed: int) -> SiteData:
     """The site's train/test datasets for a model over ``model_modalities``."""
-    key = (repr(site.spec), str(site.data_dir), str(site.state_dir), model_modalities, text_encoder, seed)
+    key = (repr(site.spec), str(site.data_dir), str(site.state_dir), site.feature_cache, model_modalities,
+           text_encoder, seed)
     if key in _MEMO:
         return _MEMO[key]
     train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir, seed=seed)
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
-    cache = site.state_dir / "cache"
+    cache = site.state_dir / "cache" if site.feature_cache else None
     train_img = test_img = None
     if "image" in site_mods:
         # CONSTRUCTED modality: real MNIST digits paired to records by label (AV-MNIST style),

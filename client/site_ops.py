@@ -125,6 +125,10 @@ device = {_toml(req.device)}
 # from being spent twice, across rounds, runs and rejoins.
 state-dir = {_toml(str(state_dir))}
 
+# Keep the frozen text encoder's features of your notes in state-dir/cache/ (derived from patient notes; they
+# never leave this machine). false: recompute them in every message (slower rounds; nothing derived on disk).
+feature-cache = true
+
 [privacy]
 # Sample-level differential privacy of this site's dataset (add/remove one record).
 target-epsilon = {req.target_epsilon!r}   # ε one run's planned training reaches (the noise is calibrated to it)

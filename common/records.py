@@ -21,6 +21,11 @@ SITE = "site"  # ConfigRecord key of the site's identity (evaluate replies)
 EVALUATION = "evaluation"  # MetricRecord key: the received global model's test metrics, folded into a train reply
 EVALUATE_GLOBAL = "evaluate-global"  # CONFIG flag: fold evaluation into the train reply
 NUM_EXAMPLES = "num-examples"  # weighting key, as Flower's FedAvg uses it
+# where a site's time went in one message (client/timing.py), MetricRecord keys of train/evaluate replies
+COMPUTE_SECONDS = "compute-seconds"  # training + evaluation proper
+SETUP_SECONDS = "setup-seconds"  # data, frozen-encoder features, model build
+STARTUP_SECONDS = "startup-seconds"  # deployment: process start to handler (imports, fetching the message)
+TIMING_KEYS = (COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS)
 SITE_WEIGHT = "site-weight"  # privacy-mode "central": weighting key; every site sends 1.0 (equal weights)
 
 STATUS_TRAINED = "trained"

@@ -37,6 +37,7 @@ from common.privacy.signing import (
     verify_head,
     write_signed_heads,
 )
+from common.records import COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS, TIMING_KEYS
 from common.storage import atomic_write_text
 from server.checkpoint import Checkpoint, arrays_digest, save_checkpoint
 from server.strategy import SiteEvaluation, SiteReply
@@ -156,12 +157,24 @@ class RunRecorder:
                            signed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     # ---------------------------------------------------------------- timing
-    def on_timing(self, server_round: int, phase: str, wall_s: float, compute_s: list[float]) -> None:
-        """Round wall time vs the slowest site's compute: the difference is per-round overhead."""
-        slowest = max(compute_s, default=0.0)
-        self.rounds.setdefault(server_round, {}).setdefault("timing", {})[phase] = {
-            "wall_s": round(wall_s, 3), "slowest_site_compute_s": round(slowest, 3),
-            "overhead_s": round(wall_s - slowest, 3)}
+    def on_timing(self, server_round: int, phase: str, wall_s: float, sites: list[dict[str, float]]) -> None:
+        """Round wall time minus the slowest site's compute (training + evaluation) = the round's overhead.
+
+        The overhead is split for the site that finished last (largest start-up + setup + compute):
+        its process start-up (deployment), its data/model setup, and the rest, which is Flower's
+        hand-offs (polling, transfer) and the server's own work.
+        """
+        compute = [s.get(COMPUTE_SECONDS, 0.0) for s in sites]
+        slowest = max(compute, default=0.0)
+        row = {"wall_s": round(wall_s, 3), "slowest_site_compute_s": round(slowest, 3),
+               "overhead_s": round(wall_s - slowest, 3)}
+        if sites:
+            last = max(sites, key=lambda s: sum(s.get(k, 0.0) for k in TIMING_KEYS))
+            row["last_site_setup_s"] = round(last.get(SETUP_SECONDS, 0.0), 3)
+            if STARTUP_SECONDS in last:
+                row["last_site_startup_s"] = round(last[STARTUP_SECONDS], 3)
+            row["handoff_s"] = round(wall_s - sum(last.get(k, 0.0) for k in TIMING_KEYS), 3)
+        self.rounds.setdefault(server_round, {}).setdefault("timing", {})[phase] = row
 
     # ------------------------------------------------------------ checkpoint
     def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None:

@@ -25,7 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
-                            STATUS_DECLINED, STATUS_FAILED)
+                            STATUS_DECLINED, STATUS_FAILED, TIMING_KEYS)
 from server.aggregation import Update, UpdateError, check_update, merge_weighted
 
 __all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
@@ -52,8 +52,13 @@ class SiteEvaluation:
 class RoundRecorder(Protocol):
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None: ...
     def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None: ...
-    def on_timing(self, server_round: int, phase: str, wall_s: float, compute_s: list[float]) -> None: ...
+    def on_timing(self, server_round: int, phase: str, wall_s: float, sites: list[dict[str, float]]) -> None: ...
     def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None: ...
+
+
+def _timing(metrics: dict[str, float]) -> dict[str, float]:
+    """A reply's time split (client/timing.py), as the recorder takes it."""
+    return {k: float(metrics[k]) for k in TIMING_KEYS if k in metrics}
 
 
 def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:
@@ -144,7 +149,7 @@ class ModalityFedAvg(FedAvg):
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
         if self.recorder:
             self.recorder.on_timing(server_round, "train", time.monotonic() - self._round_started,
-                                    [r.metrics.get("compute-seconds", 0.0) for r in site_replies])
+                                    [_timing(r.metrics) for r in site_replies])
             if folded:  # metrics of the model the sites received = the previous round's global model
                 self.recorder.on_evaluate(server_round - 1, folded)
             self.recorder.on_train(server_round, site_replies)
@@ -196,7 +201,7 @@ class ModalityFedAvg(FedAvg):
             self.recorder.on_evaluate(server_round, evaluations)
             if started is not None:
                 self.recorder.on_timing(server_round, "evaluate", time.monotonic() - started,
-                                        [e.metrics.get("compute-seconds", 0.0) for e in evaluations])
+                                        [_timing(e.metrics) for e in evaluations])
         rows = [(e.metrics, e.metrics.get(NUM_EXAMPLES, 0.0)) for e in evaluations if e.metrics.get(NUM_EXAMPLES)]
         if not rows:
             return None

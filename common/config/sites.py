@@ -38,6 +38,9 @@ class SiteConfig:
     data_dir: Path  # where the site's data source reads from
     state_dir: Path  # the site's own durable state: ledger.sqlite, caches
     device: str  # auto | cpu | cuda
+    # keep frozen-encoder features of the site's notes under state-dir/cache (derived patient data: it stays
+    # at the site); False recomputes them in every message-process
+    feature_cache: bool = True
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -145,6 +148,8 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
         site["privacy"] = raw["privacy"]
     state_dir, data_dir = site.pop("state-dir", None), site.pop("data-dir", None)
     device = site.pop("device", run.train.device)
+    feature_cache = _Reader({"feature-cache": site.pop("feature-cache", True)},
+                            f"{path} [site]").boolean("feature-cache")
     spec = _site_spec(site, f"{path} [site]")
     r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or ""}, f"{path} [site]")
     sd = r.path("state-dir")
@@ -152,7 +157,8 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
         raise ConfigError(f"{path} [site]: 'state-dir' (absolute) is required: it holds the site's privacy ledger")
     return SiteConfig(spec=spec, privacy=_merge_privacy(run.privacy, spec.privacy_overrides, str(path)),
                       data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
-                      device=_Reader({"device": device}, str(path)).choice("device", DEVICES))
+                      device=_Reader({"device": device}, str(path)).choice("device", DEVICES),
+                      feature_cache=feature_cache)
 
 
 def _repo_data_dir() -> Path:
