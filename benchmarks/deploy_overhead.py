@@ -2,16 +2,28 @@
 
     .venv/bin/python benchmarks/deploy_overhead.py [--rounds 3] [--sites cleveland,va_long_beach]
 
-In Flower 1.42 every message a SuperNode receives starts a fresh ``flwr-clientapp`` process,
-which re-imports torch, Opacus and our code. Overhead = round wall time (server side) minus
-the slowest site's compute inside the handler (data, model, training, evaluation). The script
-runs the same federation twice, side by side in one invocation:
+In Flower 1.42 every message a SuperNode receives starts a fresh ``flwr-clientapp`` process.
+Overhead = round wall time at the server minus the slowest site's training + evaluation compute
+(``client/timing.py``); the server splits it for the site that finished last into process
+start-up (interpreter, imports, fetching the message), setup (data, frozen text features, model)
+and the rest (Flower's hand-offs: polling, transfer; the server's own work). One invocation runs
+the same federation three times, side by side:
 
-* naive:  a train message and a separate evaluate message per site per round;
-* folded: evaluation folded into the train reply (``fold-evaluation = true``), one message.
+* naive:   every message-process imports torch + Opacus + transformers up front (EMULATED: the
+           benchmark puts a ``sitecustomize`` doing those imports on the SuperNodes' PYTHONPATH,
+           which is what the code did before its imports were made lazy), the site's
+           ``feature-cache = false`` (MiniLM loaded and the notes encoded in every message),
+           a separate evaluate message per site per round, Flower's default 1 s SuperExec poll and
+           its grid's 3 s check for replies;
+* cached:  our lazy imports, the site's feature cache, the 0.2 s SuperExec poll that ``site join``
+           sets, replies checked every 0.2 s (``server/grid.py``); still a separate evaluate message;
+* folded:  the default: as cached, with evaluation folded into the train reply (one message).
 
-Both use the on-disk cache of frozen MiniLM features; the cold-vs-warm featurisation cost is
-measured separately below and printed beside them, as is the import floor of a fresh process.
+Per variant: the steady-state round (median over rounds 2..N; round 1 fills the feature cache) and
+the amortised round (all overhead of the run, round 1 and the folded path's one final evaluation
+included, divided by N).
+
+Beside them: the import floor of a fresh process and one site's data cold vs from its cache.
 Plain-HTTP (insecure) loopback: TLS adds a handshake per process, not measured here.
 """
 
@@ -31,27 +43,40 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from simulations.processes import ProcessSet, free_port, wait_for_port  # noqa: E402
+from simulations.service import flower_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
-def _env(home: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"FLWR_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-                "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+def _env(home: Path, *, flower_defaults: bool = False) -> dict[str, str]:
+    """What `fedfusion federation start` / `site join` give Flower (simulations.service.flower_env), or, for the
+    naive path, Flower's own defaults (SuperExec polls for a message every 1 s)."""
+    env = flower_env(home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", OMP_NUM_THREADS="1")
+    if flower_defaults:
+        env.pop("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", None)
     return env
 
 
-def _site_toml(tmp: Path, name: str) -> Path:
+EAGER = "import torch, opacus\nfrom transformers import AutoModel, AutoTokenizer\n"  # the naive variant's imports
+
+VARIANTS = {  # name -> (fold evaluation, site feature cache, eager imports in every message-process)
+    "naive": (False, False, True),
+    "cached": (False, True, False),
+    "folded": (True, True, False),
+}
+
+
+def _site_toml(tmp: Path, name: str, *, feature_cache: bool) -> Path:
     mods = '["tabular", "text"]' if name != "va_long_beach" else '["tabular"]'
     f = tmp / f"{name}.toml"
     f.write_text(f'[site]\nname = "{name}"\nsource = "uci-heart"\nhospital = "{name}"\nmodalities = {mods}\n'
-                 f'state-dir = "{tmp / "state" / name}"\ndata-dir = "{ROOT / "data"}"\n')
+                 f'state-dir = "{tmp / "state" / name}"\ndata-dir = "{ROOT / "data"}"\n'
+                 f'feature-cache = {"true" if feature_cache else "false"}\n')
     return f
 
 
-def run_federation(tmp: Path, sites: list[str], *, rounds: int, fold: bool) -> dict:
+def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) -> dict:
+    fold, feature_cache, eager = VARIANTS[variant]
     home = tmp / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -67,8 +92,14 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, fold: bool) -> d
     cfg.write_text(f'num-server-rounds = {rounds}\nout-dir = "{out}"\nscenario-file = "{scenario}"\n'
                    f'data-dir = "{ROOT / "data"}"\nbatch-size = 64\nmin-train-nodes = {len(sites)}\n'
                    f'min-available-nodes = {len(sites)}\nfold-evaluation = {"true" if fold else "false"}\n'
-                   f'federation-id = "bench-{"folded" if fold else "naive"}"\n')
-    env = _env(home)
+                   f'federation-id = "bench-{variant}"\n'
+                   f'reply-poll-interval = {3.0 if eager else 0.2}\n')  # naive: Flower's grid checks every 3 s
+    env = _env(home, flower_defaults=eager)
+    node_env = dict(env)
+    if eager:  # every Python process the SuperNodes start imports these first
+        (tmp / "eager").mkdir()
+        (tmp / "eager" / "sitecustomize.py").write_text(EAGER)
+        node_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp / "eager"), env.get("PYTHONPATH")) if p)
     with ProcessSet() as procs:
         link = procs.start([str(BIN / "flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
                             "--database", str(tmp / "state.db"), "--host", "127.0.0.1", "--port", str(port)],
@@ -76,22 +107,34 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, fold: bool) -> d
         wait_for_port(port, timeout=60, proc=link, log=tmp / "superlink.log")
         for s in sites:
             procs.start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                         "--port", str(free_port()), "--node-config", f'site-config="{_site_toml(tmp, s)}"'],
-                        env=env, log=tmp / f"supernode-{s}.log")
+                         "--port", str(free_port()), "--node-config",
+                         f'site-config="{_site_toml(tmp, s, feature_cache=feature_cache)}"'],
+                        env=node_env, log=tmp / f"supernode-{s}.log")
         t0 = time.monotonic()
         subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "bench", "--run-config", str(cfg), "--stream"],
                        env=env, cwd=ROOT, check=True, stdout=(tmp / "run.log").open("w"), stderr=subprocess.STDOUT,
                        timeout=1800)
         total = time.monotonic() - t0
     summary = json.loads((out / "summary.json").read_text())
-    per_round = []
-    for r, rec in summary["rounds"].items():
+    steady, all_overhead = [], 0.0
+    for r, rec in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0])):
         timing = rec.get("timing", {})
-        if int(r) >= 1 and "train" in timing:
-            wall = sum(t["wall_s"] for t in timing.values())
-            over = sum(t["overhead_s"] for t in timing.values())
-            per_round.append((wall, over))
-    return {"total_s": total, "per_round": per_round, "sites": summary["sites"]}
+        if int(r) < 1 or "train" not in timing:
+            continue
+        print(f"    {variant} round {r}: " + "; ".join(
+            f"{ph} " + " ".join(f"{k.removesuffix('_s')}={v:.1f}" for k, v in t.items()) for ph, t in timing.items()),
+            flush=True)
+        all_overhead += sum(t["overhead_s"] for t in timing.values())
+        # a round's own messages: train (+ its evaluate when not folded); with folding, the only evaluate
+        # phase is the final model's evaluation in the last round, a once-per-run cost (amortised below)
+        own = [timing["train"]] + ([timing["evaluate"]] if not fold and "evaluate" in timing else [])
+        if int(r) >= 2:  # round 1 fills the site's feature cache: in the amortised figure only
+            steady.append({k: sum(t.get(k, 0.0) for t in own) for k in COLUMNS})
+    return {"total_s": total, "steady": steady, "amortised_overhead_s": all_overhead / rounds,
+            "messages": 1 if fold else 2}
+
+
+COLUMNS = ("wall_s", "overhead_s", "last_site_startup_s", "last_site_setup_s", "handoff_s")
 
 
 def feature_cache_cost() -> tuple[float, float]:
@@ -110,37 +153,48 @@ def feature_cache_cost() -> tuple[float, float]:
 
 def import_floor() -> dict[str, float]:
     out = {}
-    for mod in ("torch", "client.app"):
+    for name, code in (("torch", "import torch"), ("client.app (lazy)", "import client.app"),
+                       ("torch+opacus+transformers (eager)", EAGER)):
         t = time.monotonic()
-        subprocess.run([sys.executable, "-c", f"import {mod}"], cwd=ROOT, check=True, env=_env(Path("/tmp")))
-        out[mod] = time.monotonic() - t
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, env=_env(Path("/tmp")))
+        out[name] = time.monotonic() - t
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=4, help="at least 2 (round 1 fills the caches)")
     ap.add_argument("--sites", default="cleveland,va_long_beach")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
     args = ap.parse_args()
     sites = args.sites.split(",")
-    print(f"sites {sites}, {args.rounds} rounds, insecure loopback, CPU, {os.cpu_count()} cores")
+    print(f"sites {sites}, {args.rounds} rounds, insecure loopback, CPU, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f}")
     print("import floor of a fresh process:", {k: f"{v:.1f} s" for k, v in import_floor().items()})
     cold, warm = feature_cache_cost()
     print(f"site data incl. frozen MiniLM features, fresh process: cold {cold:.1f} s, from cache {warm:.1f} s "
           f"({cold / warm:.1f}x)")
     results = {}
-    for fold in (False, True):
-        with tempfile.TemporaryDirectory(prefix="ffbench-") as d:
-            results[fold] = run_federation(Path(d), sites, rounds=args.rounds, fold=fold)
-    print(f"{'path':8s} {'total s':>8s} {'round wall s':>13s} {'overhead s/round':>17s}")
-    for fold, res in results.items():
-        walls = [w for w, _ in res["per_round"]]
-        overs = [o for _, o in res["per_round"]]
-        print(f"{'folded' if fold else 'naive':8s} {res['total_s']:8.1f} {statistics.median(walls):13.1f} "
-              f"{statistics.median(overs):17.1f}")
-    naive = statistics.median(o for _, o in results[False]["per_round"])
-    folded = statistics.median(o for _, o in results[True]["per_round"])
-    print(f"overhead per round, naive / folded: {naive / folded:.2f}x")
+    for variant in args.variants.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"ffbench-{variant}-") as d:
+            results[variant] = run_federation(Path(d), sites, rounds=args.rounds, variant=variant)
+        print(f"  {variant} done: {results[variant]['total_s']:.1f} s", flush=True)
+    print(f"\nsteady state: median over rounds 2-{args.rounds} per training round (seconds; start-up, setup and "
+          "hand-off of the site that finished last, summed over the round's messages); amortised: all overhead of "
+          "the run, round 1's cache fill and the final evaluation included, / rounds")
+    print(f"{'path':8s} {'msgs':>4s} {'total':>7s} {'wall':>7s} {'overhead':>9s} {'start-up':>9s} {'setup':>7s} "
+          f"{'hand-off':>9s} {'amortised':>10s}")
+    med = {}
+    for variant, res in results.items():
+        med[variant] = m = {k: statistics.median(r[k] for r in res["steady"]) for k in COLUMNS}
+        m["amortised"] = res["amortised_overhead_s"]
+        print(f"{variant:8s} {res['messages']:4d} {res['total_s']:7.1f} {m['wall_s']:7.1f} {m['overhead_s']:9.1f} "
+              f"{m['last_site_startup_s']:9.1f} {m['last_site_setup_s']:7.1f} {m['handoff_s']:9.1f} "
+              f"{m['amortised']:10.1f}")
+    for a, b in (("naive", "folded"), ("naive", "cached"), ("cached", "folded")):
+        if a in med and b in med:
+            print(f"overhead per round, {a} / {b}: steady {med[a]['overhead_s'] / med[b]['overhead_s']:.2f}x, "
+                  f"amortised {med[a]['amortised'] / med[b]['amortised']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Everything lives in one folder the operator chooses (``DIR``)::
     DIR/certs/server.pem|.key  SuperLink certificate (SAN: localhost, 127.0.0.1, host) and key (0600)
     DIR/flwr-home/config.toml  `[superlink.<name>]` connection, so `FLWR_HOME=DIR/flwr-home flwr run . <name>` works
     DIR/state.db               the SuperLink's database (registered sites, runs, messages)
+    DIR/registered-sites.json  site name -> SuperNode ID and key fingerprint (`flwr supernode list` shows IDs only)
     DIR/logs/superlink.log     the SuperLink's log;  DIR/superlink.pid while started with --detach
 
 Plain glue around Flower's own commands (``flower-superlink``, ``flwr supernode register``);
@@ -263,4 +264,22 @@ def register_site(folder: Path, public_key: Path, *, name: str, timeout: float =
                               f"is it running? (`fedfusion federation start {fed.layout.root}`)") from None
     sys.stdout.write(done.stdout)
     sys.stderr.write(done.stderr)
+    if done.returncode == 0 and (m := re.search(r"SuperNode (\d+) registered", done.stdout)):
+        record = fed.layout.root / "registered-sites.json"
+        _record_site(record, name=name, node_id=int(m.group(1)), key=key)
+        print(f"site {name} = SuperNode {m.group(1)} (recorded in {record})")
     return done.returncode
+
+
+def _record_site(path: Path, *, name: str, node_id: int, key: Path) -> None:
+    """Keep the operator's map from site name to SuperNode ID (Flower 1.42's list shows IDs, not names)."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from common.storage import atomic_write_text
+
+    sites = json.loads(path.read_text()) if path.is_file() else {}
+    sites[name] = {"node-id": node_id, "public-key": str(key),
+                   "key-sha256": hashlib.sha256(key.read_bytes()).hexdigest(),
+                   "registered-at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(path, json.dumps(sites, indent=2, sort_keys=True) + "\n")

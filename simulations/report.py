@@ -103,9 +103,12 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     for n, s in sorted(summary.get("sites", {}).items()):
         if s.get("rounds_failed"):
             console.print(f"[red]{n} failed in {s['rounds_failed']} round(s): {s.get('last_error', '')}[/red]")
-    if out_dir is not None:
-        console.print(f"outputs in {out_dir}: summary.json, metrics.csv, ledger.sqlite, model.safetensors, "
-                      "rounds.png, sites/<site>/ledger.sqlite")
+    if out_dir is not None:  # only what is there: a deployed run's site ledgers live at the sites
+        names = [n for n in ("summary.json", "metrics.csv", "ledger.sqlite", "ledger-head.json", "model.safetensors",
+                             "checkpoint.safetensors", "rounds.png") if (out_dir / n).exists()]
+        if (out_dir / "sites").is_dir():
+            names.append("sites/<site>/ledger.sqlite")
+        console.print(f"outputs in {out_dir}: {', '.join(names)}")
 
 
 def plot_rounds(metrics_csv: Path, png: Path, *, budgets: dict[str, float] | None = None) -> None:

@@ -57,6 +57,9 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
     })
+    # Flower's SuperExec looks for a new message to run every 1 s by default; each message waits half of that
+    # on average before its process starts. 0.2 s costs a few loopback requests a second (BENCHMARKS.md).
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.2")
     env.update(extra)
     return env
 

@@ -72,15 +72,19 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return proc
 
 
-def _online(dep: Deployment) -> int:
+def _nodes(dep: Deployment) -> list[dict]:
+    """``flwr supernode list`` as JSON rows (empty while the SuperLink does not answer)."""
     env = {**dep.env, "FLWR_HOME": str(dep.op / "flwr-home")}
     proc = subprocess.run([str(BIN / "flwr"), "supernode", "list", "fedfusion", "--format", "json"], env=env,
                           cwd=dep.tmp, capture_output=True, text=True, timeout=60)
     try:
-        nodes = json.loads(proc.stdout[proc.stdout.index("{"):])["nodes"]
+        return json.loads(proc.stdout[proc.stdout.index("{"):])["nodes"]
     except (ValueError, KeyError):
-        return 0
-    return sum(n.get("status") == "online" for n in nodes)
+        return []
+
+
+def _online(dep: Deployment) -> int:
+    return sum(n.get("status") == "online" for n in _nodes(dep))
 
 
 def _start_superlink(dep: Deployment) -> subprocess.Popen:
@@ -234,6 +238,16 @@ def test_unregistered_key_is_refused(deployment):
     assert proc.returncode != 0, out[-3000:]
     assert "Exit Code: 305" in out and "Failed to activate" in out, out[-3000:]
     assert "refused this site's key" in out
+
+
+def test_the_operator_can_tell_which_node_is_which_site(deployment):
+    dep = deployment
+    sites = json.loads((dep.op / "registered-sites.json").read_text())
+    assert set(sites) == {*HOSPITALS, VICTIM}
+    listed = {int(n["node-id"]) for n in _nodes(dep)}
+    assert {s["node-id"] for s in sites.values()} <= listed and len({s["node-id"] for s in sites.values()}) == 4
+    for name, s in sites.items():
+        assert Path(s["public-key"]) == (dep.sites[name].parent / "keys" / "site_ecdsa.pub").resolve()
 
 
 def test_insecure_supernode_cannot_join_the_tls_superlink(deployment):

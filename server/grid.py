@@ -1,0 +1,68 @@
+"""Flower's grid, with site replies collected promptly.
+
+Flower 1.42's deployment grid (``HttpGrid.send_and_receive``) pushes a round's messages and then
+checks for replies every 3 s, so each round waits 1.5 s on average after its last reply has
+arrived (BENCHMARKS.md). :class:`PromptGrid` wraps the grid Flower hands the ServerApp and does
+the same push-then-pull with Flower's own ``push_messages`` / ``pull_messages``, checking every
+``poll_s`` seconds; everything else is the wrapped grid's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+
+if TYPE_CHECKING:
+    from flwr.supercore.run import Run
+
+__all__ = ["PromptGrid"]
+
+
+class PromptGrid(Grid):
+    def __init__(self, grid: Grid, *, poll_s: float) -> None:
+        if poll_s <= 0:
+            raise ValueError(f"poll_s must be > 0 seconds, got {poll_s}")
+        self._grid, self.poll_s = grid, poll_s
+
+    # ------------------------------------------------------------- delegated
+    def set_run(self, run: "Run") -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> "Run":
+        return self._grid.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+                       ttl: float | None = None) -> Message:
+        return self._grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def get_nodes(self):  # noqa: ANN201 - Flower's NodeInfo rows
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    # ------------------------------------------------------------------ ours
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        """Push ``messages``; return the replies that arrive within ``timeout`` seconds (None = wait for all)."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        replies: list[Message] = []
+        while pending:
+            got = list(self.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            if not pending or (deadline is not None and time.monotonic() >= deadline):
+                break
+            time.sleep(self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic())))
+        return replies

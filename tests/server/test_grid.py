@@ -1,0 +1,88 @@
+"""PromptGrid: Flower's push/pull, replies checked every poll_s instead of every 3 s."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from flwr.app import Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from server.grid import PromptGrid
+
+
+@pytest.fixture(autouse=True)
+def _task_identity():
+    """Messages take their run id from Flower's task identity, as inside a ServerApp."""
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class _SitesAnswerLater(Grid):
+    """A grid whose replies become available after a given number of pulls (per destination node)."""
+
+    def __init__(self, pulls_needed: dict[int, int]) -> None:
+        self.pulls_needed, self.pulls, self.sent = pulls_needed, 0, {}
+
+    def set_run(self, run):  # noqa: ANN001
+        self._run = run
+
+    @property
+    def run(self):  # noqa: ANN201
+        return self._run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):  # noqa: ANN001, ANN201
+        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
+
+    def get_node_ids(self):  # noqa: ANN201
+        return list(self.pulls_needed)
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        ids = []
+        for m in messages:
+            m.metadata.__dict__["_message_id"] = m.object_id  # as Flower's grids do on push
+            self.sent[m.object_id] = m
+            ids.append(m.object_id)
+        return ids
+
+    def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+        raise AssertionError("the wrapped grid's 3-s polling loop must not be used")
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        self.pulls += 1
+        out = []
+        for mid in message_ids:
+            if self.pulls >= self.pulls_needed[self.sent[mid].metadata.dst_node_id]:
+                out.append(Message(RecordDict(), reply_to=self.sent[mid]))
+        return out
+
+
+def _messages(nodes):
+    return [Message(content=RecordDict(), dst_node_id=n, message_type=MessageType.TRAIN) for n in nodes]
+
+
+def test_collects_every_reply_once_and_stops_when_all_are_in():
+    inner = _SitesAnswerLater({1: 1, 2: 4})
+    grid = PromptGrid(inner, poll_s=0.01)
+    sent = _messages([1, 2])
+    replies = list(grid.send_and_receive(sent, timeout=None))
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == sorted(m.object_id for m in sent)
+    assert inner.pulls == 4  # pulled until the last reply arrived, then stopped
+    assert grid.get_node_ids() == [1, 2]  # the rest is the wrapped grid's
+
+
+def test_returns_what_arrived_when_the_timeout_passes():
+    inner = _SitesAnswerLater({1: 1, 2: 10**9})  # node 2 never answers
+    started = time.monotonic()
+    sent = _messages([1, 2])
+    replies = list(PromptGrid(inner, poll_s=0.01).send_and_receive(sent, timeout=0.2))
+    assert [r.metadata.reply_to_message_id for r in replies] == [sent[0].object_id]
+    assert time.monotonic() - started >= 0.2 and inner.pulls > 2
+
+
+def test_poll_interval_must_be_positive():
+    with pytest.raises(ValueError, match="poll_s must be > 0"):
+        PromptGrid(_SitesAnswerLater({}), poll_s=0.0)
