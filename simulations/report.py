@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,21 @@ def modality_table(summary: dict[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def time_line(summary: dict[str, Any]) -> str | None:
+    """Median training round: wall time, slowest site's compute, and the overhead's split (server/recorder.py)."""
+    rows = [r["timing"]["train"] for k, r in summary.get("rounds", {}).items()
+            if int(k) >= 1 and "train" in r.get("timing", {})]
+    if not rows:
+        return None
+    med = {k: statistics.median(r[k] for r in rows) for k in rows[0] if all(k in r for r in rows)}
+    parts = [f"process start-up {med['last_site_startup_s']:.1f} s"] if "last_site_startup_s" in med else []
+    parts += [f"data/model setup {med['last_site_setup_s']:.1f} s"] if "last_site_setup_s" in med else []
+    parts += [f"Flower hand-offs and server {med['handoff_s']:.1f} s"] if "handoff_s" in med else []
+    return (f"time per training round (median of {len(rows)}): {med['wall_s']:.1f} s, of which the slowest site's "
+            f"training + evaluation {med['slowest_site_compute_s']:.1f} s and overhead {med['overhead_s']:.1f} s"
+            + (f" (last site: {', '.join(parts)})" if parts else ""))
+
+
 def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -87,6 +103,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
         w = last[k].get("weighted", {})
         console.print(f"weighted over sites, round {k}: accuracy {_f(w.get('accuracy'))}, balanced accuracy "
                       f"{_f(w.get('balanced-accuracy'))}, AUC {_f(w.get('auc'))}")
+    if (timing := time_line(summary)) is not None:
+        console.print(timing, style="dim")
     central = summary.get("central_dp")
     if central:  # privacy-mode "central": one site-level ε for the federation (server/central.py)
         console.print(f"site-level (central) DP: ε = {_f(central.get('epsilon'))} at δ = {_f(central.get('delta'), 'g')} "

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from opacus.grad_sample import register_grad_sampler
 from torch import Tensor, nn
 
 from common.models.config import FusionConfig
@@ -123,6 +122,7 @@ class LateFusion(nn.Module):
         super().__init__()
         self.log_weights = nn.Parameter(torch.zeros(len(config.modalities)))
         self.bias = nn.Parameter(torch.zeros(config.num_classes))
+        _register_late_fusion_grad_sampler()  # before any Opacus wrapper can meet this layer
 
     def mixing_weights(self, present: Tensor) -> Tensor:
         """(B, M) weight of each modality's logits for each sample; rows sum to 1, or 0 if none is present."""
@@ -133,7 +133,14 @@ class LateFusion(nn.Module):
         return (self.mixing_weights(present).unsqueeze(-1) * logits).sum(dim=1) + self.bias
 
 
-@register_grad_sampler(LateFusion)
+def _register_late_fusion_grad_sampler() -> None:
+    """Teach Opacus the rule below, once per process. Done when the first LateFusion is built (not at import):
+    Opacus costs seconds to import, and a process that only evaluates attention or concat models never needs it."""
+    from opacus.grad_sample import register_grad_sampler
+
+    register_grad_sampler(LateFusion)(compute_late_fusion_grad_sample)  # a dict entry: repeating it is harmless
+
+
 def compute_late_fusion_grad_sample(
     layer: LateFusion, activations: list[Tensor], backprops: Tensor
 ) -> dict[nn.Parameter, Tensor]:

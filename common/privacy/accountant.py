@@ -40,9 +40,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from opacus.accountants import IAccountant, PRVAccountant, RDPAccountant
+if TYPE_CHECKING:  # Opacus is imported where an accountant is made: evaluation-only processes never need it
+    from opacus.accountants import IAccountant
 
 from common.privacy.search import NoFeasibleValue, smallest_feasible
 
@@ -73,13 +74,19 @@ CALIBRATION_START = 1.0  # first σ tried: typical DP-SGD σ lie in [0.5, 3], on
 
 @dataclass(frozen=True)
 class _AccountantSpec:
-    cls: type[IAccountant]  # the Opacus accountant class
+    class_name: str  # the Opacus accountant class, in opacus.accountants
     epsilon_kwargs: dict[str, Any] = field(default_factory=dict)  # passed to get_epsilon(delta, **kwargs)
+
+    @property
+    def cls(self) -> type[IAccountant]:
+        import opacus.accountants
+
+        return getattr(opacus.accountants, self.class_name)
 
 
 _ACCOUNTANTS: dict[str, _AccountantSpec] = {
-    "prv": _AccountantSpec(PRVAccountant, {"eps_error": PRV_EPS_ERROR}),
-    "rdp": _AccountantSpec(RDPAccountant),
+    "prv": _AccountantSpec("PRVAccountant", {"eps_error": PRV_EPS_ERROR}),
+    "rdp": _AccountantSpec("RDPAccountant"),
 }
 _REFUSED: dict[str, str] = {
     "gdp": "Opacus' GaussianAccountant (GDP) is a central-limit approximation that can report ε BELOW "
