@@ -89,6 +89,8 @@ class SiteRound:
                                 {NUM_EXAMPLES: float(n), "train-loss": res.loss},
                                 {"status": STATUS_TRAINED, "site": self.site.spec.name, "dp": False})
 
+        with self.setup:  # importing Opacus (seconds, lazily) is start-up cost, not training: time it as setup
+            import opacus  # noqa: F401
         sp = self.privacy(data)
         spe = steps_per_epoch(n, t.batch_size)
         steps = spe * t.local_epochs
