@@ -26,7 +26,17 @@ from common.privacy.accountant import (
 )
 from common.privacy.entry import EVENTS, GENESIS_HASH, SERVER_EVENTS, SITE_EVENTS, LedgerEntry
 from common.privacy.ledger import Ledger, LedgerIntegrityError
-from common.privacy.reference import epsilon_dp_accounting_rdp, epsilon_pld
+
+
+def __getattr__(name: str):  # noqa: ANN202 - PEP 562
+    """The audit's independent ε (dp-accounting, which imports scipy: ~1 s) loads on first use, so that a
+    site's message-process, which never needs it, does not pay for it."""
+    if name in ("epsilon_dp_accounting_rdp", "epsilon_pld"):
+        from common.privacy import reference
+
+        return getattr(reference, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ACCOUNTANTS",

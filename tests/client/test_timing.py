@@ -78,8 +78,10 @@ def test_feature_cache_off_writes_nothing_derived_and_gives_the_same_features(tm
 
 
 def test_a_message_process_imports_opacus_only_when_it_needs_it():
-    """Lazy imports: loading the ClientApp and evaluating an attention model never imports Opacus (~2-3 s)."""
+    """Lazy imports: loading the ClientApp and evaluating an attention model never imports Opacus (~2-3 s),
+    nor the audit's dp-accounting (scipy, ~1 s)."""
     code = ("import sys, client.app\n"
+            "assert 'dp_accounting' not in sys.modules and 'scipy' not in sys.modules\n"
             "from common.models.config import FusionConfig, TabularEncoderConfig\n"
             "from common.models.model import FusionModel\n"
             "cfg = dict(modalities=('tabular',), tabular=TabularEncoderConfig(in_features=4))\n"
