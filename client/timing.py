@@ -2,8 +2,10 @@
 
 A reply carries three numbers (MetricRecord keys in ``common.records``):
 
-* ``compute-seconds``: training and evaluation proper (DP-SGD steps, forward passes);
-* ``setup-seconds``: reading the site's data, frozen-encoder features, building the model;
+* ``compute-seconds``: training and evaluation proper (DP-SGD steps with their privacy accounting and
+  ledger writes, forward passes);
+* ``setup-seconds``: reading the site's data, frozen-encoder features, building the model, and the
+  libraries imported lazily on the way (Opacus for DP training, scikit-learn's metrics);
 * ``startup-seconds``: deployment only, from the start of this ``flwr-clientapp`` process to the
   handler (interpreter, Flower, torch, Opacus and our imports, fetching the message).
 

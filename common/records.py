@@ -22,8 +22,8 @@ EVALUATION = "evaluation"  # MetricRecord key: the received global model's test 
 EVALUATE_GLOBAL = "evaluate-global"  # CONFIG flag: fold evaluation into the train reply
 NUM_EXAMPLES = "num-examples"  # weighting key, as Flower's FedAvg uses it
 # where a site's time went in one message (client/timing.py), MetricRecord keys of train/evaluate replies
-COMPUTE_SECONDS = "compute-seconds"  # training + evaluation proper
-SETUP_SECONDS = "setup-seconds"  # data, frozen-encoder features, model build
+COMPUTE_SECONDS = "compute-seconds"  # training (with its privacy accounting) + evaluation proper
+SETUP_SECONDS = "setup-seconds"  # data, frozen-encoder features, model build, lazy imports (Opacus, sklearn)
 STARTUP_SECONDS = "startup-seconds"  # deployment: process start to handler (imports, fetching the message)
 TIMING_KEYS = (COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS)
 SITE_WEIGHT = "site-weight"  # privacy-mode "central": weighting key; every site sends 1.0 (equal weights)
