@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from flwr.supercore.task_identity import TaskIdentity
 
 from common.privacy.central import FEDERATION_SITE, CentralPlan, parse_assumption
 from common.privacy.ledger import Ledger
@@ -32,12 +31,7 @@ class FakeGrid:
         return list(self.nodes)
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 def _plan() -> CentralPlan:

@@ -7,18 +7,11 @@ import time
 import pytest
 from flwr.app import Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from server.grid import PromptGrid
 
 
-@pytest.fixture(autouse=True)
-def _task_identity():
-    """Messages take their run id from Flower's task identity, as inside a ServerApp."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
 
 class _SitesAnswerLater(Grid):
