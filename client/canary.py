@@ -39,7 +39,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.train import _split, make_loader
+from client.train import _split, make_loader, run_epochs
 
 __all__ = ["CanaryDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries"]
 
@@ -225,18 +225,8 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     opt = CanaryDPOptimizer.from_dp_optimizer(dp_opt, coordinates=coordinates, included=included,
                                               sample_rate=sample_rate, canary_norm=max_grad_norm,
                                               canary_seed=seed + 2)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses, steps = [], 0
-    for _ in range(epochs):
-        for batch in dp_loader:
-            inputs, mask, y = _split(batch, device, modality_dropout, gen)
-            opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(dp_model(inputs, mask), y)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if len(y):
-                losses.append(float(loss.detach()))
+    losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=epochs, device=device,
+                               modality_dropout=modality_dropout, seed=seed)
     dp_model._close()
     after = flat_trainable(model)
     idx = torch.as_tensor(np.asarray(coordinates, dtype=np.int64))

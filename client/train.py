@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
-    "steps_per_epoch", "train_dp", "train_plain", "evaluate",
+    "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate",
 ]
 
 LABEL, MODALITY_MASK = "label", "modality_mask"
@@ -91,6 +91,27 @@ def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: flo
     return inputs, mask, batch[LABEL].to(device)
 
 
+def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, epochs: int,
+               device: torch.device, modality_dropout: float, seed: int) -> tuple[list[float], int]:
+    """The one training loop (plain, DP, canary-audited): losses of non-empty batches, and the step count.
+
+    An empty Poisson batch still takes a step (noise only, under DP): it counts as a step, not as a loss.
+    """
+    gen = torch.Generator().manual_seed(seed + 1)  # modality dropout draws
+    losses, steps = [], 0
+    for _ in range(epochs):
+        for batch in loader:
+            inputs, mask, y = _split(batch, device, modality_dropout, gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss = nn.functional.cross_entropy(model(inputs, mask), y)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if len(y):
+                losses.append(float(loss.detach()))
+    return losses, steps
+
+
 def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
              modality_dropout: float, device: torch.device, seed: int) -> TrainResult:
@@ -112,18 +133,8 @@ def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int
         max_grad_norm=max_grad_norm, poisson_sampling=True,
     )
     sample_rate = 1.0 / len(loader)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses, steps = [], 0
-    for _ in range(epochs):
-        for batch in dp_loader:
-            inputs, mask, y = _split(batch, device, modality_dropout, gen)
-            dp_opt.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(dp_model(inputs, mask), y)
-            loss.backward()  # an empty Poisson batch still takes a (noise-only) step
-            dp_opt.step()
-            steps += 1
-            if len(y):
-                losses.append(float(loss.detach()))
+    losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=epochs, device=device,
+                               modality_dropout=modality_dropout, seed=seed)
     dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=sample_rate)
@@ -136,17 +147,8 @@ def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: 
     model.to(device).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
     loader = make_loader(dataset, batch_size=batch_size, seed=seed)
-    gen = torch.Generator().manual_seed(seed + 1)
-    losses, steps = [], 0
-    for _ in range(epochs):
-        for batch in loader:
-            inputs, mask, y = _split(batch, device, modality_dropout, gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(inputs, mask), y)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            losses.append(float(loss.detach()))
+    losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
+                               modality_dropout=modality_dropout, seed=seed)
     return TrainResult(loss=float(np.mean(losses)), steps=steps, num_examples=len(dataset), sample_rate=0.0)
 
 
