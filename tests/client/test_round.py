@@ -3,44 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
-from client.round import SiteRound
-from common.config import app_defaults, load_scenario, parse_run_config, resolve_site
-from common.factory import build_model, initial_trainable_state
 from common.privacy.accountant import epsilon_from_history
 from common.privacy.reference import epsilon_pld
 from common.records import STATUS_DECLINED, STATUS_TRAINED
 
-SCENARIO = """
-[[sites]]
-name = "switzerland"
-source = "uci-heart"
-hospital = "switzerland"
-modalities = ["tabular", "text"]
-"""
 
-
-def _job(tmp_path, *, round_: int, run_id: str, rounds: int = 2, budget: float = 3.0, **extra) -> SiteRound:
-    scenario = tmp_path / "one.toml"
-    scenario.write_text(SCENARIO)
-    cfg = app_defaults() | {
-        "scenario-file": str(scenario), "out-dir": str(tmp_path / "out"), "site-state-root": str(tmp_path / "sites"),
-        "num-server-rounds": rounds, "target-epsilon": 2.0, "epsilon-budget": budget, "batch-size": 32,
-        "text-encoder": "tiny-bert", **extra,
-    }
-    run = parse_run_config(cfg)
-    return SiteRound(run=run, scenario=load_scenario(scenario), site=resolve_site({"partition-id": 0}, run),
-                     server_round=round_, federation_id="fed-test", run_id=run_id)
-
-
-def _global(job: SiteRound) -> dict[str, torch.Tensor]:
-    return initial_trainable_state(build_model(job.run.model, scenario=job.scenario, seed=0))
-
-
-def test_round_reserves_before_training_and_reports_what_the_ledger_says(tmp_path):
-    job = _job(tmp_path, round_=1, run_id="r1")
-    out = job.train(_global(job))
+def test_round_reserves_before_training_and_reports_what_the_ledger_says(make_job, initial_state):
+    job = make_job(round_=1, run_id="r1")
+    out = job.train(initial_state(job))
     assert out.privacy["status"] == STATUS_TRAINED
     entries = job.privacy(job.data()).ledger.entries(site="switzerland")
     assert [e.event for e in entries] == ["reserve", "confirm"]
@@ -58,15 +29,15 @@ def test_round_reserves_before_training_and_reports_what_the_ledger_says(tmp_pat
         ("encoders.", "projections.", "late_heads.")) for k in out.arrays)
 
 
-def test_second_run_continues_from_the_ledger_and_declines_when_exhausted(tmp_path):
+def test_second_run_continues_from_the_ledger_and_declines_when_exhausted(make_job, initial_state):
     eps = []
     for rnd in (1, 2):  # run 1 plans 2 rounds: ε reaches the target 2.0
-        out = _job(tmp_path, round_=rnd, run_id="r1").train(_global(_job(tmp_path, round_=rnd, run_id="r1")))
+        out = make_job(round_=rnd, run_id="r1").train(initial_state(make_job(round_=rnd, run_id="r1")))
         assert out.privacy["status"] == STATUS_TRAINED
         eps.append(out.privacy["epsilon"])
     assert eps[1] > eps[0] and eps[1] <= 2.0 + 1e-6
     # run 2, same state: it starts from the spent ε, not from zero
-    out = _job(tmp_path, round_=1, run_id="r2").train(_global(_job(tmp_path, round_=1, run_id="r2")))
+    out = make_job(round_=1, run_id="r2").train(initial_state(make_job(round_=1, run_id="r2")))
     assert out.privacy["status"] == STATUS_TRAINED and out.privacy["epsilon"] > eps[1]
     assert out.privacy["rounds-trained"] == 3
     last_eps = out.privacy["epsilon"]
@@ -74,8 +45,8 @@ def test_second_run_continues_from_the_ledger_and_declines_when_exhausted(tmp_pa
     # ... and declines once the next round would exceed the lifetime budget of 3.0
     statuses = []
     for rnd in (2, 3):
-        job = _job(tmp_path, round_=rnd, run_id="r2")
-        o = job.train(_global(job))
+        job = make_job(round_=rnd, run_id="r2")
+        o = job.train(initial_state(job))
         statuses.append(o.privacy["status"])
         if o.privacy["status"] == STATUS_DECLINED:
             assert o.arrays is None and "lifetime budget" in o.privacy["reason"]
@@ -93,9 +64,9 @@ def test_second_run_continues_from_the_ledger_and_declines_when_exhausted(tmp_pa
         reserves[-1].epsilon, rel=1e-9)
 
 
-def test_evaluate_reports_the_site_metrics(tmp_path):
-    job = _job(tmp_path, round_=1, run_id="r1")
-    m = job.evaluate(_global(job))
+def test_evaluate_reports_the_site_metrics(make_job, initial_state):
+    job = make_job(round_=1, run_id="r1")
+    m = job.evaluate(initial_state(job))
     assert m["num-examples"] == 37 and m["positives"] == 35  # Switzerland's test split: 2 negatives
     for k in ("accuracy", "balanced-accuracy", "auc", "loss"):
         assert k in m
