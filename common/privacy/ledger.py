@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -86,6 +86,22 @@ _INSERT_HEAD = (f"INSERT INTO heads ({', '.join(chr(34) + n + chr(34) for n in H
 _SELECT = f"SELECT {', '.join(chr(34) + n + chr(34) for n in FIELDS)} FROM entries"
 _INSERT = (f"INSERT INTO entries ({', '.join(chr(34) + n + chr(34) for n in FIELDS)}) "
            f"VALUES ({', '.join('?' for _ in FIELDS)})")
+
+
+def _chain_append(conn: sqlite3.Connection, table: str, row: Any, hash_of: Callable[[Any], str], insert_sql: str,
+                  fields: Sequence[str]) -> Any:
+    """Append ``row`` to hash-chained ``table`` (``entries`` or ``heads``) inside the caller's transaction.
+
+    The one chaining recipe: seq = last + 1, prev_hash = the last row's hash (genesis for the first), a UTC
+    timestamp, then the row's own hash over all of that. Returns the row as stored.
+    """
+    last = conn.execute(f"SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
+    ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    chained = dataclasses.replace(row, seq=seq, ts=ts, prev_hash=prev_hash)
+    chained = dataclasses.replace(chained, hash=hash_of(chained))
+    conn.execute(insert_sql, [getattr(chained, n) for n in fields])
+    return chained
 
 
 class LedgerIntegrityError(ValueError):
@@ -214,13 +230,7 @@ class Ledger:
             raise ValueError(f"{self.path}: append() assigns seq/ts/prev_hash/hash; got an entry that already has "
                              f"seq={entry.seq!r}, ts={entry.ts!r} (site={entry.site!r}, round={entry.round})")
         with self._transaction("IMMEDIATE") as conn:
-            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
-            ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-            chained = dataclasses.replace(entry, seq=seq, ts=ts, prev_hash=prev_hash)
-            chained = dataclasses.replace(chained, hash=entry_hash(chained))
-            conn.execute(_INSERT, [getattr(chained, n) for n in FIELDS])
-        return chained
+            return _chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
 
     # ------------------------------------------------------------------ read
     def entries(self, *, site: str | None = None) -> list[LedgerEntry]:
@@ -304,13 +314,7 @@ class Ledger:
     def _append_head(self, conn: sqlite3.Connection, record: HeadRecord) -> HeadRecord:
         if record.seq is not None or record.ts or record.prev_hash or record.hash:
             raise ValueError(f"{self.path}: append_head() assigns seq/ts/prev_hash/hash (site={record.site!r})")
-        last = conn.execute("SELECT seq, hash FROM heads ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
-        ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        chained = dataclasses.replace(record, seq=seq, ts=ts, prev_hash=prev_hash)
-        chained = dataclasses.replace(chained, hash=head_record_hash(chained))
-        conn.execute(_INSERT_HEAD, [getattr(chained, n) for n in HEAD_FIELDS])
-        return chained
+        return _chain_append(conn, "heads", record, head_record_hash, _INSERT_HEAD, HEAD_FIELDS)
 
     def append_head(self, record: HeadRecord) -> HeadRecord:
         """Append a signed head (e.g. one a site sent the server) to the ``heads`` table, atomically."""
