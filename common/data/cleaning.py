@@ -252,3 +252,26 @@ def _check_unique(mapping: SiteMapping, raw: RawTable, values: dict[str, list[ob
 def load_mapped(path: Path, *, data_file: Path | None = None) -> MappedTable:
     """Read a mapping TOML and apply it (see :func:`apply_mapping`); ``data_file`` replaces ``[file] path``."""
     return apply_mapping(load_mapping(path, data_file=data_file))
+
+
+def load_mapped_site(path: Path, *, table_name: str, columns: tuple[str, ...], site_column: str,
+                     site: str | None) -> pd.DataFrame:
+    """One site's rows of a mapped export, in ``columns`` order: what every ``mapped-*`` data source reads.
+
+    ``site_column`` ("hospital", "bank") names the site of each row; ``site`` picks one when the export holds
+    several. Raises :class:`DataContractError` when the mapping's schema lacks ``columns`` (it is not a mapping
+    onto ``data/schemas/<table_name>.toml``) or the export does not hold exactly one site.
+    """
+    mapped = load_mapped(path)
+    table = mapped.table
+    lacking = [c for c in columns if c not in table.columns]
+    if lacking:
+        raise DataContractError(f"schema '{mapped.mapping.schema.name}' lacks the {table_name} table's column(s) "
+                                f"{lacking}", file=path, expected=f"a mapping onto data/schemas/{table_name}.toml")
+    if site is not None:
+        table = table[table[site_column] == site]
+    held = sorted(set(table[site_column]))
+    if len(held) != 1:
+        raise DataContractError(f"the mapped export holds {site_column}(s) {held}", file=mapped.mapping.file.path,
+                                mapping=path, expected=f"exactly one {site_column} (name it with '{site_column}')")
+    return table[list(columns)]

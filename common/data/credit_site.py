@@ -12,10 +12,9 @@ from typing import Any
 
 import pandas as pd
 
-from common.data.cleaning import load_mapped
+from common.data.cleaning import load_mapped_site
 from common.data.credit import BANKS, CANONICAL_COLUMNS, CREDIT_TABULAR_FEATURES, load_german_credit
 from common.data.credit_notes import credit_notes_for
-from common.data.schema import DataContractError
 from common.data.site_split import SiteSplit, split_rows
 
 __all__ = ["german_credit_source", "load_bank", "load_mapped_bank", "mapped_credit_source", "split_bank"]
@@ -83,19 +82,9 @@ def load_mapped_bank(
         If the mapping or the export breaks the data contract (naming file, line and column), the mapping's schema
         is not the credit schema, or the export does not hold exactly one bank.
     """
-    mapped = load_mapped(mapping_path)
-    table = mapped.table
-    lacking = [c for c in CANONICAL_COLUMNS if c not in table.columns]
-    if lacking:
-        raise DataContractError(f"schema '{mapped.mapping.schema.name}' lacks the credit table's column(s) {lacking}",
-                                file=mapping_path, expected="a mapping onto data/schemas/credit.toml")  # fmt: skip
-    if bank is not None:
-        table = table[table["bank"] == bank]
-    held = sorted(set(table["bank"]))
-    if len(held) != 1:
-        raise DataContractError(f"the mapped export holds bank(s) {held}", file=mapped.mapping.file.path,
-                                mapping=mapping_path, expected="exactly one bank (name it with 'bank')")  # fmt: skip
-    return split_bank(table[list(CANONICAL_COLUMNS)], test_fraction=test_fraction, seed=seed)
+    table = load_mapped_site(mapping_path, table_name="credit", columns=CANONICAL_COLUMNS, site_column="bank",
+                             site=bank)
+    return split_bank(table, test_fraction=test_fraction, seed=seed)
 
 
 def german_credit_source(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.data.cleaning import load_mapped
+from common.data.cleaning import load_mapped_site
 from common.data.heart import CANONICAL_COLUMNS, DEFAULT_CSV_PATH, HOSPITAL_DISPLAY_NAMES, HOSPITALS, load_heart_disease
 from common.data.notes import notes_for
-from common.data.schema import DataContractError
 from common.data.site_split import SiteSplit, split_rows
 from common.data.tabular import TABULAR_FEATURES
 
@@ -89,18 +88,6 @@ def load_mapped_hospital(
         If the mapping or the export breaks the data contract (the message names file, line and column), or the
         mapping's schema is not the heart schema.
     """
-    mapped = load_mapped(mapping_path)
-    table = mapped.table
-    lacking = [c for c in CANONICAL_COLUMNS if c not in table.columns]
-    if lacking:
-        raise DataContractError(f"schema '{mapped.mapping.schema.name}' lacks the heart table's column(s) {lacking}",
-                                file=mapping_path, expected="a mapping onto data/schemas/heart.toml")  # fmt: skip
-    if hospital is not None:
-        table = table[table["hospital"] == hospital]
-    held = sorted(set(table["hospital"]))
-    if len(held) != 1:
-        raise DataContractError(
-            f"the mapped export holds hospital(s) {held}", file=mapped.mapping.file.path, mapping=mapping_path,
-            expected="exactly one hospital (name it with 'hospital')",
-        )
-    return split_site(table[list(CANONICAL_COLUMNS)], test_fraction=test_fraction, seed=seed)
+    table = load_mapped_site(mapping_path, table_name="heart", columns=CANONICAL_COLUMNS, site_column="hospital",
+                             site=hospital)
+    return split_site(table, test_fraction=test_fraction, seed=seed)
