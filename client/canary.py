@@ -39,6 +39,7 @@ from opacus.optimizers import DPOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from client.dp_random import DpRandomness, dp_randomness
 from client.train import _split, make_loader, run_epochs
 
 __all__ = ["CanaryDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries"]
@@ -187,7 +188,7 @@ class CanaryTrainResult:
 def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.ndarray, included: np.ndarray,
                         epochs: int, batch_size: int, lr: float, momentum: float, noise_multiplier: float,
                         max_grad_norm: float, secure_mode: bool, modality_dropout: float, device: torch.device,
-                        seed: int) -> CanaryTrainResult:
+                        seed: int, rng: DpRandomness | None = None) -> CanaryTrainResult:
     """DP-SGD exactly as ``client.train.train_dp`` runs it, for ``epochs`` passes, with Dirac canaries.
 
     Parameters
@@ -202,6 +203,9 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
         Total local epochs (rounds × local-epochs): steps = epochs × len(loader).
     noise_multiplier : float
         σ actually used (0 allowed: the negative control without noise).
+    rng : DpRandomness, optional
+        Sampling and noise generators; default: derived from ``seed`` (an audit experiment is meant to be
+        re-run exactly; nothing of it is released).
     Others
         As in ``client.train.train_dp``.
 
@@ -216,10 +220,11 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     before = flat_trainable(model)
     optimizer = torch.optim.SGD(_trainable(model), lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant="prv", secure_mode=secure_mode)
-    loader = make_loader(dataset, batch_size=batch_size, seed=seed)
+    rng = rng or dp_randomness("run-seed", run_seed=seed, site="canary-audit", server_round=0)
+    loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
     dp_model, dp_opt, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True,
+        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=None if secure_mode else rng.noise,
     )
     sample_rate = 1.0 / len(loader)
     opt = CanaryDPOptimizer.from_dp_optimizer(dp_opt, coordinates=coordinates, included=included,

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 import torch
 
 from client.central import central_update
+from client.dp_random import dp_randomness
 from client.privacy import SitePrivacy
 from client.site_data import SiteData, load_site
 from client.timing import Stopwatch
@@ -106,7 +107,9 @@ class SiteRound:
                        momentum=t.momentum, noise_multiplier=plan.noise_multiplier,
                        max_grad_norm=self.site.privacy.max_grad_norm, accountant=accountant,
                        secure_mode=self.site.privacy.secure_mode, modality_dropout=t.modality_dropout,
-                       device=device, seed=seed)
+                       device=device, seed=seed,
+                       rng=dp_randomness(self.site.privacy.noise_seed, run_seed=self.run.federation.seed,
+                                         site=self.site.spec.name, server_round=self.server_round))
         self._check_accountant(sp, plan, accountant, res.steps, res.sample_rate)
         sp.confirm(plan, **ids)
         log.info("site %s round %d: %d DP-SGD steps at sample rate %.4f (Opacus: 1/len(loader)), sigma %.4f, "
@@ -142,6 +145,7 @@ class SiteRound:
             "sample-rate": plan.sample_rate, "steps": plan.steps if status == STATUS_TRAINED else 0,
             "total-steps": sum(h[2] for h in history), "max-grad-norm": s.max_grad_norm,
             "rounds-trained": sp.rounds_trained(), "secure-mode": s.secure_mode,
+            "noise-seed": s.noise_seed,
         }
 
     # --------------------------------------------------------------- evaluate

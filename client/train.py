@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from client.dp_random import DpRandomness
+
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
     "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate",
@@ -68,8 +70,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, seed: int, shuffle: bool = True) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
+def make_loader(dataset: Dataset, *, batch_size: int, seed: int | None = None, shuffle: bool = True,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """A loader whose order comes from ``generator`` (or a new one seeded with ``seed``).
+
+    Opacus' Poisson sampler draws its batches from this generator (``DPDataLoader.from_data_loader``).
+    """
+    g = generator if generator is not None else torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g)
 
 
@@ -114,10 +121,11 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
 
 def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
-             modality_dropout: float, device: torch.device, seed: int) -> TrainResult:
+             modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness) -> TrainResult:
     """Run ``epochs`` of DP-SGD (Poisson sampling) with ``accountant`` already holding the history.
 
-    Opacus' hook appends one entry per step to ``accountant.history``.
+    Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
+    ``rng`` (``client.dp_random``); ``seed`` only fixes the public rest (modality-dropout draws).
     """
     from opacus import PrivacyEngine  # heavy import: only where DP training runs
 
@@ -127,10 +135,11 @@ def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant=_accountant_name(accountant), secure_mode=secure_mode)
     engine.accountant = accountant  # restored history: ε continues, never resets
-    loader = make_loader(dataset, batch_size=batch_size, seed=seed)
+    loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
     dp_model, dp_opt, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, poisson_sampling=True,
+        noise_generator=None if secure_mode else rng.noise,  # secure_mode: Opacus' own CSPRNG
     )
     sample_rate = 1.0 / len(loader)
     losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=epochs, device=device,

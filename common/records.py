@@ -52,6 +52,7 @@ PRIVACY_FIELDS = (
     "max-grad-norm",  # clipping norm C
     "rounds-trained",  # rounds this dataset was trained in, lifetime
     "secure-mode",  # Opacus secure_mode on or off
+    "noise-seed",  # where the round's DP sampling and noise seeds came from: secret | run-seed (client/dp_random.py)
     # the site's signed ledger head after this round (common/privacy/signing.py); the server records it
     "ledger-head-seq",  # seq of the newest row of the site's ledger
     "ledger-head-hash",  # that row's hash

@@ -102,6 +102,7 @@ class RunRecorder:
                     "max_grad_norm": _num(p.get("max-grad-norm")), "accountant": p.get("accountant", ""),
                     "lifetime_rounds_trained": int(p.get("rounds-trained", 0)),
                     "secure_mode": bool(p.get("secure-mode", False)), "dataset_id": p.get("dataset-id", ""),
+                    "noise_seed": str(p.get("noise-seed", "not recorded")),
                 })
                 if r.status == "declined":
                     s["last_decline_reason"] = p.get("reason", "")

@@ -74,6 +74,24 @@ def time_line(summary: dict[str, Any]) -> str | None:
             + (f" (last site: {', '.join(parts)})" if parts else ""))
 
 
+_NOISE_SEED_NOTES = {  # client/dp_random.py
+    "secret": "[dim]DP batch sampling and noise: secret seeds (fresh OS entropy each round, never stored or sent): "
+              "{sites}[/dim]",
+    "run-seed": "[yellow]DP batch sampling and noise derived from the run's seed (noise-seed = run-seed): "
+                "reproducible, but whoever knows this run's config can recompute the noise, and the ε does not "
+                "hold against them: {sites}[/yellow]",
+}
+
+
+def noise_seed_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per noise-seed source the sites reported (sites that trained with DP only)."""
+    by: dict[str, list[str]] = {}
+    for name, s in sorted(summary.get("sites", {}).items()):
+        if s.get("noise_seed") in _NOISE_SEED_NOTES:
+            by.setdefault(s["noise_seed"], []).append(name)
+    return [_NOISE_SEED_NOTES[k].format(sites=", ".join(v)) for k, v in sorted(by.items())]
+
+
 def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -113,6 +131,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
                       f"C = {_f(central.get('clipping_norm'), 'g')}, {central.get('sampled_sites')} of "
                       f"{central.get('num_sites')} sites per round, no sampling amplification claimed")
     console.print(summary.get("accountant_note", ""), style="dim")
+    for line in noise_seed_lines(summary):
+        console.print(line)
     console.print(summary.get("data_note", ""), style="dim")
     declined = {n: s.get("last_decline_reason") for n, s in summary.get("sites", {}).items()
                 if s.get("rounds_declined")}

@@ -24,6 +24,8 @@ TEXT_ENCODERS = ("minilm-frozen", "minilm-finetune-top", "tiny-bert")
 IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
 ACCOUNTANTS = ("prv", "rdp")
 DEVICES = ("auto", "cpu", "cuda")
+#: where DP-SGD's randomness (Poisson sampling, Gaussian noise) comes from: client/dp_random.py
+NOISE_SEEDS = ("secret", "run-seed")
 MODALITIES = ("tabular", "text", "image")
 PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site-level DP by Flower's wrapper
 
@@ -75,6 +77,11 @@ class PrivacySettings:
     max_grad_norm: float  # per-sample clipping norm C
     accountant: str  # prv | rdp: calibration, enforcement and reporting use this one
     secure_mode: bool  # Opacus secure_mode (CSPRNG noise)
+    # seeds of DP-SGD's batch sampling and noise: "secret" = fresh OS entropy each round, never stored or sent;
+    # "run-seed" = derived from the run's seed, the site and the round: reproducible, but whoever knows the run
+    # config can recompute the noise, so the ε holds only against others (simulations only; a deployed site
+    # always uses "secret")
+    noise_seed: str = "secret"
 
 
 @dataclass(frozen=True)
@@ -191,6 +198,7 @@ def _privacy(r: _Reader) -> PrivacySettings:
         max_grad_norm=r.number("max-grad-norm", low=0.0, low_open=True),
         accountant=r.choice("accountant", ACCOUNTANTS),
         secure_mode=r.boolean("secure-mode"),
+        noise_seed=r.choice("noise-seed", NOISE_SEEDS),
     )
     if p.target_epsilon > p.epsilon_budget:
         raise ConfigError(

@@ -54,7 +54,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 _PRIVACY_KEYS = ("dp", "target-epsilon", "epsilon-budget", "delta", "max-grad-norm", "accountant",
-                 "secure-mode")
+                 "secure-mode", "noise-seed")
 
 
 def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
@@ -105,7 +105,7 @@ def _merge_privacy(base: PrivacySettings, overrides: Mapping[str, Any], where: s
     merged = {f.name: getattr(base, f.name) for f in fields(base)}
     keymap = {"dp": "enabled", "target-epsilon": "target_epsilon", "epsilon-budget": "epsilon_budget",
               "delta": "delta", "max-grad-norm": "max_grad_norm", "accountant": "accountant",
-              "secure-mode": "secure_mode"}
+              "secure-mode": "secure_mode", "noise-seed": "noise_seed"}
     flat = {k: merged[v] for k, v in keymap.items()}
     flat.update(overrides)
     return _privacy(_Reader(flat, where))
@@ -155,7 +155,12 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
     sd = r.path("state-dir")
     if sd is None:
         raise ConfigError(f"{path} [site]: 'state-dir' (absolute) is required: it holds the site's privacy ledger")
-    return SiteConfig(spec=spec, privacy=_merge_privacy(run.privacy, spec.privacy_overrides, str(path)),
+    if spec.privacy_overrides.get("noise-seed", "secret") != "secret":
+        raise ConfigError(f"{path} [privacy]: 'noise-seed' must be \"secret\" at a deployed site (or left out): "
+                          "noise derived from the run's seed can be recomputed by the server, which voids the ε")
+    # the run's noise-seed is the server's to set: a deployed site never takes its noise seed from it
+    privacy = replace(_merge_privacy(run.privacy, spec.privacy_overrides, str(path)), noise_seed="secret")
+    return SiteConfig(spec=spec, privacy=privacy,
                       data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
                       device=_Reader({"device": device}, str(path)).choice("device", DEVICES),
                       feature_cache=feature_cache)

@@ -1,0 +1,59 @@
+"""Where one round of DP-SGD gets its randomness: the Poisson batch sampling and the Gaussian noise.
+
+DP-SGD's guarantee rests on the noise being unknown to whoever sees the update. A seed taken from the
+run config is known to the server that wrote that config, and the same seed at every site gives every
+site the same noise (differences of two sites' updates would then cancel it). So the default source is
+``secret``: fresh OS entropy (:mod:`secrets`) for each round, held only in this process, never written
+to disk or sent. ``run-seed`` derives the seeds from the run's seed, the site's name and the round:
+reproducible simulations and tests, at the price that the ε holds only against parties who do not know
+the run config. ``common.config.load_site_file`` never lets a deployed site use it.
+
+Opacus' ``secure_mode`` is the stronger option (a CSPRNG and noise robust to floating-point attacks);
+it needs the ``torchcsprng`` package, and when it is on, Opacus ignores these generators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["DpRandomness", "dp_randomness", "NOISE_SEED_SOURCES"]
+
+
+@dataclass(frozen=True)
+class DpRandomness:
+    sampling: torch.Generator  # Opacus' Poisson sampler: which records are in each batch
+    noise: torch.Generator  # Opacus' DPOptimizer: the Gaussian noise added to the clipped gradient sum
+    source: str  # "secret" | "run-seed" (common.config.NOISE_SEEDS)
+
+
+def _secret(run_seed: int, site: str, server_round: int) -> tuple[int, int]:
+    del run_seed, site, server_round  # deliberately unused: nothing public may determine these seeds
+    return secrets.randbits(64), secrets.randbits(64)
+
+
+def _from_run_seed(run_seed: int, site: str, server_round: int) -> tuple[int, int]:
+    digest = hashlib.sha256(f"fedfusion-dp|{run_seed}|{site}|{server_round}".encode()).digest()
+    return int.from_bytes(digest[:8], "little"), int.from_bytes(digest[8:16], "little")
+
+
+#: noise-seed setting -> (run seed, site, round) -> (sampling seed, noise seed)
+NOISE_SEED_SOURCES: dict[str, Callable[[int, str, int], tuple[int, int]]] = {
+    "secret": _secret,
+    "run-seed": _from_run_seed,
+}
+
+
+def dp_randomness(source: str, *, run_seed: int, site: str, server_round: int) -> DpRandomness:
+    """Two independent generators for one site's round of DP-SGD, seeded as the ``noise-seed`` setting says."""
+    try:
+        make = NOISE_SEED_SOURCES[source]
+    except KeyError:
+        raise ValueError(f"noise-seed must be one of {sorted(NOISE_SEED_SOURCES)}; got {source!r}") from None
+    sampling_seed, noise_seed = make(run_seed, site, server_round)
+    return DpRandomness(sampling=torch.Generator().manual_seed(sampling_seed),
+                        noise=torch.Generator().manual_seed(noise_seed), source=source)
