@@ -7,7 +7,7 @@ Overhead = round wall time at the server minus the slowest site's training + eva
 (``client/timing.py``); the server splits it for the site that finished last into process
 start-up (interpreter, imports, fetching the message), setup (data, frozen text features, model)
 and the rest (Flower's hand-offs: polling, transfer; the server's own work). One invocation runs
-the same federation three times, side by side:
+the same federation four times, side by side:
 
 * naive:   every message-process imports torch + Opacus + transformers up front (EMULATED: the
            benchmark puts a ``sitecustomize`` doing those imports on the SuperNodes' PYTHONPATH,
@@ -17,7 +17,10 @@ the same federation three times, side by side:
            its grid's 3 s check for replies;
 * cached:  our lazy imports, the site's feature cache, the 0.2 s SuperExec poll that ``site join``
            sets, replies checked every 0.2 s (``server/grid.py``); still a separate evaluate message;
-* folded:  the default: as cached, with evaluation folded into the train reply (one message).
+* folded:  as cached, with evaluation folded into the train reply (one message);
+* warm:    the default of ``site join``: as folded, with each message's flwr-clientapp forked from the
+           site's warm-start supervisor, which imported Flower, torch, Opacus, scikit-learn and pandas once
+           (``client/warm_start.py``).
 
 Per variant: the steady-state round (median over rounds 2..N; round 1 fills the feature cache) and
 the amortised round (all overhead of the run, round 1 and the folded path's one final evaluation
@@ -42,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from client.warm_start import supervisor_command  # noqa: E402
 from simulations.processes import ProcessSet, free_port, wait_for_port  # noqa: E402
 from simulations.service import flower_env  # noqa: E402
 
@@ -59,10 +63,11 @@ def _env(home: Path, *, flower_defaults: bool = False) -> dict[str, str]:
 
 EAGER = "import torch, opacus\nfrom transformers import AutoModel, AutoTokenizer\n"  # the naive variant's imports
 
-VARIANTS = {  # name -> (fold evaluation, site feature cache, eager imports in every message-process)
-    "naive": (False, False, True),
-    "cached": (False, True, False),
-    "folded": (True, True, False),
+VARIANTS = {  # name -> (fold evaluation, site feature cache, eager imports in every message-process, warm start)
+    "naive": (False, False, True, False),
+    "cached": (False, True, False, False),
+    "folded": (True, True, False, False),
+    "warm": (True, True, False, True),
 }
 
 
@@ -76,7 +81,7 @@ def _site_toml(tmp: Path, name: str, *, feature_cache: bool) -> Path:
 
 
 def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) -> dict:
-    fold, feature_cache, eager = VARIANTS[variant]
+    fold, feature_cache, eager, warm = VARIANTS[variant]
     home = tmp / "flwr-home"
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -106,10 +111,12 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) ->
                            env=env, log=tmp / "superlink.log")
         wait_for_port(port, timeout=60, proc=link, log=tmp / "superlink.log")
         for s in sites:
-            procs.start([str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                         "--port", str(free_port()), "--node-config",
-                         f'site-config="{_site_toml(tmp, s, feature_cache=feature_cache)}"'],
-                        env=node_env, log=tmp / f"supernode-{s}.log")
+            node = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    "--port", str(free_port()), "--node-config",
+                    f'site-config="{_site_toml(tmp, s, feature_cache=feature_cache)}"']
+            if warm:  # what `site join` does with warm-start = true
+                node = supervisor_command(node, state_dir=tmp / "state" / s)
+            procs.start(node, env=node_env, log=tmp / f"supernode-{s}.log")
         t0 = time.monotonic()
         subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "bench", "--run-config", str(cfg), "--stream"],
                        env=env, cwd=ROOT, check=True, stdout=(tmp / "run.log").open("w"), stderr=subprocess.STDOUT,
@@ -197,7 +204,8 @@ def main() -> None:
         print(f"{variant:8s} {res['messages']:4d} {res['total_s']:7.1f} {m['wall_s']:7.1f} {m['overhead_s']:9.1f} "
               f"{m['last_site_startup_s']:9.1f} {m['last_site_setup_s']:7.1f} {m['handoff_s']:9.1f} "
               f"{m['amortised']:10.1f}")
-    for a, b in (("naive", "folded"), ("naive", "cached"), ("cached", "folded")):
+    for a, b in (("naive", "warm"), ("naive", "folded"), ("naive", "cached"), ("cached", "folded"),
+                 ("folded", "warm")):
         if a in med and b in med:
             print(f"overhead per round, {a} / {b}: steady {med[a]['overhead_s'] / med[b]['overhead_s']:.2f}x, "
                   f"amortised {med[a]['amortised'] / med[b]['amortised']:.2f}x")

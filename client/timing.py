@@ -6,8 +6,8 @@ A reply carries three numbers (MetricRecord keys in ``common.records``):
   ledger writes, forward passes);
 * ``setup-seconds``: reading the site's data, frozen-encoder features, building the model, and the
   libraries imported lazily on the way (Opacus for DP training, scikit-learn's metrics);
-* ``startup-seconds``: deployment only, from the start of this ``flwr-clientapp`` process to the
-  handler (interpreter, Flower, torch, Opacus and our imports, fetching the message).
+* ``startup-seconds``: deployment only, from the start of this ``flwr-clientapp`` process (or of its
+  warm-start launcher) to the handler (interpreter, Flower, torch, Opacus and our imports, fetching the message).
 
 Round wall time at the server minus the slowest site's compute is the round's overhead; the server
 splits it with the other two (``server.recorder.on_timing``).
@@ -23,7 +23,17 @@ __all__ = ["Stopwatch", "process_age_seconds"]
 
 
 def process_age_seconds() -> float | None:
-    """Seconds since this process started (Linux ``/proc``); None where that is not known."""
+    """Seconds since this process started (Linux ``/proc``); None where that is not known.
+
+    A process forked by the warm-start supervisor counts from the start of the launcher that Flower ran
+    (``client/warm_start.py`` sets ``FEDFUSION_LAUNCHED_AT``), not from the fork.
+    """
+    launched = os.environ.get("FEDFUSION_LAUNCHED_AT")
+    if launched:
+        try:
+            return max(0.0, time.time() - float(launched))
+        except ValueError:
+            pass
     try:
         # field 22 of /proc/self/stat is the start time in clock ticks after boot; the command name
         # (field 2) may hold spaces, so count from its closing parenthesis (field 3 = index 0)

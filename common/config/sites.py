@@ -41,6 +41,9 @@ class SiteConfig:
     # keep frozen-encoder features of the site's notes under state-dir/cache (derived patient data: it stays
     # at the site); False recomputes them in every message-process
     feature_cache: bool = True
+    # deployment: fork each message's flwr-clientapp from a supervisor that has imported the libraries once
+    # (client/warm_start.py); False = Flower's own fresh process per message
+    warm_start: bool = True
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -148,8 +151,9 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
         site["privacy"] = raw["privacy"]
     state_dir, data_dir = site.pop("state-dir", None), site.pop("data-dir", None)
     device = site.pop("device", run.train.device)
-    feature_cache = _Reader({"feature-cache": site.pop("feature-cache", True)},
-                            f"{path} [site]").boolean("feature-cache")
+    flags = _Reader({"feature-cache": site.pop("feature-cache", True), "warm-start": site.pop("warm-start", True)},
+                    f"{path} [site]")
+    feature_cache, warm_start = flags.boolean("feature-cache"), flags.boolean("warm-start")
     spec = _site_spec(site, f"{path} [site]")
     r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or ""}, f"{path} [site]")
     sd = r.path("state-dir")
@@ -163,7 +167,7 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
     return SiteConfig(spec=spec, privacy=privacy,
                       data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
                       device=_Reader({"device": device}, str(path)).choice("device", DEVICES),
-                      feature_cache=feature_cache)
+                      feature_cache=feature_cache, warm_start=warm_start)
 
 
 def _repo_data_dir() -> Path:
