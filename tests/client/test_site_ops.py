@@ -8,7 +8,7 @@ import pytest
 
 from client.site_check import check_site, format_check
 from client.site_ops import SiteError, SiteInit, init_site, key_path, supernode_command
-from common.config import app_defaults, load_site_file, parse_run_config
+from common.config import ConfigError, app_defaults, load_site_file, parse_run_config
 
 
 @pytest.fixture
@@ -24,6 +24,7 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
     assert site.spec.modalities == ("tabular", "text")
     assert site.state_dir == config.parent / "state" and site.data_dir == config.parent / "data"
     assert site.privacy.target_epsilon == 4.0 and site.privacy.epsilon_budget == 8.0
+    assert site.warm_start and site.feature_cache and site.privacy.noise_seed == "secret"
     text = config.read_text()
     assert "processed.cleveland.data" in text  # the data path of the tabular modality is named
     assert stat.S_IMODE(key_path(config).stat().st_mode) == 0o600
@@ -96,3 +97,13 @@ def test_supernode_command_quotes_the_site_config_and_uses_tls_and_the_key(cleve
     assert cmd[cmd.index("--root-certificates") + 1] == str(tmp_path / "ca.crt")
     assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key_path(config))
     assert cmd[cmd.index("--port") + 1] == "12345" and "--insecure" not in cmd
+
+
+def test_warm_start_can_be_switched_off_and_must_be_a_boolean(cleveland):
+    config, _ = cleveland
+    run = parse_run_config(app_defaults())
+    config.write_text(config.read_text().replace("warm-start = true", "warm-start = false"))
+    assert load_site_file(config, run=run).warm_start is False
+    config.write_text(config.read_text().replace("warm-start = false", 'warm-start = "yes"'))
+    with pytest.raises(ConfigError, match=r"site\.toml \[site\].*warm-start"):
+        load_site_file(config, run=run)

@@ -195,6 +195,9 @@ def test_run_completes_despite_a_killed_supernode(deployment):
     for name in HOSPITALS:
         assert summary["sites"][name]["rounds_trained"] == ROUNDS, summary["sites"][name]
     assert VICTIM not in summary["sites"] or summary["sites"][VICTIM]["rounds_trained"] == 0
+    for name in HOSPITALS:  # warm-start = true (site init's default): the message-processes were forked
+        log = (dep.sites[name].parent / "state" / "logs" / "supernode.log").read_text(errors="replace")
+        assert "[warm-start] message process PID" in log, log[-3000:]
     print(f"deployed run: {dep.run_seconds:.0f}s for {ROUNDS} rounds; victim killed at {dep.victim_killed_at}")
 
 
