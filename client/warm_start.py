@@ -89,9 +89,13 @@ def _connect(path: Path) -> socket.socket:
 
 
 def _read_line(sock: socket.socket) -> dict | None:
+    """One JSON line from the supervisor; None when it closed the connection (or reset it) first."""
     buf = b""
     while not buf.endswith(b"\n"):
-        chunk = sock.recv(4096)
+        try:
+            chunk = sock.recv(4096)
+        except OSError:
+            return None
         if not chunk:
             return None
         buf += chunk
@@ -113,12 +117,12 @@ def launch(real: str) -> NoReturn:
     payload = json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}).encode()
     try:
         socket.send_fds(sock, [_HEADER.pack(len(payload))], [0, 1, 2])
-    except OSError:  # nothing was handed over: run cold
+        sock.sendall(payload)
+    except OSError:  # the supervisor forks only after the whole request: nothing runs yet, so run cold
         sock.close()
         os.execv(real, argv)
-    sock.sendall(payload)
     started = _read_line(sock)
-    if not started or "pid" not in started:
+    if not started or "pid" not in started:  # never run cold now: a child may have started after all
         print(f"[warm-start] the supervisor did not start this message's process: {started}", file=sys.stderr)
         sys.exit(1)
     pid = int(started["pid"])
