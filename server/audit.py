@@ -257,6 +257,11 @@ def _audit_site(report: AuditReport, site: str, *, ledger: Ledger | None, rows: 
         audit.epsilon_budget = float(summary["epsilon_budget"])
         audit.remaining = audit.epsilon_budget - max(audit.spent_reported or 0.0, audit.spent_pld or 0.0)
     audit.secure_mode = _secure_mode(heads, summary)
+    audit.noise_seed = str(summary.get("noise_seed", "not recorded"))
+    if audit.noise_seed == "run-seed":
+        report.add([Finding(WARN, "noise", f"{site}: DP sampling and noise were derived from the run's seed "
+                                           "(noise-seed = run-seed): the ε does not hold against anyone who knows "
+                                           "the run config", site=site)])
     if audit.epsilon_budget is None:
         report.add([Finding(WARN, "budget", f"{site}: no lifetime budget recorded: 'ever exceeded' cannot be judged",
                             site=site)])
@@ -314,6 +319,12 @@ def _statements(report: AuditReport) -> list[str]:
                + ("; ".join(f"{n} {a.secure_mode}" for n, a in sites) or "n/a")
                + ". Without it the noise comes from a non-cryptographic PRNG, which the DP guarantee does not cover "
                  "against an adversary who can predict it.")
+    out.append("Seeds of DP-SGD's batch sampling and noise: "
+               + ("; ".join(f"{n} {a.noise_seed}" for n, a in sites) or "n/a")
+               + ". secret = fresh OS entropy each round, never stored or sent; run-seed = derived from the run's "
+                 "seed (reproducible simulations; no protection against whoever knows the run config); not "
+                 "recorded = no seed source in the run's summary: a run from before 2026-11-28, whose seeds were "
+                 "derived from the run's seed, or central-mode rows, whose noise the server adds.")
     out.append("The evaluation metrics each site released (accuracy, balanced accuracy, AUC, loss on its test rows) "
                "are NOT privatised: ε covers the model updates sent from training only.")
     out.append(f"Reported ε comes from the accountant each row names (a site's: Opacus PRV, RDP beside it; central "

@@ -32,7 +32,7 @@ class Finding:
     """One thing the audit found. ``FAIL`` makes the audit (and the command) fail."""
 
     level: str  # FAIL | WARN | INFO
-    check: str  # file | chain | anchor | recompute | budget | compare
+    check: str  # file | chain | anchor | recompute | budget | noise | compare
     message: str  # what, where and why, in words
     site: str = ""  # the site it concerns ("" = the whole file / the server)
     round: int | None = None  # the server round it concerns, when one is known
@@ -82,6 +82,7 @@ class SiteAudit:
     deltas: list[float] = field(default_factory=list)  # δ values its rows state
     accountants: list[str] = field(default_factory=list)  # accountants of its reported ε
     secure_mode: str = "not recorded"  # on | off | mixed (...) | not recorded
+    noise_seed: str = "not recorded"  # secret | run-seed (client/dp_random.py) | not recorded (runs before 2026-11-28)
     target_epsilon: float | None = None
     epsilon_budget: float | None = None
     spent_reported: float | None = None  # the last reported cumulative ε

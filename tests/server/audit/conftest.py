@@ -49,7 +49,8 @@ def _reply(site: str, sp: Any, event: str, rnd: int, eps: float, rdp: float, mec
                "lifetime budget", "site": site, "dataset-id": sp.dataset_id, "epsilon": eps, "epsilon-rdp": rdp,
                "accountant": "prv", "delta": DELTA, "target-epsilon": 5.0,
                "epsilon-budget": sp.settings.epsilon_budget, "noise-multiplier": sigma, "sample-rate": q,
-               "steps": steps if event == "reserve" else 0, "max-grad-norm": 1.0, "secure-mode": False} | head
+               "steps": steps if event == "reserve" else 0, "max-grad-norm": 1.0, "secure-mode": False,
+               "noise-seed": "secret"} | head
     return SiteReply(site, 1, privacy["status"], 100 if event == "reserve" else 0, privacy, {"train-loss": 0.5})
 
 

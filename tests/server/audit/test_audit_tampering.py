@@ -160,3 +160,14 @@ def test_compare_passes_on_agreement_and_names_every_disagreement(run_copy, atta
     assert not report.passed and report.kind == "compare"
     as_json = json.loads(json.dumps(report.to_dict()))
     assert as_json["passed"] is False and as_json["sites"]["beta"]["verdict"] == "FAIL"
+
+
+def test_noise_derived_from_the_run_seed_is_a_warning_and_stated(run_copy):
+    assert audit_path(run_copy).sites["alpha"].noise_seed == "secret"
+    summary = json.loads((run_copy / "summary.json").read_text())
+    summary["sites"]["alpha"]["noise_seed"] = "run-seed"
+    (run_copy / "summary.json").write_text(json.dumps(summary))
+    report = audit_path(run_copy)
+    assert report.passed  # a warning: the accounting is right, the threat model is narrower
+    assert [(f.level, f.check, f.site) for f in report.findings if f.check == "noise"] == [("WARN", "noise", "alpha")]
+    assert report.sites["alpha"].noise_seed == "run-seed" and report.sites["beta"].noise_seed == "secret"
