@@ -196,6 +196,7 @@ def init_site(req: SiteInit, *, force: bool = False) -> tuple[Path, Path]:
         config.unlink()  # nothing half-made stays behind
         raise SiteError(f"the config would not validate: {err}") from None
     state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.chmod(0o700)  # ledger, cached features of the notes, links to the key: this site's user only
     keys = make_site_keypair(folder / "keys" / KEY_NAME, comment=f"fedfusion-site-{req.name}")
     _link_signing_key(keys.private_key, state_dir)
     return config, keys.public_key
@@ -276,6 +277,7 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
         raise SiteError(f"site '{site.spec.name}' is already joined (PID file {pidfile}); "
                         f"`fedfusion site stop {config}` first")
     state.mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)  # as site init makes it (a state-dir made by hand may be wider)
     (state / "flwr-home").mkdir(exist_ok=True)
     cmd = supernode_command(config, superlink=superlink, root_cert=root_cert, key=key, port=port or free_port())
     if site.warm_start:

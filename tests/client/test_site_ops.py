@@ -28,6 +28,7 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
     text = config.read_text()
     assert "processed.cleveland.data" in text  # the data path of the tabular modality is named
     assert stat.S_IMODE(key_path(config).stat().st_mode) == 0o600
+    assert stat.S_IMODE(site.state_dir.stat().st_mode) == 0o700  # ledger and cached note features: the site only
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert (site.state_dir / "site_key").resolve() == key_path(config)
     assert (site.state_dir / "site_key.pub").resolve() == pub
