@@ -19,6 +19,8 @@ import os
 import time
 from pathlib import Path
 
+from client.warm_start import LAUNCHED_AT_ENV
+
 __all__ = ["Stopwatch", "process_age_seconds"]
 
 
@@ -28,7 +30,7 @@ def process_age_seconds() -> float | None:
     A process forked by the warm-start supervisor counts from the start of the launcher that Flower ran
     (``client/warm_start.py`` sets ``FEDFUSION_LAUNCHED_AT``), not from the fork.
     """
-    launched = os.environ.get("FEDFUSION_LAUNCHED_AT")
+    launched = os.environ.get(LAUNCHED_AT_ENV)
     if launched:
         try:
             return max(0.0, time.time() - float(launched))

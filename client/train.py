@@ -70,14 +70,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loader(dataset: Dataset, *, batch_size: int, seed: int | None = None, shuffle: bool = True,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """A loader whose order comes from ``generator`` (or a new one seeded with ``seed``).
+def make_loader(dataset: Dataset, *, batch_size: int, generator: torch.Generator, shuffle: bool = True) -> DataLoader:
+    """A loader whose order comes from ``generator``.
 
     Opacus' Poisson sampler draws its batches from this generator (``DPDataLoader.from_data_loader``).
     """
-    g = generator if generator is not None else torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=g)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -155,7 +153,7 @@ def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: 
     torch.manual_seed(seed)
     model.to(device).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
-    loader = make_loader(dataset, batch_size=batch_size, seed=seed)
+    loader = make_loader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     return TrainResult(loss=float(np.mean(losses)), steps=steps, num_examples=len(dataset), sample_rate=0.0)

@@ -213,8 +213,9 @@ class Supervisor:
             if self._preload(node):
                 self._listen()
             while node.poll() is None:
-                ready = select.select([self.listener], [], [], 0.2)[0] if self.listener else time.sleep(0.2)
-                if ready:
+                if self.listener is None:  # warm start off: just keep the SuperNode company
+                    time.sleep(0.2)
+                elif select.select([self.listener], [], [], 0.2)[0]:
                     self._fork_one()
                 self._reap()
             return node.returncode if node.returncode >= 0 else 128 - node.returncode  # killed: 128 + signal

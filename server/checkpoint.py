@@ -17,7 +17,7 @@ import numpy as np
 
 from common.storage import arrays_digest, atomic_write_bytes
 
-__all__ = ["Checkpoint", "CheckpointError", "arrays_digest", "save_checkpoint", "load_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "save_checkpoint", "load_checkpoint"]
 
 FILENAME = "checkpoint.safetensors"
 

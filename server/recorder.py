@@ -38,8 +38,8 @@ from common.privacy.signing import (
     write_signed_heads,
 )
 from common.records import COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS, TIMING_KEYS
-from common.storage import atomic_write_text
-from server.checkpoint import Checkpoint, arrays_digest, save_checkpoint
+from common.storage import arrays_digest, atomic_write_text
+from server.checkpoint import Checkpoint, save_checkpoint
 from server.strategy import SiteEvaluation, SiteReply
 
 __all__ = ["RunRecorder"]

@@ -6,7 +6,8 @@ import pytest
 from client.replay import ReplayCache, state_digest
 from common.privacy.ledger import Ledger
 from common.records import STATUS_DECLINED, STATUS_REPLAYED, STATUS_TRAINED
-from server.checkpoint import CheckpointError, Checkpoint, arrays_digest, load_checkpoint, save_checkpoint
+from common.storage import arrays_digest
+from server.checkpoint import CheckpointError, Checkpoint, load_checkpoint, save_checkpoint
 
 
 
