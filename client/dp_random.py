@@ -1,8 +1,8 @@
 """Where one round of DP-SGD gets its randomness: the Poisson batch sampling and the Gaussian noise.
 
 DP-SGD's guarantee rests on the noise being unknown to whoever sees the update. A seed taken from the
-run config is known to the server that wrote that config, and the same seed at every site gives every
-site the same noise (differences of two sites' updates would then cancel it). So the default source is
+run config is known to the server that wrote that config, and the same seed at every site draws every
+site's noise from the same stream (where it comes out equal, differences of two sites' updates cancel it). So the default source is
 ``secret``: fresh OS entropy (:mod:`secrets`) for each round, held only in this process, never written
 to disk or sent. ``run-seed`` derives the seeds from the run's seed, the site's name and the round:
 reproducible simulations and tests, at the price that the ε holds only against parties who do not know

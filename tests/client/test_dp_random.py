@@ -50,7 +50,7 @@ def test_the_same_public_inputs_give_different_updates_by_default(make_job, init
     """Same run config, site, data, global model and round: with secret seeds the updates differ.
 
     Before client/dp_random.py the noise was torch's global RNG seeded with ``seed * 1000 + round``: the
-    server that set ``seed`` could recompute it, and every site drew the same noise in a round.
+    server that set ``seed`` could recompute it, and every site drew from the same seeded stream in a round.
     """
     a = _train(make_job, initial_state, tmp_path, "a")
     b = _train(make_job, initial_state, tmp_path, "b")
