@@ -74,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
     evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
     # The same round sent again (server restart) is answered from the cache: no second spend.
     cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
-    outcome = cache.get(job.federation_id, job.server_round, digest)
+    outcome = cache.get(job.federation_id, job.server_round, digest, report=job.decline_report)
     if outcome is None:
         outcome = job.train(state)
         cache.put(job.federation_id, job.server_round, digest, outcome)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -42,8 +42,13 @@ class ReplayCache:
     def _path(self, federation_id: str, server_round: int, digest: str) -> Path:
         return self.dir / _safe(federation_id) / f"round-{server_round:05d}-{digest[:16]}.safetensors"
 
-    def get(self, federation_id: str, server_round: int, digest: str) -> TrainOutcome | None:
-        """The cached reply for this exact request, or a decline if the round was spent without one."""
+    def get(self, federation_id: str, server_round: int, digest: str,
+            report: Callable[[str], dict] | None = None) -> TrainOutcome | None:
+        """The cached reply for this exact request, or a decline if the round was spent without one.
+
+        ``report(reason)`` makes that decline's PRIVACY record (``SiteRound.decline_report``: ε over the
+        ledger's whole history); without it the record holds only status, reason and site.
+        """
         from safetensors.torch import load
 
         path = self._path(federation_id, server_round, digest)
@@ -61,8 +66,8 @@ class ReplayCache:
                 for e in Ledger(self.ledger_path).entries(site=self.site)):
             reason = (f"round {server_round} of federation {federation_id} was already reserved in this site's "
                       "ledger but its reply was lost; training it again would spend the budget twice")
-            return TrainOutcome(None, {"num-examples": 0.0},
-                                {"status": STATUS_DECLINED, "reason": reason, "site": self.site})
+            privacy = report(reason) if report else {"status": STATUS_DECLINED, "reason": reason, "site": self.site}
+            return TrainOutcome(None, {"num-examples": 0.0}, privacy)
         return None
 
     def put(self, federation_id: str, server_round: int, digest: str, outcome: TrainOutcome) -> None:

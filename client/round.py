@@ -90,12 +90,7 @@ class SiteRound:
                                 {NUM_EXAMPLES: float(n), "train-loss": res.loss},
                                 {"status": STATUS_TRAINED, "site": self.site.spec.name, "dp": False})
 
-        with self.setup:  # importing Opacus (seconds, lazily) is start-up cost, not training: time it as setup
-            import opacus  # noqa: F401
-        sp = self.privacy(data)
-        spe = steps_per_epoch(n, t.batch_size)
-        steps = spe * t.local_epochs
-        plan = sp.plan(sample_rate=1.0 / spe, steps=steps, planned_steps=steps * self.run.federation.num_rounds)
+        sp, plan = self._plan(data)
         ids = dict(round=self.server_round, federation_id=self.federation_id, run_id=self.run_id)
         if not plan.allowed:
             sp.decline(plan, **ids)
@@ -119,6 +114,22 @@ class SiteRound:
         return TrainOutcome(_cpu(trainable_state(model, branches=branches)),
                             {NUM_EXAMPLES: float(n), "train-loss": res.loss},
                             self._report(sp, plan, STATUS_TRAINED, ""))
+
+    def _plan(self, data: SiteData) -> tuple[SitePrivacy, Any]:
+        """This round's DP plan (σ, sample rate, steps, ε before and after) over the ledger's whole history."""
+        with self.setup:  # importing Opacus (seconds, lazily) is start-up cost, not training: time it as setup
+            import opacus  # noqa: F401
+        sp = self.privacy(data)
+        spe = steps_per_epoch(len(data.train), self.run.train.batch_size)
+        steps = spe * self.run.train.local_epochs
+        return sp, sp.plan(sample_rate=1.0 / spe, steps=steps, planned_steps=steps * self.run.federation.num_rounds)
+
+    def decline_report(self, reason: str) -> dict[str, Any]:
+        """The PRIVACY record of a round this site answers with a decline without writing to its ledger (a
+        round already reserved whose reply was lost, ``client/replay.py``): ε over the whole history, as any
+        decline reports it."""
+        sp, plan = self._plan(self.data())
+        return self._report(sp, plan, STATUS_DECLINED, reason)
 
     def _check_accountant(self, sp: SitePrivacy, plan, accountant, steps: int, sample_rate: float) -> None:
         """Opacus' own accountant (restored + this round) must agree with the ledger."""

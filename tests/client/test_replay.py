@@ -56,3 +56,24 @@ def test_site_and_server_digests_agree():
 
     state = {"b": torch.ones(2), "a": torch.arange(4, dtype=torch.float32)}
     assert state_digest(state) == arrays_digest({k: v.numpy() for k, v in state.items()})
+
+
+def test_a_lost_reply_declines_with_the_epsilon_of_the_whole_history(make_job, initial_state):
+    """Before: this decline carried no ε, and the server's summary blanked the site's spent ε."""
+    from common.privacy.accountant import epsilon_from_history
+
+    job = make_job(round_=1, run_id="r1")
+    state = initial_state(job)
+    cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
+    first = job.train(state)  # reserved and confirmed; its reply is never cached (lost)
+    ledger = Ledger(job.site.state_dir / "ledger.sqlite")
+    rows_before = len(ledger.entries())
+    again = make_job(round_=1, run_id="r1")
+    lost = cache.get("fed-test", 1, digest, report=again.decline_report)
+    assert lost.arrays is None and lost.privacy["status"] == STATUS_DECLINED
+    assert "already reserved" in lost.privacy["reason"]
+    history = ledger.mechanism_history(site=job.site.spec.name)
+    fresh = epsilon_from_history(history, delta=lost.privacy["delta"], accountant=lost.privacy["accountant"])
+    assert lost.privacy["epsilon"] == pytest.approx(fresh, rel=1e-9) == pytest.approx(first.privacy["epsilon"])
+    assert lost.privacy["steps"] == 0 and lost.privacy["total-steps"] == first.privacy["total-steps"]
+    assert len(ledger.entries()) == rows_before  # a report, not a ledger row
