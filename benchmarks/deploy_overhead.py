@@ -46,14 +46,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from client.warm_start import supervisor_command  # noqa: E402
-from simulations.processes import ProcessSet, free_port, wait_for_port  # noqa: E402
-from simulations.service import flower_env  # noqa: E402
+from common.runtime.processes import ProcessSet, free_port, wait_for_port  # noqa: E402
+from common.runtime.service import flower_env  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
 
 def _env(home: Path, *, flower_defaults: bool = False) -> dict[str, str]:
-    """What `fedfusion federation start` / `site join` give Flower (simulations.service.flower_env), or, for the
+    """What `fedfusion federation start` / `site join` give Flower (common.runtime.service.flower_env), or, for the
     naive path, Flower's own defaults (SuperExec polls for a message every 1 s)."""
     env = flower_env(home, FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", OMP_NUM_THREADS="1")
     if flower_defaults:

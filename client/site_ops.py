@@ -23,8 +23,8 @@ from pathlib import Path
 from client.warm_start import supervisor_command
 from common.config import APP_DIR, MODALITIES, ConfigError, SiteConfig, app_defaults, load_site_file, parse_run_config
 from common.pki import make_site_keypair
-from simulations.processes import free_port
-from simulations.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
+from common.runtime.processes import free_port
+from common.runtime.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
 
 __all__ = [
     "KEY_NAME",

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.pki import make_federation_certificates
-from simulations.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
+from common.runtime.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
 
 __all__ = [
     "DEFAULT_PORT",

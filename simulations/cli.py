@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=_cmd_report)
     _add_empirical_audit(sub)  # `empirical-audit`
 
-    from server.audit_cli import add_audit_command  # `audit`: ledgers, recomputed ε, budgets (server/audit*.py)
+    from server.audit.cli import add_audit_command  # `audit`: ledgers, recomputed ε, budgets (server/audit*.py)
 
     add_audit_command(sub)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import APP_DIR, PACKAGED_SCENARIOS, ConfigError, app_defaults, load_scenario
-from simulations.processes import ProcessSet, free_port, wait_for_port
+from common.runtime.processes import ProcessSet, free_port, wait_for_port
 
 __all__ = ["SimulationRequest", "SimulationError", "simulate", "scenario_path"]
 

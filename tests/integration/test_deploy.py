@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from common.privacy.ledger import Ledger
-from simulations.processes import ProcessSet, descendants, free_port, wait_for_port
+from common.runtime.processes import ProcessSet, descendants, free_port, wait_for_port
 
 pytestmark = pytest.mark.slow
 

@@ -56,7 +56,7 @@ def _reply(site: str, sp: Any, event: str, rnd: int, eps: float, rdp: float, mec
 
 def build_run(root: Path) -> Path:
     """Write the two-site, three-round signed run described in the module docstring; return the run folder."""
-    from server.audit_recompute import cumulative_epsilons
+    from server.audit.recompute import cumulative_epsilons
     from server.recorder import RunRecorder
 
     out, state = root / "run", root / "run" / "sites"

@@ -17,8 +17,8 @@ from common.privacy.entry import LedgerEntry
 from common.privacy.ledger import Ledger
 from common.privacy.reference import epsilon_dp_accounting_rdp, epsilon_pld
 from server.audit import audit_path
-from server.audit_model import SiteAudit
-from server.audit_recompute import cumulative_epsilons, recompute_site
+from server.audit.model import SiteAudit
+from server.audit.recompute import cumulative_epsilons, recompute_site
 
 # inputs: history of (σ, q, steps) per round, δ = 1e-5
 PINNED_HISTORY = [(1.0, 0.1, 10), (1.2, 0.2, 5), (0.8, 0.05, 20)]

@@ -53,7 +53,7 @@ from dp_accounting.rdp import RdpAccountant
 
 from common.privacy.entry import LedgerEntry
 from common.privacy.reference import PLD_VALUE_DISCRETIZATION_INTERVAL, dp_event
-from server.audit_model import FAIL, WARN, Finding, RoundRow, SiteAudit
+from server.audit.model import FAIL, WARN, Finding, RoundRow, SiteAudit
 
 __all__ = [
     "BUDGET_RTOL",

@@ -6,7 +6,7 @@ import json
 import math
 from typing import Any
 
-from server.audit_model import FAIL, INFO, WARN, AuditReport, SiteAudit
+from server.audit.model import FAIL, INFO, WARN, AuditReport, SiteAudit
 
 __all__ = ["mechanism_summary", "print_report", "report_json", "site_rows"]
 

@@ -33,8 +33,8 @@ def _keys(values: list[str]) -> dict[str, str]:
 
 def run_audit(args: argparse.Namespace) -> int:
     """Run the audit the arguments ask for, print it, write the HTML if asked; return the exit status."""
-    from server.audit import audit_compare, audit_path
-    from server.audit_render import print_report, report_json
+    from server.audit.core import audit_compare, audit_path
+    from server.audit.render import print_report, report_json
 
     if bool(args.path) == bool(args.compare):
         print("fedfusion audit: give either PATH or --compare SITE_LEDGER SERVER_LEDGER", file=sys.stderr)
@@ -54,7 +54,7 @@ def run_audit(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     if args.html:
-        from server.audit_html import write_html
+        from server.audit.html import write_html
 
         write_html(report, args.html)
         if not args.json:

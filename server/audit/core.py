@@ -2,19 +2,19 @@
 
 For a run folder, a server ledger, or a site's own ledger, the audit answers:
 
-* **has anyone altered the records?** hash chains (:mod:`server.audit_integrity`), each site's
+* **has anyone altered the records?** hash chains (:mod:`server.audit.integrity`), each site's
   ledger against the heads it signed and the server recorded, the server's ledger against the
   heads the server signed; for a run folder also each site's ledger against the server's
-  (:mod:`server.audit_compare`);
+  (:mod:`server.audit.compare`);
 * **how much did each site spend, under what mechanism?** ε recomputed from the logged
   mechanisms with Google's dp-accounting, which the training never used
-  (:mod:`server.audit_recompute`), beside the reported value;
+  (:mod:`server.audit.recompute`), beside the reported value;
 * **was any budget exceeded?** target, budget, spent, remaining, declined rounds.
 
-:func:`audit_path` and :func:`audit_compare` return an :class:`~server.audit_model.AuditReport`;
+:func:`audit_path` and :func:`audit_compare` return an :class:`~server.audit.model.AuditReport`;
 it passes iff no finding is a FAIL. Nothing here writes to the audited files (ledgers are
-opened read-only). Output: :mod:`server.audit_render` (terminal, JSON) and
-:mod:`server.audit_html`.
+opened read-only). Output: :mod:`server.audit.render` (terminal, JSON) and
+:mod:`server.audit.html`.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from typing import Any
 from common.privacy.entry import SERVER_EVENTS, SITE_EVENTS, LedgerEntry
 from common.privacy.ledger import Ledger, LedgerIntegrityError
 from common.privacy.signing import SERVER_HEAD_FILE, HeadRecord, fingerprint
-from server.audit_compare import compare_site_server
-from server.audit_integrity import chain_findings, same_key, server_anchor_findings, site_anchor_findings
-from server.audit_model import FAIL, INFO, WARN, AuditReport, Finding, SiteAudit
-from server.audit_recompute import MECHANISMS, recompute_site, thresholds
+from server.audit.compare import compare_site_server
+from server.audit.integrity import chain_findings, same_key, server_anchor_findings, site_anchor_findings
+from server.audit.model import FAIL, INFO, WARN, AuditReport, Finding, SiteAudit
+from server.audit.recompute import MECHANISMS, recompute_site, thresholds
 
 __all__ = ["LEDGER_FILE", "SITE_KEY_PUB", "audit_compare", "audit_path"]
 

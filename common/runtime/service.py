@@ -7,7 +7,7 @@ Two ways, both with a log file:
 * detached: it runs in its own session with its output in the log; its PID goes to a PID file,
   and :func:`stop_pidfile` later stops it and its whole process tree.
 
-Built on :mod:`simulations.processes`; no Flower imports.
+Built on :mod:`common.runtime.processes`; no Flower imports.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from simulations.processes import ProcessSet, descendants, terminate, wait_for_port
+from common.runtime.processes import ProcessSet, descendants, terminate, wait_for_port
 
 __all__ = ["ServiceError", "flower_env", "run_foreground", "start_detached", "stop_pidfile", "read_pid"]
 

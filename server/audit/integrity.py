@@ -32,7 +32,7 @@ from common.privacy.signing import (
     public_key_line,
     read_signed_heads,
 )
-from server.audit_model import FAIL, INFO, WARN, Finding
+from server.audit.model import FAIL, INFO, WARN, Finding
 
 __all__ = ["AnchorState", "chain_findings", "same_key", "server_anchor_findings", "site_anchor_findings"]
 

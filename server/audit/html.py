@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 
 from common.storage import atomic_write_text
-from server.audit_model import AuditReport, RoundRow
-from server.audit_render import mechanism_summary, site_rows
+from server.audit.model import AuditReport, RoundRow
+from server.audit.render import mechanism_summary, site_rows
 
 __all__ = ["epsilon_plot_png", "render_html", "write_html"]
 

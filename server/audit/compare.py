@@ -28,7 +28,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from common.privacy.entry import LedgerEntry
-from server.audit_model import FAIL, INFO, WARN, Finding
+from server.audit.model import FAIL, INFO, WARN, Finding
 
 __all__ = ["MECHANISM_FIELDS", "compare_site_server"]
 
