@@ -179,15 +179,13 @@ def check_fab(content: bytes, claimed_sha256: str, approval: Approval) -> str:
                              "it was announced as: refused unopened")
     if digest != approval.fab_sha256:
         identity = fab_identity(content)
-        if identity.split(" ")[0] != approval.app.split(" ")[0]:
+        if identity == "?":
+            what = "not a readable app bundle"
+        elif identity.split(" ")[0] != approval.app.split(" ")[0]:
             what = "another app altogether"
         else:
-            try:
-                what = f"the same app with other files ({_differences(fab_files(content), approval.files)}). If " \
-                       "the operator upgraded fedfusion, install the same version here and run `fedfusion site " \
-                       "join` again"
-            except zipfile.BadZipFile:
-                what = "not even a zip archive"
+            what = (f"the same app with other files ({_differences(fab_files(content), approval.files)}). If the "
+                    "operator upgraded fedfusion, install the same version here and run `fedfusion site join` again")
         raise AppNotApproved(
             f"app {identity} (FAB sha256 {digest[:16]}...) is not the app this site approved ({approval.app}, "
             f"sha256 {approval.fab_sha256[:16]}..., recorded by `site join` at {approval.recorded_at} from "
