@@ -297,14 +297,14 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
     cmd = supervisor_command(cmd, state_dir=state, approved=state / APPROVED_FILE, warm=site.warm_start)
     env = flower_env(state / "flwr-home")
     name = site.spec.name
+    offset = log.stat().st_size if log.exists() else 0
+    before = log.read_bytes()[-20000:].decode(errors="replace") if offset else ""
     if not detach:
         print(f"site '{name}' joining {superlink} (log {log}); Ctrl-C leaves", flush=True)
         code = run_foreground(cmd, env=env, log=log)
         if code == 305:
-            print(_refused_hint(name, key, log.read_text(errors="replace")[-4000:] if log.exists() else ""),
-                  file=sys.stderr)
+            print(_refused_hint(name, key, before), file=sys.stderr)
         return code
-    offset = log.stat().st_size if log.exists() else 0
     try:
         pid = start_detached(cmd, env=env, log=log, pidfile=pidfile, port=None)
         seen = wait_for_log(log, offset=offset, pid=pid, patterns=(ACTIVATED, "Exit Code: "), timeout=wait)
@@ -315,7 +315,7 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
         tail = log.read_bytes()[offset:].decode(errors="replace")
         code = _flower_exit_code(tail)
         if code == 305:
-            print(_refused_hint(name, key, tail), file=sys.stderr)
+            print(_refused_hint(name, key, before), file=sys.stderr)
         else:
             print(f"site '{name}': the SuperNode was not activated by {superlink} within {wait:.0f} s "
                   f"({'it exited' if seen else 'no answer'}; it is stopped now). Log {log}:\n{tail[-2000:]}",
@@ -340,14 +340,19 @@ def _flower_exit_code(log_text: str) -> int:
     return int(codes[-1]) if codes else 0
 
 
-def _refused_hint(name: str, key: Path, log_text: str) -> str:
-    """Why the SuperLink refused to activate this node (Flower exit code 305), and what to do."""
-    if "could not be activated" in log_text:
-        return (f"site '{name}': the SuperLink still holds this site's node online (a SuperNode of this key that "
-                "was killed, or is running elsewhere). Stop the other one with `fedfusion site stop`, or wait about "
-                "a minute for the SuperLink to mark it offline, then join again.")
+def _refused_hint(name: str, key: Path, earlier_log: str) -> str:
+    """Why the SuperLink refused to activate this node (Flower exit code 305, "Failed to activate SuperNode"),
+    and what to do. Flower tells the site no more; its SuperLink's log names the reason. ``earlier_log``: the
+    end of this site's log before this join, which shows whether its previous SuperNode left the federation."""
+    last_up, last_down = earlier_log.rfind("SuperNode ID: "), earlier_log.rfind("terminated gracefully")
+    if last_up > last_down:
+        return (f"site '{name}': the SuperLink refused to activate this site's node. Its previous SuperNode ended "
+                "without leaving the federation (killed, or the machine stopped), and the SuperLink holds the node "
+                "online until its heartbeats have been missing for about a minute: wait a minute and join again. "
+                "(`fedfusion site stop` leaves properly.)")
     return (f"site '{name}': the SuperLink refused this site's key. Send {key.with_name(key.name + '.pub')} to the "
-            "operator to register, then join again.")
+            "operator to register, then join again. (If the key is registered, a SuperNode with this key is "
+            "running elsewhere, or was killed less than a minute ago.)")
 
 
 def stop_site(config: Path) -> bool:
