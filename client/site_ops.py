@@ -4,7 +4,7 @@ Plain glue around ``flower-supernode``; no Flower handlers here (those are in ``
 A site folder made by ``fedfusion site init DIR`` looks like::
 
     DIR/site.toml              the site config (read by `site check`, by `site join` and by the ClientApp)
-    DIR/keys/site_ecdsa        the site's private key (OpenSSH ECDSA P-384, 0600): never leaves the site
+    DIR/keys/site_ecdsa        the site's private key (OpenSSH ECDSA P-384, 0600, folder 0700): never leaves the site
     DIR/keys/site_ecdsa.pub    its public key: send it to the federation operator
     DIR/data/                  only with --example-data: a GENERATED example export + mapping + schema
     DIR/state/                 state-dir: ledger.sqlite (the site's privacy ledger), cache/, flwr-home/, logs/,
@@ -202,6 +202,8 @@ def init_site(req: SiteInit, *, force: bool = False) -> tuple[Path, Path]:
         raise SiteError(f"the config would not validate: {err}") from None
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)  # ledger, cached features of the notes, links to the key: this site's user only
+    (folder / "keys").mkdir(mode=0o700, exist_ok=True)
+    (folder / "keys").chmod(0o700)  # the private key's folder: this site's user only (`site check` warns otherwise)
     keys = make_site_keypair(folder / "keys" / KEY_NAME, comment=f"fedfusion-site-{req.name}")
     _link_signing_key(keys.private_key, state_dir)
     return config, keys.public_key

@@ -23,9 +23,11 @@ Either way, the launcher stands in front of every message-process: ``site join``
 under this supervisor (with ``warm-start = false`` it only writes the launchers and sets ``PATH``), and each
 message-process calls ``app_gate.guard`` before any of Flower's ClientApp code runs, so a run whose app the
 site did not approve is refused before its code is unpacked (:mod:`client.app_gate`). Every other program
-Flower's SuperExec may start by name (:data:`REFUSED_COMMANDS`) is a stub there that refuses. Each child is a fresh fork of a process that has
-only imported modules, so nothing of one message (data, model, random draws) reaches the next; DP noise
-seeds come from OS entropy in the child (``client/dp_random.py``). CUDA is never initialised here.
+Flower's SuperExec may start by name (:data:`REFUSED_COMMANDS`) is a stub there that refuses.
+
+Each child is a fresh fork of a process that has only imported modules, so nothing of one message (data,
+model, random draws) reaches the next; DP noise seeds come from OS entropy in the child
+(``client/dp_random.py``). CUDA is never initialised here.
 
 This file runs as a script (``python client/warm_start.py``), never as ``client.warm_start``: importing the
 ``client`` package in the supervisor would make every child load the installed copy of the app instead of
@@ -56,7 +58,7 @@ PRELOAD = ("flwr.supernode.cli.flwr_clientapp", "torch", "opacus", "sklearn.metr
 APP_PACKAGES = ("client", "common", "server", "simulations", "benchmarks")
 SOCKET_NAME = "clientapp.sock"
 GATE = Path(__file__).resolve().with_name("app_gate.py")  # client/app_gate.py: loaded by path, never as client.*
-#: every program but flwr-clientapp that Flower's SuperExec starts by name (flwr.supercore.constant.TASK_TYPE_TO_COMMAND)
+#: every program but flwr-clientapp that Flower's SuperExec starts by name (its TASK_TYPE_TO_COMMAND)
 REFUSED_COMMANDS = ("flwr-agentapp", "flwr-model", "flwr-connector", "flwr-serverapp", "flwr-simulation")
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows the header (and the 3 fds)
 
@@ -81,7 +83,8 @@ def write_launcher(bindir: Path, *, real: Path, approved: Path, entry: str = ENT
     script = bindir / "flwr-clientapp"
     _write_script(script, "# This message's flwr-clientapp: a fork of the site's warm supervisor, or Flower's own\n"
                           "# flwr-clientapp when there is none; only the app the site approved (client/app_gate.py).\n"
-                          f"import warm_start\nwarm_start.launch({str(real)!r}, approved={str(approved)!r}, entry={entry!r})\n")
+                          f"import warm_start\nwarm_start.launch({str(real)!r}, approved={str(approved)!r}, "
+                          f"entry={entry!r})\n")
     for command in REFUSED_COMMANDS:
         _write_script(bindir / command, f"import app_gate\napp_gate.refuse_task({command!r})\n")
     return script

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -154,9 +155,9 @@ def test_every_other_program_the_superexec_starts_is_a_refusing_stub(tmp_path):
     assert set(warm_start.REFUSED_COMMANDS) == set(TASK_TYPE_TO_COMMAND.values()) - {"flwr-clientapp"}
     bindir = tmp_path / "bin"
     warm_start.write_launcher(bindir, real=tmp_path / "flwr-clientapp", approved=tmp_path / "approved-app.json")
-    import subprocess
 
     for command in warm_start.REFUSED_COMMANDS:
-        p = subprocess.run([str(bindir / command), "--runtime-api-address", "127.0.0.1:1"], capture_output=True,
-                           text=True, timeout=30, env={**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"})
+        env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
+        p = subprocess.run([command, "--runtime-api-address", "127.0.0.1:1"], capture_output=True, text=True,
+                           timeout=30, env=env)
         assert p.returncode == 1 and f"REFUSED: the SuperExec asked for `{command}`" in p.stderr
