@@ -45,6 +45,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from client.app_gate import APPROVED_FILE, record_approval  # noqa: E402
 from client.warm_start import supervisor_command  # noqa: E402
 from common.runtime.processes import ProcessSet, free_port, wait_for_port  # noqa: E402
 from common.runtime.service import flower_env  # noqa: E402
@@ -114,8 +115,11 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) ->
             node = [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
                     "--port", str(free_port()), "--node-config",
                     f'site-config="{_site_toml(tmp, s, feature_cache=feature_cache)}"']
-            if warm:  # what `site join` does with warm-start = true
-                node = supervisor_command(node, state_dir=tmp / "state" / s)
+            if warm:  # what `site join` does with warm-start = true (it approves the installed app first)
+                (tmp / "state" / s).mkdir(parents=True, exist_ok=True)
+                approved = tmp / "state" / s / APPROVED_FILE
+                record_approval(approved, ROOT)
+                node = supervisor_command(node, state_dir=tmp / "state" / s, approved=approved)
             procs.start(node, env=node_env, log=tmp / f"supernode-{s}.log")
         t0 = time.monotonic()
         subprocess.run([str(BIN / "flwr"), "run", str(ROOT), "bench", "--run-config", str(cfg), "--stream"],

@@ -21,7 +21,7 @@ from typing import Any
 
 from common.config import ConfigError, SiteConfig, app_defaults, load_scenario, load_site_file, parse_run_config
 
-__all__ = ["ModalityCount", "SiteCheck", "check_site", "format_check", "check_json"]
+__all__ = ["ModalityCount", "SiteCheck", "check_site", "format_check", "check_json", "least_privilege_warnings"]
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,47 @@ def _check_state(site: SiteConfig, config: Path, report: SiteCheck) -> None:
         report.privacy["ledger_epsilon_spent"] = reserves[-1].epsilon if reserves else 0.0
 
 
+def least_privilege_warnings(site: SiteConfig, config: Path) -> list[str]:
+    """What the user running this check (and so, run by the same user, the SuperNode) can do beyond its needs.
+
+    The SuperNode needs to read the data and write the state folder, nothing more (DEPLOY.md, "Least
+    privilege at the site"). Checked: data folder and export writable, private key readable by others,
+    running as root.
+    """
+    out = []
+    user = _user()
+    export = _safe_source(site)
+    for what, path in (("data folder", site.data_dir), ("data export", Path(export) if export else None)):
+        if path is not None and path.exists() and os.access(path, os.W_OK):
+            out.append(f"the {what} {path} is writable by {user}: run the SuperNode as a user that can only read "
+                       "the data (DEPLOY.md, least privilege)")
+    key = config.resolve().parent / "keys" / "site_ecdsa"
+    for path in (key, key.parent):
+        if path.exists() and path.stat().st_mode & 0o007:
+            out.append(f"{path} is accessible to every user of this machine (mode {path.stat().st_mode & 0o777:o}): "
+                       f"chmod o-rwx {path}")
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        out.append("running as root: run the SuperNode as an unprivileged user that can read the data and write "
+                   "only the state folder (DEPLOY.md, least privilege)")
+    return out
+
+
+def _user() -> str:
+    try:
+        import pwd
+
+        return f"user {pwd.getpwuid(os.geteuid()).pw_name}"
+    except (ImportError, KeyError):
+        return "this user"
+
+
+def _safe_source(site: SiteConfig) -> str:
+    try:
+        return _source_file(site)
+    except Exception:  # noqa: BLE001 - the data check below reports a bad mapping with its own error
+        return ""
+
+
 def check_site(config: Path, *, scenario: Path | None = None, seed: int | None = None) -> SiteCheck:
     """Validate a site config and its data; read-only (creates nothing, sends nothing).
 
@@ -134,6 +175,7 @@ def check_site(config: Path, *, scenario: Path | None = None, seed: int | None =
     if extra:
         report.warnings.append(f"modalities {extra} are not in the federation's model ({fed.path.name}): unused")
     _check_state(site, config, report)
+    report.warnings.extend(least_privilege_warnings(site, config))
     if not site.data_dir.is_dir():
         report.errors.append(f"{config} [site] data-dir: folder {site.data_dir} not found")
         return report

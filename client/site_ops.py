@@ -4,10 +4,11 @@ Plain glue around ``flower-supernode``; no Flower handlers here (those are in ``
 A site folder made by ``fedfusion site init DIR`` looks like::
 
     DIR/site.toml              the site config (read by `site check`, by `site join` and by the ClientApp)
-    DIR/keys/site_ecdsa        the site's private key (OpenSSH ECDSA P-384, 0600): never leaves the site
+    DIR/keys/site_ecdsa        the site's private key (OpenSSH ECDSA P-384, 0600, folder 0700): never leaves the site
     DIR/keys/site_ecdsa.pub    its public key: send it to the federation operator
     DIR/data/                  only with --example-data: a GENERATED example export + mapping + schema
-    DIR/state/                 state-dir: ledger.sqlite (the site's privacy ledger), cache/, flwr-home/, logs/
+    DIR/state/                 state-dir: ledger.sqlite (the site's privacy ledger), cache/, flwr-home/, logs/,
+                               approved-app.json (the one app this site runs, recorded by `site join`), warm/
 
 ``fedfusion site check`` lives in :mod:`client.site_check`.
 """
@@ -15,16 +16,19 @@ A site folder made by ``fedfusion site init DIR`` looks like::
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.app_gate import APPROVED_FILE, Approval, record_approval
 from client.warm_start import supervisor_command
 from common.config import APP_DIR, MODALITIES, ConfigError, SiteConfig, app_defaults, load_site_file, parse_run_config
 from common.pki import make_site_keypair
 from common.runtime.processes import free_port
-from common.runtime.service import ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile
+from common.runtime.service import (ServiceError, flower_env, read_pid, run_foreground, start_detached, stop_pidfile,
+                                    wait_for_log)
 
 __all__ = [
     "KEY_NAME",
@@ -39,6 +43,7 @@ __all__ = [
 ]
 
 KEY_NAME = "site_ecdsa"  # DIR/keys/site_ecdsa(.pub), next to site.toml
+ACTIVATED = "SuperNode ID: "  # Flower's log line once the SuperLink has activated this node
 
 
 class SiteError(RuntimeError):
@@ -197,6 +202,8 @@ def init_site(req: SiteInit, *, force: bool = False) -> tuple[Path, Path]:
         raise SiteError(f"the config would not validate: {err}") from None
     state_dir.mkdir(parents=True, exist_ok=True)
     state_dir.chmod(0o700)  # ledger, cached features of the notes, links to the key: this site's user only
+    (folder / "keys").mkdir(mode=0o700, exist_ok=True)
+    (folder / "keys").chmod(0o700)  # the private key's folder: this site's user only (`site check` warns otherwise)
     keys = make_site_keypair(folder / "keys" / KEY_NAME, comment=f"fedfusion-site-{req.name}")
     _link_signing_key(keys.private_key, state_dir)
     return config, keys.public_key
@@ -236,8 +243,12 @@ def supernode_command(config: Path, *, superlink: str, root_cert: Path, key: Pat
 
 
 def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path | None = None,
-                    port: int | None = None, detach: bool = False) -> int:
+                    port: int | None = None, detach: bool = False, wait: float = 90.0) -> int:
     """Start this site's ``flower-supernode``: TLS to the SuperLink, authenticated with the site key.
+
+    First records the app this site approves (:func:`client.app_gate.record_approval`: the FAB of the
+    fedfusion installed here) and always runs the SuperNode under the supervisor of
+    :mod:`client.warm_start`, whose launcher refuses any other app in every message-process.
 
     Parameters
     ----------
@@ -253,12 +264,16 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
         Local port of the SuperNode's ClientAppIo API (default: a free one); each SuperNode on a
         machine needs its own.
     detach
-        Run in the background (PID in ``<state-dir>/supernode.pid``); otherwise until Ctrl-C.
+        Run in the background (PID in ``<state-dir>/supernode.pid``) once the SuperLink has activated the
+        node; otherwise until Ctrl-C.
+    wait
+        Seconds a detached join waits for the activation before it gives up (and stops the SuperNode).
 
     Returns
     -------
     int
-        0 when detached and running; otherwise the SuperNode's exit code (305: key not registered).
+        0 when detached, running and activated; otherwise the SuperNode's exit code (305: the SuperLink refused
+        to activate it).
     """
     config = Path(config).expanduser().resolve()
     site = _load(config)
@@ -279,25 +294,73 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
     state.mkdir(parents=True, exist_ok=True)
     state.chmod(0o700)  # as site init makes it (a state-dir made by hand may be wider)
     (state / "flwr-home").mkdir(exist_ok=True)
+    approval = _approve_installed_app(state)
     cmd = supernode_command(config, superlink=superlink, root_cert=root_cert, key=key, port=port or free_port())
-    if site.warm_start:
-        cmd = supervisor_command(cmd, state_dir=state)
+    cmd = supervisor_command(cmd, state_dir=state, approved=state / APPROVED_FILE, warm=site.warm_start)
     env = flower_env(state / "flwr-home")
+    name = site.spec.name
+    offset = log.stat().st_size if log.exists() else 0
+    before = log.read_bytes()[-20000:].decode(errors="replace") if offset else ""
     if not detach:
-        print(f"site '{site.spec.name}' joining {superlink} (log {log}); Ctrl-C leaves", flush=True)
+        print(f"site '{name}' joining {superlink} (log {log}); Ctrl-C leaves", flush=True)
         code = run_foreground(cmd, env=env, log=log)
         if code == 305:
-            print(f"site '{site.spec.name}': the SuperLink refused this site's key. Send "
-                  f"{key.with_name(key.name + '.pub')} to the operator to register, then join again.", file=sys.stderr)
+            print(_refused_hint(name, key, before), file=sys.stderr)
         return code
     try:
         pid = start_detached(cmd, env=env, log=log, pidfile=pidfile, port=None)
+        seen = wait_for_log(log, offset=offset, pid=pid, patterns=(ACTIVATED, "Exit Code: "), timeout=wait)
     except ServiceError as err:
         raise SiteError(f"the SuperNode did not start: {err}") from None
-    print(f"site '{site.spec.name}' joined {superlink}: SuperNode PID {pid} (PID file {pidfile}, log {log})")
+    if seen != ACTIVATED:
+        stop_pidfile(pidfile)
+        tail = log.read_bytes()[offset:].decode(errors="replace")
+        code = _flower_exit_code(tail)
+        if code == 305:
+            print(_refused_hint(name, key, before), file=sys.stderr)
+        else:
+            print(f"site '{name}': the SuperNode was not activated by {superlink} within {wait:.0f} s "
+                  f"({'it exited' if seen else 'no answer'}; it is stopped now). Log {log}:\n{tail[-2000:]}",
+                  file=sys.stderr)
+        return code or 1
+    print(f"site '{name}' joined {superlink}: SuperNode PID {pid}, activated by the SuperLink (PID file {pidfile}, "
+          f"log {log}); runs only app {approval.app}, FAB sha256 {approval.fab_sha256[:16]}...")
     return 0
 
 
+def _approve_installed_app(state: Path) -> Approval:
+    """Record the FAB of the fedfusion installed here as the one app this site runs."""
+    try:
+        return record_approval(state / APPROVED_FILE, APP_DIR)
+    except Exception as err:  # noqa: BLE001 - Flower's build refuses a malformed checkout with its own errors
+        raise SiteError(f"cannot build the app bundle of the fedfusion installed in {APP_DIR} to approve it "
+                        f"({type(err).__name__}: {err})") from None
+
+
+def _flower_exit_code(log_text: str) -> int:
+    codes = re.findall(r"Exit Code: (\d+)", log_text)
+    return int(codes[-1]) if codes else 0
+
+
+def _refused_hint(name: str, key: Path, earlier_log: str) -> str:
+    """Why the SuperLink refused to activate this node (Flower exit code 305, "Failed to activate SuperNode"),
+    and what to do. Flower tells the site no more; its SuperLink's log names the reason. ``earlier_log``: the
+    end of this site's log before this join, which shows whether its previous SuperNode left the federation."""
+    last_up, last_down = earlier_log.rfind("SuperNode ID: "), earlier_log.rfind("terminated gracefully")
+    if last_up > last_down:
+        return (f"site '{name}': the SuperLink refused to activate this site's node. Its previous SuperNode ended "
+                "without leaving the federation (killed, or the machine stopped), and the SuperLink holds the node "
+                "online until its heartbeats have been missing for about a minute: wait a minute and join again. "
+                "(`fedfusion site stop` leaves properly.)")
+    return (f"site '{name}': the SuperLink refused this site's key. Send {key.with_name(key.name + '.pub')} to the "
+            "operator to register, then join again. (If the key is registered, a SuperNode with this key is "
+            "running elsewhere, or was killed less than a minute ago.)")
+
+
 def stop_site(config: Path) -> bool:
-    """Stop a SuperNode started with ``site join --detach``; True if one was running."""
+    """Stop a SuperNode started with ``site join --detach``; True if one was running.
+
+    SIGTERM reaches ``flower-supernode`` once (through its supervisor), so Flower deactivates the node at the
+    SuperLink before it exits: an immediate ``site join`` is then accepted.
+    """
     return stop_pidfile(_load(Path(config).expanduser().resolve()).state_dir / "supernode.pid")

@@ -16,10 +16,18 @@ SuperNode under this supervisor:
    and tells the launcher the child's PID and, later, its exit status. The launcher forwards signals
    to the child and exits with the child's code.
 
-Without a supervisor (``warm-start = false``, or while it is still importing), the launcher execs Flower's
-real ``flwr-clientapp``: the cold path, same behaviour. Each child is a fresh fork of a process that has
-only imported modules, so nothing of one message (data, model, random draws) reaches the next; DP noise
-seeds come from OS entropy in the child (``client/dp_random.py``). CUDA is never initialised here.
+Without a warm supervisor (``warm-start = false``, or while it is still importing), the launcher execs Flower's
+own ``flwr-clientapp`` code through :mod:`client.app_gate`: the cold path, same behaviour.
+
+Either way, the launcher stands in front of every message-process: ``site join`` always runs the SuperNode
+under this supervisor (with ``warm-start = false`` it only writes the launchers and sets ``PATH``), and each
+message-process calls ``app_gate.guard`` before any of Flower's ClientApp code runs, so a run whose app the
+site did not approve is refused before its code is unpacked (:mod:`client.app_gate`). Every other program
+Flower's SuperExec may start by name (:data:`REFUSED_COMMANDS`) is a stub there that refuses.
+
+Each child is a fresh fork of a process that has only imported modules, so nothing of one message (data,
+model, random draws) reaches the next; DP noise seeds come from OS entropy in the child
+(``client/dp_random.py``). CUDA is never initialised here.
 
 This file runs as a script (``python client/warm_start.py``), never as ``client.warm_start``: importing the
 ``client`` package in the supervisor would make every child load the installed copy of the app instead of
@@ -49,6 +57,9 @@ PRELOAD = ("flwr.supernode.cli.flwr_clientapp", "torch", "opacus", "sklearn.metr
 #: the app's own top-level packages: Flower imports them from the run's app bundle, so they must not be preloaded
 APP_PACKAGES = ("client", "common", "server", "simulations", "benchmarks")
 SOCKET_NAME = "clientapp.sock"
+GATE = Path(__file__).resolve().with_name("app_gate.py")  # client/app_gate.py: loaded by path, never as client.*
+#: every program but flwr-clientapp that Flower's SuperExec starts by name (its TASK_TYPE_TO_COMMAND)
+REFUSED_COMMANDS = ("flwr-agentapp", "flwr-model", "flwr-connector", "flwr-serverapp", "flwr-simulation")
 _HEADER = struct.Struct("!I")  # length of the JSON request that follows the header (and the 3 fds)
 
 
@@ -57,20 +68,25 @@ def _say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------- the launcher (one per message)
-def write_launcher(bindir: Path, *, real: Path) -> Path:
-    """Write ``bindir/flwr-clientapp``: the warm path when the supervisor answers, else exec ``real``."""
-    bindir.mkdir(parents=True, exist_ok=True)
-    here = Path(__file__).resolve()
-    script = bindir / "flwr-clientapp"
-    tmp = script.with_suffix(".tmp")
-    tmp.write_text(
-        f"#!{sys.executable} -IS\n"
-        "# Written by `fedfusion site join` (client/warm_start.py). Runs this message's flwr-clientapp as a fork\n"
-        "# of the site's warm supervisor, or Flower's own flwr-clientapp when there is none.\n"
-        f"import sys\nsys.path.insert(0, {str(here.parent)!r})\n"
-        f"import warm_start\nwarm_start.launch({str(real)!r})\n")
+def _write_script(path: Path, body: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"#!{sys.executable} -IS\n# Written by `fedfusion site join` (client/warm_start.py).\n"
+                   f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n{body}")
     tmp.chmod(0o755)
-    os.replace(tmp, script)
+    os.replace(tmp, path)
+
+
+def write_launcher(bindir: Path, *, real: Path, approved: Path, entry: str = ENTRY) -> Path:
+    """Write ``bindir/flwr-clientapp`` (warm path if the supervisor answers, else Flower's own through the gate)
+    and a refusing stub for every other command of :data:`REFUSED_COMMANDS`."""
+    bindir.mkdir(parents=True, exist_ok=True)
+    script = bindir / "flwr-clientapp"
+    _write_script(script, "# This message's flwr-clientapp: a fork of the site's warm supervisor, or Flower's own\n"
+                          "# flwr-clientapp when there is none; only the app the site approved (client/app_gate.py).\n"
+                          f"import warm_start\nwarm_start.launch({str(real)!r}, approved={str(approved)!r}, "
+                          f"entry={entry!r})\n")
+    for command in REFUSED_COMMANDS:
+        _write_script(bindir / command, f"import app_gate\napp_gate.refuse_task({command!r})\n")
     return script
 
 
@@ -102,8 +118,14 @@ def _read_line(sock: socket.socket) -> dict | None:
     return json.loads(buf)
 
 
-def launch(real: str) -> NoReturn:
-    """Body of the launcher: hand this process's job to the supervisor, or become ``real``."""
+def _exec_cold(real: str, approved: str, entry: str) -> NoReturn:
+    """Become Flower's own ``flwr-clientapp`` (``real``; ``entry`` is its main), behind the gate (``app_gate.main``)."""
+    os.execv(sys.executable, [sys.executable, str(GATE), "--approved", approved, "--real", real, "--entry", entry,
+                              "--", *sys.argv[1:]])
+
+
+def launch(real: str, *, approved: str, entry: str = ENTRY) -> NoReturn:
+    """Body of the launcher: hand this process's job to the supervisor, or become ``real`` behind the gate."""
     launched = time.time()
     argv = [real, *sys.argv[1:]]
     path = os.environ.get(SOCKET_ENV)
@@ -112,7 +134,7 @@ def launch(real: str) -> NoReturn:
     except OSError:
         sock = None
     if sock is None:  # cold path: Flower's own flwr-clientapp in this very process
-        os.execv(real, argv)
+        _exec_cold(real, approved, entry)
     env = {k: v for k, v in os.environ.items() if k != SOCKET_ENV} | {LAUNCHED_AT_ENV: repr(launched)}
     payload = json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}).encode()
     try:
@@ -120,7 +142,7 @@ def launch(real: str) -> NoReturn:
         sock.sendall(payload)
     except OSError:  # the supervisor forks only after the whole request: nothing runs yet, so run cold
         sock.close()
-        os.execv(real, argv)
+        _exec_cold(real, approved, entry)
     started = _read_line(sock)
     if not started or "pid" not in started:  # never run cold now: a child may have started after all
         print(f"[warm-start] the supervisor did not start this message's process: {started}", file=sys.stderr)
@@ -158,8 +180,9 @@ def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
         raise
 
 
-def _run_child(request: dict, fds: list[int], entry: str) -> NoReturn:
-    """In the forked child: become the launcher's process (streams, folder, environment, argv), run ``entry``."""
+def _run_child(request: dict, fds: list[int], entry: str, guard) -> NoReturn:
+    """In the forked child: become the launcher's process (streams, folder, environment, argv), ``guard()``,
+    then run ``entry``."""
     code = 1
     try:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -171,6 +194,7 @@ def _run_child(request: dict, fds: list[int], entry: str) -> NoReturn:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = list(request["argv"])
+        guard()  # before any of Flower's ClientApp code runs: only the approved app is installed
         module, func = entry.split(":")
         getattr(importlib.import_module(module), func)()
         code = 0
@@ -190,8 +214,11 @@ def _run_child(request: dict, fds: list[int], entry: str) -> NoReturn:
 class Supervisor:
     """Runs ``command`` (the SuperNode) and forks message-processes for launchers until it exits."""
 
-    def __init__(self, command: list[str], *, state_dir: Path, real: Path, preload=PRELOAD, entry: str = ENTRY):
+    def __init__(self, command: list[str], *, state_dir: Path, real: Path, approved: Path, warm: bool = True,
+                 preload=PRELOAD, entry: str = ENTRY):
         self.command, self.real, self.preload, self.entry = command, real, tuple(preload), entry
+        self.approved, self.warm = approved, warm
+        self.gate = _load_gate()
         self.dir = state_dir / "warm"
         self.children: dict[int, socket.socket] = {}  # forked PID -> its launcher's connection
         self.listener: socket.socket | None = None
@@ -202,7 +229,7 @@ class Supervisor:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o700)
         (self.dir / SOCKET_NAME).unlink(missing_ok=True)  # a stale one from a killed supervisor
-        write_launcher(self.dir / "bin", real=self.real)
+        write_launcher(self.dir / "bin", real=self.real, approved=self.approved, entry=self.entry)
         env = dict(os.environ)
         env["PATH"] = f"{self.dir / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env[SOCKET_ENV] = str(self.dir / SOCKET_NAME)
@@ -210,7 +237,9 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, lambda signum, _frame: node.send_signal(signum))
         try:
-            if self._preload(node):
+            if not self.warm:
+                _say("warm start is off: each message runs Flower's own flwr-clientapp, behind the app gate")
+            elif self._preload(node):
                 self._listen()
             while node.poll() is None:
                 if self.listener is None:  # warm start off: just keep the SuperNode company
@@ -270,7 +299,7 @@ class Supervisor:
             for other in self.children.values():
                 other.close()
             conn.close()
-            _run_child(request, fds, self.entry)
+            _run_child(request, fds, self.entry, guard=lambda: self.gate.guard(self.approved))
         for fd in fds:
             os.close(fd)
         self.children[pid] = conn
@@ -310,9 +339,21 @@ class Supervisor:
             time.sleep(0.1)
 
 
-def supervisor_command(command: list[str], *, state_dir: Path) -> list[str]:
-    """The command line that runs ``command`` (``flower-supernode ...``) under the warm-start supervisor."""
-    return [sys.executable, str(Path(__file__).resolve()), "--state-dir", str(state_dir), "--", *command]
+def _load_gate():
+    """client/app_gate.py as module :data:`app_gate.MODULE_NAME` (not ``client.app_gate``: see the module doc)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fedfusion_app_gate", GATE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def supervisor_command(command: list[str], *, state_dir: Path, approved: Path, warm: bool = True) -> list[str]:
+    """The command line that runs ``command`` (``flower-supernode ...``) under this supervisor."""
+    return [sys.executable, str(Path(__file__).resolve()), "--state-dir", str(state_dir), "--approved",
+            str(approved), *([] if warm else ["--cold"]), "--", *command]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -322,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--state-dir", type=Path, required=True, help="the site's state folder (warm/ goes there)")
     ap.add_argument("--real", type=Path, default=Path(sys.executable).parent / "flwr-clientapp",
                     help="Flower's flwr-clientapp (the cold path)")
+    ap.add_argument("--approved", type=Path, required=True, help="the site's approved-app.json (client/app_gate.py)")
+    ap.add_argument("--cold", action="store_true", help="no warm start: launchers run Flower's own flwr-clientapp")
     ap.add_argument("--preload", default=",".join(PRELOAD), help="modules imported once, comma-separated")
     ap.add_argument("--entry", default=ENTRY, help="module:function each child runs")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- flower-supernode ...")
@@ -331,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("give the SuperNode command after --")
     # a child must see what a cold flwr-clientapp sees: its own script folder first on sys.path, not ours
     sys.path[0] = str(args.real.parent)
-    return Supervisor(command, state_dir=args.state_dir.resolve(), real=args.real,
-                      preload=[m for m in args.preload.split(",") if m], entry=args.entry).run()
+    return Supervisor(command, state_dir=args.state_dir.resolve(), real=args.real, approved=args.approved.resolve(),
+                      warm=not args.cold, preload=[m for m in args.preload.split(",") if m], entry=args.entry).run()
 
 
 if __name__ == "__main__":

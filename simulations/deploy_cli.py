@@ -23,15 +23,20 @@ def _federation_init(a: argparse.Namespace) -> int:
     from server.federation_ops import DEFAULT_PORT, FederationError, init_federation
 
     try:
-        fed = init_federation(a.dir, host=a.host, port=a.port or DEFAULT_PORT, name=a.name, force=a.force)
+        fed = init_federation(a.dir, host=a.host, port=a.port or DEFAULT_PORT, name=a.name, force=a.force,
+                              control_port=a.control_port, control_bind=a.control_bind)
     except FederationError as err:
         return _fail("federation init", err)
     lay = fed.layout
     print(f"federation '{fed.name}' in {lay.root}\n"
           f"  CA certificate (give to every site): {lay.ca_cert}\n"
-          f"  SuperLink address for sites:         {fed.address}\n"
+          f"  SuperLink address for sites:         {fed.address} (Fleet API only)\n"
+          f"  operator's address (Control API):    {fed.control_address}"
+          f"{'' if fed.control_exposed else ' (this machine only; elsewhere: an SSH tunnel, DEPLOY.md)'}\n"
           f"  Flower connection:                   FLWR_HOME={lay.flwr_home} flwr run . {fed.name}\n"
           f"next: fedfusion federation start {lay.root} --detach")
+    if fed.control_exposed:
+        print(fed.control_warning(), file=sys.stderr)
     return 0
 
 
@@ -94,7 +99,7 @@ def _site_join(a: argparse.Namespace) -> int:
 
     try:
         code = join_federation(a.config, superlink=a.superlink, root_cert=a.root_cert, key=a.key, port=a.port,
-                               detach=a.detach)
+                               detach=a.detach, wait=a.wait)
     except SiteError as err:
         return _fail("site join", err)
     return code if code < 256 else 1  # Flower's own codes (305: key not registered) do not fit an exit status
@@ -117,11 +122,17 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p = fsub.add_parser("init", help="create DIR: federation CA, SuperLink certificate, Flower connection")
     p.add_argument("dir", type=Path)
     p.add_argument("--host", required=True, help="host name or IP sites connect to (put in the certificate)")
-    p.add_argument("--port", type=int, default=None, help="SuperLink port (default 9092)")
+    p.add_argument("--port", type=int, default=None, help="the sites' port: Fleet API only (default 9092)")
+    p.add_argument("--control-port", type=int, default=None,
+                   help="the operator's port: Control API (flwr run/ls/stop/supernode) and ServerAppIo "
+                        "(default: --port + 1)")
+    p.add_argument("--control-bind", default="127.0.0.1", metavar="ADDR",
+                   help="where the operator's port listens (default 127.0.0.1: this machine only). 0.0.0.0 or "
+                        "HOST expose the Control API to the network: a deliberate choice, warned about")
     p.add_argument("--name", default="fedfusion", help="connection name for `flwr run . NAME` (default fedfusion)")
     p.add_argument("--force", action="store_true", help="replace the certificates of an existing DIR")
     p.set_defaults(func=_federation_init)
-    p = fsub.add_parser("start", help="start the SuperLink (TLS, SuperNode authentication)")
+    p = fsub.add_parser("start", help="start the SuperLink (TLS, SuperNode authentication, Control API on loopback)")
     p.add_argument("dir", type=Path)
     p.add_argument("--detach", action="store_true", help="run in the background (PID in DIR/superlink.pid)")
     p.set_defaults(func=_federation_start)
@@ -164,7 +175,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root-cert", type=Path, required=True, help="the federation's CA certificate (ca.crt)")
     p.add_argument("--key", type=Path, default=None, help="private key (default keys/site_ecdsa next to CONFIG)")
     p.add_argument("--port", type=int, default=None, help="local ClientAppIo port (default: a free one)")
-    p.add_argument("--detach", action="store_true", help="run in the background (PID in <state-dir>)")
+    p.add_argument("--detach", action="store_true",
+                   help="run in the background (PID in <state-dir>), once the SuperLink has activated the node")
+    p.add_argument("--wait", type=float, default=90.0,
+                   help="seconds --detach waits for the activation before it gives up (default 90)")
     p.set_defaults(func=_site_join)
     p = ssub.add_parser("stop", help="stop a SuperNode started with join --detach")
     p.add_argument("config", type=Path)

@@ -7,6 +7,11 @@ Two ways, both with a log file:
 * detached: it runs in its own session with its output in the log; its PID goes to a PID file,
   and :func:`stop_pidfile` later stops it and its whole process tree.
 
+Stopping is graceful first: SIGTERM goes to the top process only, once, and it gets time to end its own
+children (Flower's SuperNode deactivates its node at the SuperLink on SIGTERM; a second SIGTERM would kill
+it before it does, since Flower restores the default handler after the first). Only what is still alive
+after that is signalled as a tree (SIGTERM, then SIGKILL).
+
 Built on :mod:`common.runtime.processes`; no Flower imports.
 """
 
@@ -24,7 +29,8 @@ from typing import Sequence
 
 from common.runtime.processes import ProcessSet, descendants, terminate, wait_for_port
 
-__all__ = ["ServiceError", "flower_env", "run_foreground", "start_detached", "stop_pidfile", "read_pid"]
+__all__ = ["ServiceError", "flower_env", "run_foreground", "start_detached", "stop_pidfile", "read_pid",
+           "wait_for_log"]
 
 
 _EXIT_CODE = re.compile(rb"Exit Code: (\d+)")
@@ -136,6 +142,8 @@ def run_foreground(args: Sequence[str], *, env: dict[str, str], log: Path) -> in
         return stopped["code"] or 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        procs.track()
+        _end_gracefully(proc.pid, grace=15.0, poll=proc.poll)
         procs.stop()
         pump.join(timeout=2.0)
 
@@ -207,6 +215,46 @@ def stop_pidfile(pidfile: Path, *, grace: float = 15.0) -> bool:
     if pid is None:
         pidfile.unlink(missing_ok=True)
         return False
-    terminate([pid, *descendants(pid)], groups=[pid], grace=grace)
+    tree = descendants(pid)
+    _end_gracefully(pid, grace=grace)
+    terminate([pid, *tree, *descendants(pid)], groups=[pid], grace=grace)
     pidfile.unlink(missing_ok=True)
     return True
+
+
+def _end_gracefully(pid: int, *, grace: float, poll=None) -> bool:
+    """SIGTERM to ``pid`` alone, once; wait up to ``grace`` s for it to end. True if it did."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if poll is not None:
+            poll()  # our own child: reap it, or it stays a zombie
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def wait_for_log(log: Path, *, offset: int, pid: int, patterns: Sequence[str], timeout: float) -> str:
+    """Wait until the log, from byte ``offset`` on, holds one of ``patterns``; return the first seen.
+
+    Returns "" if ``pid`` ended, or ``timeout`` s passed, before any did (what it wrote is then in the log).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = _alive(pid)  # before reading: whatever it wrote before it ended is read below
+        try:
+            with log.open("rb") as fh:
+                fh.seek(offset)
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            text = ""
+        hits = [(text.find(p), p) for p in patterns if p in text]
+        if hits:
+            return min(hits)[1]
+        if not alive or time.monotonic() > deadline:
+            return ""
+        time.sleep(0.25)

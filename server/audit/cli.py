@@ -18,6 +18,7 @@ _EPILOG = """examples:
   fedfusion audit runs/x --json > audit.json              # for machines
   fedfusion audit runs/x --html audit.html                # a self-contained report with plots
   fedfusion audit --compare SITE_LEDGER SERVER_LEDGER     # what a site recorded vs what the server says
+  fedfusion audit OPERATOR/runs/x --sites COPIES          # deployed: COPIES/<any>/state/ledger.sqlite per site
 exit status: 0 passed, 1 failed, 2 nothing to audit"""
 
 
@@ -74,7 +75,8 @@ def add_audit_command(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--json", action="store_true", help="print the report as JSON (schema fedfusion-audit/1)")
     a.add_argument("--html", type=Path, metavar="OUT", help="also write a self-contained HTML report to OUT")
     a.add_argument("--sites", type=Path, default=None,
-                   help="folder of site state (<site>/ledger.sqlite) when not <run>/sites (--site-state runs)")
+                   help="folder of site ledgers when not <run>/sites: <site>/ledger.sqlite (--site-state runs) or "
+                        "deployed sites' SITE/state/ledger.sqlite (any folder names: the rows name the site)")
     a.add_argument("--site-key", action="append", default=[], metavar="SITE=PUB",
                    help="pin a site's public key (OpenSSH .pub, e.g. its SuperNode key); repeatable")
     a.add_argument("--server-key", default=None, metavar="PUB", help="pin the server's public key (server_key.pub)")

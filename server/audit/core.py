@@ -38,6 +38,12 @@ __all__ = ["LEDGER_FILE", "SITE_KEY_PUB", "audit_compare", "audit_path"]
 
 LEDGER_FILE = "ledger.sqlite"  # in a run folder (server) and in a site's state folder
 SITE_KEY_PUB = "site_key.pub"  # beside a site's ledger: the public half of the key it signs with
+#: site ledgers under ``--sites DIR``: a simulation's ``<site>/ledger.sqlite``, a deployed site's
+#: ``SITE/state/ledger.sqlite`` (DEPLOY.md; the folder need not be named after the site: rows name it)
+SITE_LEDGER_GLOBS = (f"*/{LEDGER_FILE}", f"*/state/{LEDGER_FILE}")
+#: a deployed site's state folder (``fedfusion site join`` makes both); its config refuses any noise seed but
+#: "secret" since this date (README, "The noise is secret")
+_DEPLOYED_MARKERS, _SECRET_SEEDS_SINCE = ("flwr-home", "approved-app.json"), "2026-11-28"
 
 
 class _Files:
@@ -122,7 +128,8 @@ def audit_path(path: Path, *, allow_unsigned: bool = False, sites_dir: Path | No
     report.kind = "run" if path.is_dir() else "server-ledger"
     folder = file.parent
     site_dir = sites_dir or (folder / "sites" if report.kind == "run" else None)
-    site_files = sorted(site_dir.glob(f"*/{LEDGER_FILE}")) if site_dir and site_dir.is_dir() else []
+    site_files = sorted({f for g in SITE_LEDGER_GLOBS for f in site_dir.glob(g)}) \
+        if site_dir and site_dir.is_dir() else []
     _server_and_sites(report, files, ledger, rows, site_files, folder=folder, keys=keys,
                       server_key=_read_key(server_key) if server_key else "", allow_unsigned=allow_unsigned)
     return _finish(report)
@@ -153,9 +160,10 @@ def _site_file(report: AuditReport, files: _Files, ledger: Ledger, rows: list[Le
     for site in sorted({r.site for r in rows} | {h.site for h in own}):
         pub = ledger.path.parent / SITE_KEY_PUB
         pinned = keys.get(site) or (pub.read_text().strip() if pub.is_file() else "")
-        _audit_site(report, site, ledger=ledger, rows=[r for r in rows if r.site == site], server_rows=None,
+        mine = [r for r in rows if r.site == site]
+        _audit_site(report, site, ledger=ledger, rows=mine, server_rows=None,
                     server_heads=[], own_heads=[h for h in own if h.site == site], pinned=pinned,
-                    allow_unsigned=allow_unsigned, summary={})
+                    allow_unsigned=allow_unsigned, summary=_site_only_summary(report, ledger.path, site, mine))
         if pinned and not keys.get(site):
             report.add([Finding(INFO, "anchor", f"{site}: heads checked against {SITE_KEY_PUB} beside the ledger, "
                                                 f"key {fingerprint(pinned)}; a party that can rewrite this folder "
@@ -185,7 +193,7 @@ def _server_and_sites(report: AuditReport, files: _Files, server: Ledger, server
             report.add([Finding(FAIL, "file", f"{f}: not a site's ledger (its events are {_role(srows)})",
                                 ledger=str(f))])
             continue
-        for name in sorted({r.site for r in srows}) or [f.parent.name]:
+        for name in sorted({r.site for r in srows}) or [_folder_site_name(f)]:
             site_ledgers[name] = (led, [r for r in srows if r.site == name])
     names = set(site_ledgers) if only_site_files else set(site_ledgers) | {r.site for r in server_rows}
     for site in sorted(names):
@@ -196,6 +204,34 @@ def _server_and_sites(report: AuditReport, files: _Files, server: Ledger, server
                     own_heads=[h for h in files.heads(led) if h.site == site] if led is not None else [],
                     pinned=keys.get(site, ""), allow_unsigned=allow_unsigned,
                     summary=summary.get("sites", {}).get(site, {}), key_file=pub)
+
+
+def _folder_site_name(ledger: Path) -> str:
+    """The site an empty ledger belongs to, by its folder (``<site>/ledger.sqlite``, ``SITE/state/ledger.sqlite``)."""
+    return ledger.parent.parent.name if ledger.parent.name == "state" else ledger.parent.name
+
+
+def _site_only_summary(report: AuditReport, ledger: Path, site: str, rows: Sequence[LedgerEntry]) -> dict[str, Any]:
+    """What a site's ledger alone cannot say (its seed source), from where it can be known.
+
+    A simulation's ``<run>/sites/<site>/ledger.sqlite``: the run's ``summary.json``. A deployed site's state
+    folder: its config has refused every seed source but "secret" since 2026-11-28, so rows written since then
+    had secret seeds. Otherwise nothing (the report says "not recorded").
+    """
+    folder = ledger.parent
+    if folder.parent.name == "sites":
+        seed = _summary(folder.parent.parent / "summary.json").get("sites", {}).get(site, {}).get("noise_seed")
+        if seed:
+            return {"noise_seed": seed}
+    if any((folder / m).exists() for m in _DEPLOYED_MARKERS):
+        if all(r.ts[:10] >= _SECRET_SEEDS_SINCE for r in rows):
+            report.add([Finding(INFO, "noise", f"{site}: a deployed site's ledger ({folder}): its config refuses every "
+                                               f"noise seed but fresh OS entropy (rows since {_SECRET_SEEDS_SINCE})",
+                                site=site)])
+            return {"noise_seed": "secret"}
+        report.add([Finding(INFO, "noise", f"{site}: rows before {_SECRET_SEEDS_SINCE} in this deployed site's ledger "
+                                           "may have derived their seeds from the run's seed", site=site)])
+    return {}
 
 
 def _summary(path: Path) -> dict[str, Any]:
@@ -323,8 +359,10 @@ def _statements(report: AuditReport) -> list[str]:
                + ("; ".join(f"{n} {a.noise_seed}" for n, a in sites) or "n/a")
                + ". secret = fresh OS entropy each round, never stored or sent; run-seed = derived from the run's "
                  "seed (reproducible simulations; no protection against whoever knows the run config); not "
-                 "recorded = no seed source in the run's summary: a run from before 2026-11-28, whose seeds were "
-                 "derived from the run's seed, or central-mode rows, whose noise the server adds.")
+                 "recorded = no seed source in the run's summary or the site's ledger: a run from before 2026-11-28, "
+                 "whose seeds were derived from the run's seed, central-mode rows, whose noise the server adds, or a "
+                 "site's ledger audited without its run folder (a deployed site's own ledger counts as secret: its "
+                 "config refuses anything else).")
     out.append("The evaluation metrics each site released (accuracy, balanced accuracy, AUC, loss on its test rows) "
                "are NOT privatised: ε covers the model updates sent from training only.")
     out.append(f"Reported ε comes from the accountant each row names (a site's: Opacus PRV, RDP beside it; central "

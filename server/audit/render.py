@@ -39,8 +39,9 @@ def site_rows(report: AuditReport) -> list[dict[str, str]]:
     """One row per site, as printed (terminal and HTML share it)."""
     out = []
     for name, a in sorted(report.sites.items()):
+        by = {"server": "by a head the server recorded", "site": "by the site's own head"}.get(a.anchor_source, "")
         anchor = (f"seq {a.anchored_seq}" + (f" (r{a.anchored_round})" if a.anchored_round is not None else "")
-                  + f" by {a.anchor_source}" if a.anchor_source != "none" else "none")
+                  + f" {by}" if a.anchor_source != "none" else "none")
         if a.unanchored_rows:
             anchor += f", {a.unanchored_rows} after"
         out.append({
@@ -81,7 +82,7 @@ def print_report(report: AuditReport, *, console: Any = None) -> None:
         table.add_row(*(v for k, v in r.items() if k not in wide), style=style)
     console.print(table)
     for r, (name, a) in zip(rows, sorted(report.sites.items())):
-        keyinfo = f", key {a.key_fingerprint}" if a.key_fingerprint else ""
+        keyinfo = f"; {name}'s key {a.key_fingerprint}" if a.key_fingerprint else ""
         console.print(f"  {name}: {a.mode}, {mechanism_summary(a)}; secure_mode {a.secure_mode}; from the "
                       f"{a.source}, signed up to {r['signed up to']}{keyinfo}", style="dim", highlight=False)
         for d in a.declined:

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from client.site_check import check_site, format_check
+from client.site_check import check_site, format_check, least_privilege_warnings
 from client.site_ops import SiteError, SiteInit, init_site, key_path, supernode_command
 from common.config import ConfigError, app_defaults, load_site_file, parse_run_config
 
@@ -28,6 +28,7 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
     text = config.read_text()
     assert "processed.cleveland.data" in text  # the data path of the tabular modality is named
     assert stat.S_IMODE(key_path(config).stat().st_mode) == 0o600
+    assert stat.S_IMODE(key_path(config).parent.stat().st_mode) == 0o700
     assert stat.S_IMODE(site.state_dir.stat().st_mode) == 0o700  # ledger and cached note features: the site only
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert (site.state_dir / "site_key").resolve() == key_path(config)
@@ -88,6 +89,35 @@ def test_check_refuses_a_key_readable_by_others(cleveland):
     key_path(config).chmod(0o644)
     report = check_site(config)
     assert any("readable by others" in e for e in report.errors)
+
+
+def test_check_warns_where_the_supernode_user_can_do_more_than_it_needs(cleveland):
+    """Least privilege: the user running the site may read the data, not write it; its key is its own."""
+    import os
+
+    config, _ = cleveland
+    site = load_site_file(config, run=parse_run_config(app_defaults()))
+    data, export = site.data_dir, next(site.data_dir.rglob("processed.cleveland.data"))
+    root = os.geteuid() == 0
+    warnings = least_privilege_warnings(site, config)  # site init leaves the example data writable, keys private
+    assert any(f"the data folder {data} is writable by user" in w for w in warnings)
+    assert any(f"the data export {export} is writable by user" in w for w in warnings)
+    assert not any("accessible to every user" in w for w in warnings)
+    assert any(w.startswith("running as root") for w in warnings) == root
+    report = check_site(config)
+    assert report.ok and set(warnings) <= set(report.warnings)  # warnings, not errors: the site may still join
+    for p in (export, *[d for d in data.rglob("*") if d.is_dir()], data):
+        p.chmod(p.stat().st_mode & ~0o222)
+    try:
+        read_only = least_privilege_warnings(site, config)
+        # root may write whatever the mode says: for it the warning stays, and is true
+        assert any("writable by user" in w for w in read_only) == root
+        key_path(config).parent.chmod(0o755)
+        assert any(f"{key_path(config).parent} is accessible to every user of this machine (mode 755)" in w
+                   for w in least_privilege_warnings(site, config))
+    finally:
+        for p in (*data.rglob("*"), data):
+            p.chmod(p.stat().st_mode | 0o200)
 
 
 def test_supernode_command_quotes_the_site_config_and_uses_tls_and_the_key(cleveland, tmp_path):
