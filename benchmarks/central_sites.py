@@ -62,7 +62,7 @@ def run_federation(scenario_file: Path, *, sigma: float, clip: float, rounds: in
                                              "fusion": "late", "hidden-dim": 16})
     scenario = load_scenario(scenario_file)
     sites = [load_site(resolve_site({"partition-id": i}, run), model_modalities=scenario.modalities,
-                       text_encoder=run.model.text_encoder, seed=0) for i in range(len(scenario.sites))]
+                       text_encoder=run.model.text_encoder) for i in range(len(scenario.sites))]
     glob = initial_trainable_state(build_model(run.model, scenario=scenario, seed=0))
     keys, m = list(glob), len(sites)
     np.random.seed(seed)

@@ -150,7 +150,7 @@ def feature_cache_cost() -> tuple[float, float]:
             "from common.config import app_defaults,parse_run_config,load_scenario,resolve_site;"
             "r=parse_run_config(app_defaults()|{'site-state-root':'%s'});s=load_scenario(r.paths.scenario_file);"
             "load_site(resolve_site({'partition-id':0},r),model_modalities=s.modalities,"
-            "text_encoder='minilm-frozen',seed=0);print(time.perf_counter()-t)")
+            "text_encoder='minilm-frozen');print(time.perf_counter()-t)")
     with tempfile.TemporaryDirectory() as d:
         env = _env(Path(d) / "h")
         times = [float(subprocess.run([sys.executable, "-c", code % d], env=env, cwd=ROOT, capture_output=True,

@@ -47,7 +47,7 @@ def test_canaries_are_sampled_like_records_and_scored_by_their_coordinate(scenar
     run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "site-state-root": str(tmp_path)})
     scen = load_scenario(scenario)
     data = load_site(resolve_site({"partition-id": 0}, run), model_modalities=scen.modalities,
-                     text_encoder=run.model.text_encoder, seed=0)
+                     text_encoder=run.model.text_encoder)
     model = build_model(run.model, scenario=scen, seed=0)
     coords, real_grad = quiet_coordinates(model, data.train, m=300, max_grad_norm=1.0, device=torch.device("cpu"))
     assert len(np.unique(coords)) == 300 and real_grad.max() < 1e-6  # the real data does not move them

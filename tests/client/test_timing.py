@@ -66,7 +66,7 @@ def test_feature_cache_is_on_by_default_and_must_be_a_boolean(tmp_path):
 def test_feature_cache_off_writes_nothing_derived_and_gives_the_same_features(tmp_path):
     run = parse_run_config(app_defaults())
     site = load_site_file(_site_file(tmp_path), run=run)
-    kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen", seed=0)
+    kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen")
     cached = load_site(site, **kw)
     assert len(list((site.state_dir / "cache").glob("text-*.safetensors"))) == 2  # train and test notes
     other = tmp_path / "other-state"
