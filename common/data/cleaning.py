@@ -214,7 +214,8 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
         blank_lines=raw.blank_lines, columns=reports, constants=dict(mapping.constants),
         row_number=(f"{mapping.row_number.feature.name} = {mapping.row_number.offset} + record number (1-based)"
                     if mapping.row_number else None),
-        not_provided=[f for f in mapping.schema.names if f not in mapping.provided()],
+        not_provided=[f.name for f in mapping.schema.features  # generated features are built, never read
+                      if f.name not in mapping.provided() and f.generated is None],
         missing={name: int(table[name].isna().sum()) for name in mapping.schema.names},
     )  # fmt: skip
     return MappedTable(table=table, report=report, mapping=mapping)
