@@ -20,7 +20,7 @@ def cleveland(tmp_path):
 def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(cleveland):
     config, pub = cleveland
     site = load_site_file(config, run=parse_run_config(app_defaults()))
-    assert site.spec.name == "cleveland" and site.spec.source == "mapped-csv"
+    assert site.spec.name == "cleveland" and site.spec.source == "mapped"
     assert site.spec.modalities == ("tabular", "text")
     assert site.state_dir == config.parent / "state" and site.data_dir == config.parent / "data"
     assert site.privacy.target_epsilon == 4.0 and site.privacy.epsilon_budget == 8.0
