@@ -19,14 +19,16 @@ from common.config import app_defaults, load_scenario, parse_run_config, resolve
 from common.factory import build_model
 from simulations.cli import main
 from simulations.empirical_audit import EmpiricalAuditRequest, _calibrated_sigma, run_empirical_audit
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 torch.set_num_threads(2)
 
 CLEVELAND_TABULAR = """
 [[sites]]
 name = "cleveland"
-source = "uci-heart"
-hospital = "cleveland"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = { hospital = "cleveland" }
 modalities = ["tabular"]
 """
 
@@ -34,7 +36,7 @@ modalities = ["tabular"]
 @pytest.fixture
 def scenario(tmp_path):
     path = tmp_path / "cleveland.toml"
-    path.write_text(CLEVELAND_TABULAR)
+    path.write_text(CLEVELAND_TABULAR + SCENARIO_SCHEMA)
     return path
 
 

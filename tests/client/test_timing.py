@@ -49,7 +49,8 @@ def test_stopwatch_adds_up_its_blocks_and_counts_a_return_from_inside():
 
 def _site_file(tmp_path: Path, extra: str = "") -> Path:
     f = tmp_path / "site.toml"
-    f.write_text(f'[site]\nname = "cleveland"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+    f.write_text(f'[site]\nname = "cleveland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "cleveland" }}\n'
                  f'modalities = ["tabular", "text"]\nstate-dir = "{tmp_path / "state"}"\n'
                  f'data-dir = "{DATA}"\n{extra}')
     return f
