@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from client.site_data import load_site
 from client.timing import Stopwatch, process_age_seconds
@@ -69,13 +70,30 @@ def test_feature_cache_off_writes_nothing_derived_and_gives_the_same_features(tm
     site = load_site_file(_site_file(tmp_path), run=run)
     kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen")
     cached = load_site(site, **kw)
-    assert len(list((site.state_dir / "cache").glob("text-*.safetensors"))) == 2  # train and test notes
+    assert [p.name for p in (site.state_dir / "cache").glob("text-*")] == ["text-minilm-frozen.safetensors"]
     other = tmp_path / "other-state"
     uncached = load_site(dataclasses.replace(site, state_dir=other, feature_cache=False), **kw)
     assert not other.exists()  # nothing derived from the notes is written
     for part in ("train", "test"):
         a, b = getattr(cached, part).tensors, getattr(uncached, part).tensors
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
+
+
+def test_text_features_are_cached_per_record(tmp_path):
+    """One embedding per distinct note in the store: adding a note computes only that note, and every other note's
+    row is the one cached before (a record's features never depend on the other records)."""
+    from safetensors.torch import load
+
+    from client.site_data import text_features
+
+    notes = ("Generated note: Sex: male.", "Generated note: Sex: female.", "Generated note: Sex: male.")
+    first = text_features(notes, kind="minilm-frozen", cache_dir=tmp_path)
+    store = tmp_path / "text-minilm-frozen.safetensors"
+    assert len(load(store.read_bytes())) == 2  # two distinct notes
+    assert torch.equal(first["text"][0], first["text"][2])
+    more = text_features((notes[1], "Generated note: Sex: not recorded."), kind="minilm-frozen", cache_dir=tmp_path)
+    assert len(load(store.read_bytes())) == 3 and torch.equal(more["text"][0], first["text"][1])
+    assert torch.equal(text_features(notes, kind="minilm-frozen", cache_dir=tmp_path)["text"], first["text"])
 
 
 def test_a_message_process_imports_opacus_only_when_it_needs_it():
