@@ -16,7 +16,7 @@ __all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenar
 @dataclass(frozen=True)
 class SiteSpec:
     name: str  # site slug, unique in the federation (also its ledger key)
-    source: str  # data source registry key, e.g. "uci-heart"
+    source: str  # data source registry key: "mapped" (common/data/sources.py)
     source_args: Mapping[str, Any]  # arguments for that source (e.g. hospital = "cleveland")
     modalities: tuple[str, ...]  # modalities this site holds
     privacy_overrides: Mapping[str, Any] = field(default_factory=dict)  # per-site privacy keys

@@ -1,6 +1,6 @@
 """GENERATED bank exports: the canonical German Credit data written out the way each of the three banks ships it.
 
-Each bank's applicants (:data:`common.data.credit.BANK_OF_PURPOSE`) are written in that bank's own layout, so that
+Each bank's applicants (:data:`canonical.BANK_OF_PURPOSE`) are written in that bank's own layout, so that
 each bank's mapping file (``data/mappings/<bank>.toml``) must undo real-looking quirks through configuration alone:
 
 * ``car_bank.data``: UCI's ``german.data`` layout: no header, fields separated by one space, UCI's A-codes
