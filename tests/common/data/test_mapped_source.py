@@ -94,6 +94,11 @@ modality = "tabular"
 type = "integer"
 range = [0, 50]
 
+[features.severity]
+modality = "tabular"
+type = "integer"
+range = [1, 3]
+
 [features.wound]
 modality = "tabular"
 type = "categorical"
@@ -134,6 +139,9 @@ interval = "midpoint"
 
 [columns.visits]
 
+[columns.severity]
+codes = { low = 1, mid = 2, high = 3 }
+
 [columns.kind]
 feature = "wound"
 codes = { U = "ulcer", B = "burn", S = "surgical" }
@@ -158,15 +166,16 @@ def _constructed_site(folder: Path) -> Path:
     (folder / "schema.toml").write_text(CONSTRUCTED_SCHEMA)
     (folder / "mapping.toml").write_text(CONSTRUCTED_MAPPING)
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "img" / "ct.dcm")
-    rows = ["case;age;visits;kind;note_file;image;result"]
+    rows = ["case;age;visits;severity;kind;note_file;image;result"]
     for case in range(1, 61):
         label = case % 3
         (folder / "notes" / f"{case}.txt").write_text(f"Case {case}: wound looks {('clean', 'red', 'black')[label]}.")
         Image.fromarray(np.full((20, 24), 80 * label, np.uint8), mode="L").save(folder / "img" / f"{case}.png")
         image = "img/ct.dcm" if case % 10 == 0 else ("-9" if case % 7 == 0 else f"img/{case}.png")
         visits = "-9" if case % 5 == 0 else str(case % 11)
-        rows.append(f"{case};{40 + case % 5 * 10}-{49 + case % 5 * 10};{visits};{'UBS'[case % 3]};notes/{case}.txt;"
-                    f"{image};{label}")
+        severity = ("low", "mid", "high")[case % 3]
+        rows.append(f"{case};{40 + case % 5 * 10}-{49 + case % 5 * 10};{visits};{severity};{'UBS'[case % 3]};"
+                    f"notes/{case}.txt;{image};{label}")
     (folder / "records.csv").write_text("\n".join(rows) + "\n")
     return folder
 
@@ -184,6 +193,8 @@ def test_a_constructed_multimodal_three_class_dataset_trains_from_configuration_
     row, part = whole[12]
     split = (train, test)[part]
     assert split.tabular[row, 0] == pytest.approx((64.5 - 55) / 55)  # interval '60-69' -> 64.5, public range
+    assert split.tabular[row, 2] == pytest.approx((1 - 2) / 1)  # ordinal code 'low' -> 1; range [1, 3]
+    assert split.tabular[row, 3:6].tolist() == [1.0, 0.0, 0.0]  # 'U' -> ulcer, one-hot over the vocabulary
     assert split.text[row] == "Case 12: wound looks clean."
     assert split.labels[row] == 0 and split.images.shape[1:] == (1, 16, 16)
     row, part = whole[14]
@@ -195,7 +206,7 @@ def test_a_constructed_multimodal_three_class_dataset_trains_from_configuration_
                         path=tmp_path / "s.toml", schema=site / "schema.toml")
     model = build_model(ModelSettings(fusion="concat", text_encoder="tiny-bert", image_encoder="small-cnn",
                                       hidden_dim=8), scenario=scenario, seed=0)
-    assert model.config.num_classes == 3 and model.config.tabular.in_features == 5
+    assert model.config.num_classes == 3 and model.config.tabular.in_features == 6
     from client.site_data import _tensors
     from client.train import TensorDictDataset
 
