@@ -22,7 +22,7 @@ modalities = ["tabular", "text"]
 
 @pytest.fixture
 def make_job(tmp_path):
-    """``make_job(round_=1, run_id="r1", **settings) -> SiteRound`` for Switzerland (86 train rows)."""
+    """``make_job(round_=1, run_id="r1", **settings) -> SiteRound`` for Switzerland (82 train rows)."""
 
     def make(*, round_: int, run_id: str, **settings) -> SiteRound:
         scenario = tmp_path / "one.toml"
