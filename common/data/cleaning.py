@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -20,8 +21,8 @@ import pandas as pd
 from common.data.cleaning_report import CleaningReport, ColumnReport
 from common.data.codes import parse_number
 from common.data.mapping import ColumnRule, SiteMapping, load_mapping
+from common.data.readers import SiteFileStream, open_site_file
 from common.data.schema import DataContractError, FeatureSpec, display_path
-from common.data.site_file import RawTable, read_site_file
 
 __all__ = ["CleaningReport", "ColumnReport", "MappedTable", "apply_mapping", "load_mapped"]
 
@@ -129,24 +130,40 @@ def _column(spec: FeatureSpec, values: list[object]) -> object:
     return values
 
 
-def _check_header(raw: RawTable, mapping: SiteMapping) -> None:
+def _check_header(stream: SiteFileStream, mapping: SiteMapping) -> None:
     mapped = [r.column for r in mapping.columns]
-    absent = [c for c in mapped if c not in raw.columns]
+    where = "header" if stream.header_line is not None else "the file's columns"
+    absent = [c for c in mapped if c not in stream.columns]
     if absent:
         features = ", ".join(f"'{r.column}' -> {r.feature.name}" for r in mapping.columns if r.column in absent)
-        raise DataContractError(
-            f"missing column(s) {features}", file=raw.path, line=1, mapping=mapping.path,
-            expected=f"a header naming every mapped column; it has {list(raw.columns)}",
-        )
-    extra = [c for c in raw.columns if c not in mapped and c not in mapping.file.ignore]
+        raise stream.error(f"missing column(s) {features}", line=stream.header_line,
+                           expected=f"a {where} naming every mapped column; it has {list(stream.columns)}")
+    extra = [c for c in stream.columns if c not in mapped and c not in mapping.file.ignore]
     if extra:
-        raise DataContractError(f"column(s) {extra} are not in the mapping", file=raw.path, line=1,
-                                mapping=mapping.path, expected="a [columns.<name>] table for each, or list them "
-                                "in [file] ignore")  # fmt: skip
+        raise stream.error(f"column(s) {extra} are not in the mapping", line=stream.header_line,
+                           expected="a [columns.<name>] table for each, or list them in [file] ignore")
+
+
+def _concat(parts: list[Any]) -> Any:
+    """One column from its chunks (numpy arrays, lists or pandas extension arrays)."""
+    if not parts:
+        return []
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts)
+    if isinstance(parts[0], list):
+        return [value for part in parts for value in part]
+    return type(parts[0])._concat_same_type(parts)
+
+
+def _take(column: Any, order: np.ndarray) -> Any:
+    return [column[i] for i in order] if isinstance(column, list) else column[order]
 
 
 def apply_mapping(mapping: SiteMapping) -> MappedTable:
-    """Read the site's file and map it onto the schema.
+    """Read the site's file, chunk by chunk, and map it onto the schema.
+
+    Only one chunk of the file's raw text is held at a time (:mod:`common.data.readers`); each chunk's cells are
+    turned into the schema's typed columns at once, so memory holds little more than the cleaned table.
 
     Returns
     -------
@@ -160,44 +177,53 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
         Naming file, line and column, for any cell that is not what the mapping and schema allow, a missing
         required value, or a repeated value of a unique feature.
     """
-    raw = read_site_file(mapping.file, mapping=mapping.path)
-    if mapping.file.header:
-        _check_header(raw, mapping)
-    values: dict[str, list[object]] = {}
-    reports = []
-    for rule in mapping.columns:
-        report = ColumnReport(column=rule.column, feature=rule.feature.name,
-                              conversion=rule.conversion.describe() if rule.conversion else None)  # fmt: skip
-        position = raw.columns.index(rule.column)
-        cells: list[object] = []
-        for row, line in zip(raw.rows, raw.lines, strict=True):
-            text = row[position]
-            try:
-                value = _cell(rule, text, mapping.file.decimal, report)
-            except _Bad as bad:
-                problem, expected = bad.args
-                raise DataContractError(problem, file=raw.path, line=line, column=rule.column, expected=expected,
-                                        mapping=mapping.path) from None  # fmt: skip
-            cells.append(value)
-        report.missing = sum(v is None for v in cells)
-        report.observed = len(cells) - report.missing
-        values[rule.feature.name] = cells
-        reports.append(report)
-    n = len(raw.rows)
+    reports = [ColumnReport(column=rule.column, feature=rule.feature.name,
+                            conversion=rule.conversion.describe() if rule.conversion else None)
+               for rule in mapping.columns]  # fmt: skip
+    parts: dict[str, list[Any]] = {rule.feature.name: [] for rule in mapping.columns}
+    line_parts: list[np.ndarray] = []
+    with open_site_file(mapping.file, mapping=mapping.path) as stream:
+        if mapping.file.columns is None:
+            _check_header(stream, mapping)
+        positions = [stream.columns.index(rule.column) for rule in mapping.columns]
+        for chunk in stream.chunks():
+            for rule, position, report in zip(mapping.columns, positions, reports, strict=True):
+                cells: list[object] = []
+                for row, line in zip(chunk.rows, chunk.lines, strict=True):
+                    try:
+                        cells.append(_cell(rule, row[position], mapping.file.decimal, report))
+                    except _Bad as bad:
+                        problem, expected = bad.args
+                        raise stream.error(problem, line=line, column=rule.column, expected=expected) from None
+                report.missing += sum(v is None for v in cells)
+                parts[rule.feature.name].append(_column(rule.feature, cells))
+            line_parts.append(np.asarray(chunk.lines, dtype=np.int64))
+            del chunk
+        n = stream.records
+    values: dict[str, Any] = {name: _concat(chunks) for name, chunks in parts.items()}
+    del parts
+    lines = np.concatenate(line_parts)
+    for report in reports:
+        report.observed = n - report.missing
     for name, value in mapping.constants.items():
-        values[name] = [value] * n
+        values[name] = _column(mapping.schema.feature(name), [value] * n)
     if mapping.row_number is not None:
-        values[mapping.row_number.feature.name] = _row_numbers(mapping, n)
-    _check_unique(mapping, raw, values)
-    table = pd.DataFrame({s.name: _column(s, values.get(s.name, [None] * n)) for s in mapping.schema.features})
+        values[mapping.row_number.feature.name] = _column(mapping.row_number.feature, _row_numbers(mapping, n))
+    _check_unique(mapping, stream, values, lines)
     id_feature = mapping.schema.role("id")
-    if id_feature is not None:
-        table = table.sort_values(id_feature.name, kind="stable", ignore_index=True)
+    if id_feature is not None and id_feature.name in values and n:
+        order = np.argsort(np.asarray(values[id_feature.name]), kind="stable")
+        if not np.array_equal(order, np.arange(n)):
+            for name in list(values):
+                values[name] = _take(values[name], order)
+    table = pd.DataFrame({s.name: values[s.name] if s.name in values else _column(s, [None] * n)
+                          for s in mapping.schema.features}, copy=False)  # fmt: skip
     schema_path = mapping.schema.path
     report = CleaningReport(
-        site_file=display_path(raw.path), mapping=display_path(mapping.path) if mapping.path else None,
+        site_file=display_path(stream.path), mapping=display_path(mapping.path) if mapping.path else None,
         schema=display_path(schema_path) if schema_path else mapping.schema.name, rows=n,
-        blank_lines=raw.blank_lines, columns=reports, constants=dict(mapping.constants),
+        blank_lines=stream.blank_lines, skipped_lines=stream.skipped_lines, columns=reports,
+        constants=dict(mapping.constants),
         row_number=(f"{mapping.row_number.feature.name} = {mapping.row_number.offset} + record number (1-based)"
                     if mapping.row_number else None),
         not_provided=[f for f in mapping.schema.names if f not in mapping.provided()],
@@ -234,19 +260,20 @@ def _row_numbers(mapping: SiteMapping, n: int) -> list[object]:
     return list(range(first, last + 1))
 
 
-def _check_unique(mapping: SiteMapping, raw: RawTable, values: dict[str, list[object]]) -> None:
+def _check_unique(mapping: SiteMapping, stream: SiteFileStream, values: dict[str, Any], lines: np.ndarray) -> None:
     for rule in mapping.columns:
         if not rule.feature.unique:
             continue
-        first_line: dict[object, int] = {}
-        for value, line in zip(values[rule.feature.name], raw.lines, strict=True):
-            if value is None:
-                continue
-            if value in first_line:
-                raise DataContractError(f"{rule.feature.name} {value!r} also appears on line {first_line[value]}",
-                                        file=raw.path, line=line, column=rule.column, mapping=mapping.path,
-                                        expected=f"each {rule.feature.name} once")  # fmt: skip
-            first_line[value] = line
+        column = pd.Series(values[rule.feature.name], dtype=object if isinstance(values[rule.feature.name], list)
+                           else None)  # fmt: skip
+        repeated = column.duplicated(keep="first") & column.notna()
+        if repeated.any():
+            at = int(np.argmax(repeated.to_numpy()))
+            value = column.iloc[at]
+            first = int(np.argmax((column == value).to_numpy()))
+            value = value.item() if hasattr(value, "item") else value
+            raise stream.error(f"{rule.feature.name} {value!r} also appears on {stream.line_word} {lines[first]}",
+                               line=int(lines[at]), column=rule.column, expected=f"each {rule.feature.name} once")
 
 
 def load_mapped(path: Path, *, data_file: Path | None = None) -> MappedTable:
