@@ -21,7 +21,8 @@ import pandas as pd
 from common.data.cleaning_report import CleaningReport, ColumnReport
 from common.data.codes import parse_number
 from common.data.mapping import ColumnRule, SiteMapping, load_mapping
-from common.data.readers import SiteFileStream, open_site_file
+from common.data.column_buffer import ColumnBuffer, as_series, take
+from common.data.readers import SiteFileStream, count_records, open_site_file
 from common.data.schema import DataContractError, FeatureSpec, display_path
 
 __all__ = ["CleaningReport", "ColumnReport", "MappedTable", "apply_mapping", "load_mapped"]
@@ -144,21 +145,6 @@ def _check_header(stream: SiteFileStream, mapping: SiteMapping) -> None:
                            expected="a [columns.<name>] table for each, or list them in [file] ignore")
 
 
-def _concat(parts: list[Any]) -> Any:
-    """One column from its chunks (numpy arrays, lists or pandas extension arrays)."""
-    if not parts:
-        return []
-    if isinstance(parts[0], np.ndarray):
-        return np.concatenate(parts)
-    if isinstance(parts[0], list):
-        return [value for part in parts for value in part]
-    return type(parts[0])._concat_same_type(parts)
-
-
-def _take(column: Any, order: np.ndarray) -> Any:
-    return [column[i] for i in order] if isinstance(column, list) else column[order]
-
-
 def apply_mapping(mapping: SiteMapping) -> MappedTable:
     """Read the site's file, chunk by chunk, and map it onto the schema.
 
@@ -180,13 +166,16 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
     reports = [ColumnReport(column=rule.column, feature=rule.feature.name,
                             conversion=rule.conversion.describe() if rule.conversion else None)
                for rule in mapping.columns]  # fmt: skip
-    parts: dict[str, list[Any]] = {rule.feature.name: [] for rule in mapping.columns}
-    line_parts: list[np.ndarray] = []
+    n = count_records(mapping.file, mapping=mapping.path)  # a first pass: the columns are allocated once
+    buffers = {rule.feature.name: ColumnBuffer(n) for rule in mapping.columns}
+    lines = np.empty(n, dtype=np.int32 if mapping.file.max_bytes < 2**31 else np.int64)  # a line is >= 1 byte
     with open_site_file(mapping.file, mapping=mapping.path) as stream:
         if mapping.file.columns is None:
             _check_header(stream, mapping)
         positions = [stream.columns.index(rule.column) for rule in mapping.columns]
         for chunk in stream.chunks():
+            if stream.records > n:
+                raise stream.error(f"the file changed while it was read ({n} records, then more)")
             for rule, position, report in zip(mapping.columns, positions, reports, strict=True):
                 cells: list[object] = []
                 for row, line in zip(chunk.rows, chunk.lines, strict=True):
@@ -196,27 +185,27 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
                         problem, expected = bad.args
                         raise stream.error(problem, line=line, column=rule.column, expected=expected) from None
                 report.missing += sum(v is None for v in cells)
-                parts[rule.feature.name].append(_column(rule.feature, cells))
-            line_parts.append(np.asarray(chunk.lines, dtype=np.int64))
-            del chunk
-        n = stream.records
-    values: dict[str, Any] = {name: _concat(chunks) for name, chunks in parts.items()}
-    del parts
-    lines = np.concatenate(line_parts)
+                buffers[rule.feature.name].add(_column(rule.feature, cells))
+            lines[stream.records - len(chunk.lines) : stream.records] = chunk.lines
+        if stream.records != n:
+            raise stream.error(f"the file changed while it was read ({n} records, then {stream.records})")
+    values: dict[str, Any] = {name: buffer.column() for name, buffer in buffers.items()}
+    del buffers
     for report in reports:
         report.observed = n - report.missing
     for name, value in mapping.constants.items():
         values[name] = _column(mapping.schema.feature(name), [value] * n)
     if mapping.row_number is not None:
-        values[mapping.row_number.feature.name] = _column(mapping.row_number.feature, _row_numbers(mapping, n))
+        values[mapping.row_number.feature.name] = _row_numbers(mapping, n)
     _check_unique(mapping, stream, values, lines)
     id_feature = mapping.schema.role("id")
     if id_feature is not None and id_feature.name in values and n:
-        order = np.argsort(np.asarray(values[id_feature.name]), kind="stable")
-        if not np.array_equal(order, np.arange(n)):
+        ids = np.asarray(values[id_feature.name])
+        if not bool(np.all(ids[1:] >= ids[:-1])):  # sorted already (ids numbered by row, or an ordered export)
+            order = np.argsort(ids, kind="stable")
             for name in list(values):
-                values[name] = _take(values[name], order)
-    table = pd.DataFrame({s.name: values[s.name] if s.name in values else _column(s, [None] * n)
+                values[name] = take(values[name], order)
+    table = pd.DataFrame({s.name: as_series(values.pop(s.name) if s.name in values else _column(s, [None] * n))
                           for s in mapping.schema.features}, copy=False)  # fmt: skip
     schema_path = mapping.schema.path
     report = CleaningReport(
@@ -249,28 +238,44 @@ def _cell(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> ob
     return value
 
 
-def _row_numbers(mapping: SiteMapping, n: int) -> list[object]:
+def _row_numbers(mapping: SiteMapping, n: int) -> np.ndarray:
     numbering = mapping.row_number
     assert numbering is not None
     first, last = numbering.offset + 1, numbering.offset + n
     low, high = numbering.feature.range or (-np.inf, np.inf)
     if not (low <= first and last <= high):
-        raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path, key="[row_number] offset",
-                                expected=numbering.feature.expected())  # fmt: skip
-    return list(range(first, last + 1))
+        raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path,
+                                key="[row_number] offset", expected=numbering.feature.expected())  # fmt: skip
+    return np.arange(first, last + 1, dtype=np.int64)
+
+
+def _first_repeat(column: Any) -> int | None:
+    """Position of the first value that repeats an earlier one (missing values aside), or None."""
+    if isinstance(column, np.ndarray) and column.dtype.kind in "iuf":  # numbers: sort, not a hash table (memory)
+        if column.dtype.kind == "f":
+            column = np.where(np.isnan(column), -np.inf, column)  # NaN is missing, never a repeat: checked below
+        ordered = bool(np.all(column[1:] >= column[:-1]))
+        order = None if ordered else np.argsort(column, kind="stable")
+        values = column if order is None else column[order]
+        same = np.flatnonzero((values[1:] == values[:-1]) & np.isfinite(values[1:]))
+        if not len(same):
+            return None
+        later = same + 1 if order is None else order[same + 1]
+        return int(later.min())
+    series = pd.Series(column, dtype=object) if isinstance(column, list) else pd.Series(column, copy=False)
+    repeated = series.duplicated(keep="first") & series.notna()
+    return int(np.argmax(repeated.to_numpy())) if repeated.any() else None
 
 
 def _check_unique(mapping: SiteMapping, stream: SiteFileStream, values: dict[str, Any], lines: np.ndarray) -> None:
     for rule in mapping.columns:
         if not rule.feature.unique:
             continue
-        column = pd.Series(values[rule.feature.name], dtype=object if isinstance(values[rule.feature.name], list)
-                           else None)  # fmt: skip
-        repeated = column.duplicated(keep="first") & column.notna()
-        if repeated.any():
-            at = int(np.argmax(repeated.to_numpy()))
-            value = column.iloc[at]
-            first = int(np.argmax((column == value).to_numpy()))
+        column = values[rule.feature.name]
+        at = _first_repeat(column)
+        if at is not None:
+            value = column[at]
+            first = next(i for i in range(at) if column[i] == value)
             value = value.item() if hasattr(value, "item") else value
             raise stream.error(f"{rule.feature.name} {value!r} also appears on {stream.line_word} {lines[first]}",
                                line=int(lines[at]), column=rule.column, expected=f"each {rule.feature.name} once")

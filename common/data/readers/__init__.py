@@ -26,7 +26,7 @@ from common.data.readers.tables import ExcelStream, ParquetStream
 from common.data.readers.text import TextStream
 
 __all__ = ["CHUNK_ROWS", "DEFAULT_MAX_BYTES", "FORMAT_KEYS", "READERS", "FileFormat", "RawChunk", "Reader",
-           "SiteFileStream", "file_format_from_dict", "human_bytes", "open_site_file"]  # fmt: skip
+           "SiteFileStream", "count_records", "file_format_from_dict", "human_bytes", "open_site_file"]  # fmt: skip
 
 _TEXT = frozenset({"header", "columns", "encoding", "decimal", "comment", "skip_lines"})
 
@@ -62,3 +62,10 @@ def open_site_file(fmt: FileFormat, *, mapping: Path | None = None) -> SiteFileS
         Naming the file (and line), if it is missing, over ``max_bytes``, or not readable as its format.
     """
     return READERS[fmt.format].open(fmt, mapping)
+
+
+def count_records(fmt: FileFormat, *, mapping: Path | None = None) -> int:
+    """How many data records the file holds: a first pass that keeps nothing, so that the cleaned table's columns are
+    allocated once, at their final size. Raises what :func:`open_site_file` and reading raise."""
+    with open_site_file(fmt, mapping=mapping) as stream:
+        return stream.count()

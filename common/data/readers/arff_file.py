@@ -134,6 +134,8 @@ class ArffStream(SiteFileStream):
 
 
 def _reason(error: Exception) -> str:
-    if isinstance(error, arff.ArffException):
-        return type(error).__name__
-    return str(error)
+    """liac-arff's own words for what is wrong, without its line number (ours is the file's line)."""
+    if not isinstance(error, arff.ArffException):
+        return str(error)
+    text = re.sub(r",? (?:at|in) line %d\.?", ":", error.message or type(error).__name__).replace("%%", "%")
+    return text.strip().rstrip(":.")

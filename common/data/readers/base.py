@@ -21,7 +21,7 @@ from common.data.schema import DataContractError, not_found
 __all__ = ["CHUNK_ROWS", "RawChunk", "SiteFileStream", "human_bytes"]
 
 #: records per chunk: large enough to amortise per-chunk work, small enough that a chunk's strings stay small
-CHUNK_ROWS = 8192
+CHUNK_ROWS = 1024
 
 
 @dataclass
@@ -127,6 +127,10 @@ class SiteFileStream:
                 raise self.error("the file has a header but no data rows", line=self.header_line + 1,
                                  expected=f"one {unit} per record after the header")
             raise self.error("the file is empty", line=1, expected=f"one {unit} per record")
+
+    def count(self) -> int:
+        """The number of data records, by reading them all (a stream is read once: count on a stream of its own)."""
+        return sum(1 for _ in self._records())
 
     def close(self) -> None:
         """Release the file."""

@@ -130,12 +130,13 @@ class ParquetStream(SiteFileStream):
         number = 0
         for batch in self._file.iter_batches(batch_size=CHUNK_ROWS):
             columns = [[cell_text(v) for v in column.to_pylist()] for column in batch.columns]
-            for record in zip(*columns, strict=True):
+            for record in zip(*columns, strict=True):  # a row of nulls is a record with every value missing
                 number += 1
-                if not any(record):
-                    self.blank_lines += 1
-                    continue
                 yield record, number
+
+    def count(self) -> int:
+        """The number of records, from the file's metadata."""
+        return int(self._file.metadata.num_rows)
 
     def close(self) -> None:
         file = getattr(self, "_file", None)
