@@ -43,11 +43,14 @@ CPU = torch.device("cpu")
 
 
 def _scenarios(tmp: Path) -> dict[str, Path]:
-    virtual4 = "".join(
-        f'[[sites]]\nname = "v{i}"\nsource = "uci-heart-virtual"\nmodalities = ["tabular"]\npartition = '
+    schema = f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\n'
+    source = 'source = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+    virtual4 = schema + "".join(
+        f'[[sites]]\nname = "v{i}"\n{source}modalities = ["tabular"]\npartition = '
         f'{{ kind = "quantity", alpha = 100.0, num-sites = 4, seed = 0, min-size = 20, part = {i} }}\n' for i in range(4))
-    hospitals4 = "".join(f'[[sites]]\nname = "{h}"\nsource = "uci-heart"\nhospital = "{h}"\nmodalities = ["tabular"]\n'
-                         for h in ("cleveland", "hungary", "switzerland", "va_long_beach"))
+    hospitals4 = schema + "".join(f'[[sites]]\nname = "{h}"\n{source}select = {{ hospital = "{h}" }}\n'
+                                  'modalities = ["tabular"]\n' for h in ("cleveland", "hungary", "switzerland",
+                                                                         "va_long_beach"))
     (tmp / "virtual4.toml").write_text(virtual4)
     (tmp / "hospitals4.toml").write_text(hospitals4)
     return {"virtual20": ROOT / "simulations" / "scenarios" / "hospitals-virtual20.toml",
@@ -62,7 +65,7 @@ def run_federation(scenario_file: Path, *, sigma: float, clip: float, rounds: in
                                              "fusion": "late", "hidden-dim": 16})
     scenario = load_scenario(scenario_file)
     sites = [load_site(resolve_site({"partition-id": i}, run), model_modalities=scenario.modalities,
-                       text_encoder=run.model.text_encoder, seed=0) for i in range(len(scenario.sites))]
+                       text_encoder=run.model.text_encoder) for i in range(len(scenario.sites))]
     glob = initial_trainable_state(build_model(run.model, scenario=scenario, seed=0))
     keys, m = list(glob), len(sites)
     np.random.seed(seed)

@@ -74,7 +74,8 @@ VARIANTS = {  # name -> (fold evaluation, site feature cache, eager imports in e
 def _site_toml(tmp: Path, name: str, *, feature_cache: bool) -> Path:
     mods = '["tabular", "text"]' if name != "va_long_beach" else '["tabular"]'
     f = tmp / f"{name}.toml"
-    f.write_text(f'[site]\nname = "{name}"\nsource = "uci-heart"\nhospital = "{name}"\nmodalities = {mods}\n'
+    f.write_text(f'[site]\nname = "{name}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "{name}" }}\nmodalities = {mods}\n'
                  f'state-dir = "{tmp / "state" / name}"\ndata-dir = "{ROOT / "data"}"\n'
                  f'feature-cache = {"true" if feature_cache else "false"}\n')
     return f
@@ -90,9 +91,10 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) ->
     out = tmp / "out"
     scenario = tmp / "scenario.toml"
     scenario.write_text("".join(
-        f'[[sites]]\nname = "{s}"\nsource = "uci-heart"\nhospital = "{s}"\n'
+        f'[[sites]]\nname = "{s}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+        f'select = {{ hospital = "{s}" }}\n'
         f'modalities = {["tabular", "text"] if s != "va_long_beach" else ["tabular"]}\n'.replace("'", '"')
-        for s in sites))
+        for s in sites) + f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\n')
     cfg = tmp / "run.toml"
     cfg.write_text(f'num-server-rounds = {rounds}\nout-dir = "{out}"\nscenario-file = "{scenario}"\n'
                    f'data-dir = "{ROOT / "data"}"\nbatch-size = 64\nmin-train-nodes = {len(sites)}\n'
@@ -150,7 +152,7 @@ def feature_cache_cost() -> tuple[float, float]:
             "from common.config import app_defaults,parse_run_config,load_scenario,resolve_site;"
             "r=parse_run_config(app_defaults()|{'site-state-root':'%s'});s=load_scenario(r.paths.scenario_file);"
             "load_site(resolve_site({'partition-id':0},r),model_modalities=s.modalities,"
-            "text_encoder='minilm-frozen',seed=0);print(time.perf_counter()-t)")
+            "text_encoder='minilm-frozen');print(time.perf_counter()-t)")
     with tempfile.TemporaryDirectory() as d:
         env = _env(Path(d) / "h")
         times = [float(subprocess.run([sys.executable, "-c", code % d], env=env, cwd=ROOT, capture_output=True,

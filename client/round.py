@@ -56,7 +56,7 @@ class SiteRound:
     def data(self) -> SiteData:
         with self.setup:
             return load_site(self.site, model_modalities=self.scenario.modalities,
-                             text_encoder=self.run.model.text_encoder, seed=self.run.federation.seed)
+                             text_encoder=self.run.model.text_encoder, schema=self.scenario.schema)
 
     def model(self, global_state: Mapping[str, torch.Tensor], data: SiteData) -> torch.nn.Module:
         with self.setup:

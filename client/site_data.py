@@ -1,9 +1,10 @@
-"""A site's rows as model inputs, with its frozen text features cached.
+"""A site's rows as model inputs, with its frozen text features cached per record.
 
-Frozen-encoder features (MiniLM sentence embeddings) depend only on the site's notes, so they
-are computed once per site and kept twice: in this process (simulation actors live across
-rounds) and on disk under ``<state-dir>/cache/`` (a deployed site runs each message in a
-fresh process). The cache key is a hash of the notes and the encoder settings.
+Frozen-encoder features (MiniLM sentence embeddings) depend only on each record's own text (fixed-length padding:
+common/models/text.py), so they are computed once per distinct text and kept twice: in this process (simulation
+actors live across rounds) and on disk under ``<state-dir>/cache/`` (a deployed site runs each message in a fresh
+process). The disk store holds one embedding per text, keyed by a hash of the text and the encoder settings: adding
+or removing a record computes only what is new.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import torch
 
 from client.train import LABEL, MODALITY_MASK, TensorDictDataset
 from common.config import SiteConfig
-from common.data.heart_site import SiteSplit
+from common.data.site_split import SiteSplit
 from common.data.sources import load_site_data
 from common.factory import text_config
 from common.storage import atomic_write_bytes
 
-__all__ = ["SiteData", "load_site"]
+__all__ = ["SiteData", "load_site", "text_features"]
 
 
 @dataclass(frozen=True)
@@ -38,32 +39,48 @@ _MEMO: dict[tuple, SiteData] = {}
 
 def _fingerprint(split: SiteSplit) -> str:
     h = hashlib.sha256()
-    for arr in (split.ids, split.labels, split.tabular, split.tabular_mask):
+    for arr in (split.ids.astype(str), split.labels, split.tabular, split.tabular_mask):
         h.update(np.ascontiguousarray(arr).tobytes())
-    for note in split.notes:
+    for note in split.text or ():
         h.update(note.encode("utf-8"))
+    if split.images is not None:
+        h.update(np.ascontiguousarray(split.images).tobytes())
     return h.hexdigest()[:16]
 
 
-def _text_features(notes: tuple[str, ...], *, kind: str, cache_dir: Path | None) -> dict[str, torch.Tensor]:
-    """Frozen-encoder features of ``notes``; ``cache_dir`` None = no disk cache (the site's ``feature-cache``)."""
+def _text_key(kind: str, cfg: object, text: str) -> str:
+    return hashlib.sha256("\x1f".join([kind, repr(cfg), text]).encode("utf-8")).hexdigest()[:32]
+
+
+def text_features(texts: tuple[str, ...], *, kind: str, cache_dir: Path | None) -> dict[str, torch.Tensor]:
+    """Frozen-encoder features of ``texts``, one row per text, computed per text and cached per text.
+
+    ``cache_dir`` None = no disk cache (the site's ``feature-cache``). A text's features never depend on the other
+    texts (see ``TextFeaturizer``), so the cache can hold them one by one.
+    """
     from safetensors.torch import load, save
 
     from common.models.text import TextFeaturizer
 
     cfg = text_config(kind)
-    key = hashlib.sha256("\x1f".join([kind, repr(cfg), *notes]).encode("utf-8")).hexdigest()[:20]
-    path = cache_dir / f"text-{kind}-{key}.safetensors" if cache_dir is not None else None
-    if path is not None and path.exists():
-        return load(path.read_bytes())
-    feats = TextFeaturizer(cfg).featurize(list(notes))
-    if path is not None:
-        atomic_write_bytes(path, save({k: v.contiguous() for k, v in feats.items()}))
-    return feats
+    keys = [_text_key(kind, cfg, t) for t in texts]
+    path = cache_dir / f"text-{kind}.safetensors" if cache_dir is not None else None
+    store: dict[str, torch.Tensor] = load(path.read_bytes()) if path is not None and path.exists() else {}
+    todo = sorted({k: t for k, t in zip(keys, texts, strict=True) if f"{k}.text" not in store}.items())
+    if todo:
+        feats = TextFeaturizer(cfg).featurize([t for _, t in todo])
+        for row, (key, _) in enumerate(todo):
+            store.update({f"{key}.{name}": value[row].contiguous() for name, value in feats.items()})
+        if path is not None:
+            atomic_write_bytes(path, save(store))
+    names = sorted({name.split(".", 1)[1] for name in store})
+    if not texts:
+        return TextFeaturizer(cfg).featurize([])
+    return {name: torch.stack([store[f"{k}.{name}"] for k in keys]) for name in names}
 
 
 def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[str, ...], text_kind: str,
-             cache_dir: Path | None, images: np.ndarray | None) -> dict[str, torch.Tensor]:
+             cache_dir: Path | None) -> dict[str, torch.Tensor]:
     n = len(split)
     out = {
         "tabular": torch.from_numpy(split.tabular),
@@ -76,38 +93,49 @@ def _tensors(split: SiteSplit, *, site_mods: tuple[str, ...], model_mods: tuple[
             continue
         if m == "tabular":
             present[:, j] = (split.tabular_mask.sum(axis=1) > 0).astype(np.float32)
-        elif m == "text":
-            out.update(_text_features(split.notes, kind=text_kind, cache_dir=cache_dir))
-            present[:, j] = np.array([bool(t.strip()) for t in split.notes], dtype=np.float32)
-        elif m == "image" and images is not None:
-            out["image"] = torch.from_numpy(images)
-            present[:, j] = 1.0
+        elif m == "text" and split.text is not None:
+            out.update(text_features(split.text, kind=text_kind, cache_dir=cache_dir))
+            present[:, j] = np.array([bool(t.strip()) for t in split.text], dtype=np.float32)
+        elif m == "image" and split.images is not None and split.image_present is not None:
+            out["image"] = torch.from_numpy(split.images)
+            present[:, j] = split.image_present.astype(np.float32)
         else:
             raise ValueError(f"modality {m!r} is not provided by this site's data source")
     out[MODALITY_MASK] = torch.from_numpy(present)
     return out
 
 
-def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encoder: str, seed: int) -> SiteData:
-    """The site's train/test datasets for a model over ``model_modalities``."""
+def _check_schema(site: SiteConfig, federation_schema: Path) -> None:
+    """The site's mapping must map onto the federation's schema: the model's inputs are built from it."""
+    from common.data.schema import load_schema
+    from common.data.sources import site_schema
+
+    own = site_schema(site.spec.source, site.spec.source_args, data_dir=site.data_dir)
+    if not load_schema(federation_schema).same_contract(own):
+        raise ValueError(f"site '{site.spec.name}': its mapping maps onto schema '{own.name}' ({own.path}), but the "
+                         f"federation's model is built from {federation_schema}; map the site's file onto the "
+                         "federation's schema")  # fmt: skip
+
+
+def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encoder: str,
+              schema: Path | None = None) -> SiteData:
+    """The site's train/test datasets for a model over ``model_modalities``.
+
+    ``schema``: the federation's schema file (the scenario's); when given, the site's mapping must map onto the
+    same contract (else ValueError saying so), since the model's input widths come from it.
+    """
     key = (repr(site.spec), str(site.data_dir), str(site.state_dir), site.feature_cache, model_modalities,
-           text_encoder, seed)
+           text_encoder, str(schema))
     if key in _MEMO:
         return _MEMO[key]
-    train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir, seed=seed)
+    if schema is not None:
+        _check_schema(site, schema)
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
+    train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
+                                 modalities=site_mods)
     cache = site.state_dir / "cache" if site.feature_cache else None
-    train_img = test_img = None
-    if "image" in site_mods:
-        # CONSTRUCTED modality: real MNIST digits paired to records by label (AV-MNIST style),
-        # see common/data/images.py. It carries no clinical signal.
-        from common.data.images import ImagePairing, paired_images_split
-
-        train_img, test_img = paired_images_split(train.labels, test.labels, pairing=ImagePairing(seed=seed),
-                                                  site_salt=site.spec.name)
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
-    data = SiteData(train=TensorDictDataset(_tensors(train, images=train_img, **kw)),
-                    test=TensorDictDataset(_tensors(test, images=test_img, **kw)),
+    data = SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
                     dataset_id=_fingerprint(train), modalities=site_mods)
     _MEMO[key] = data
     return data

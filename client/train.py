@@ -58,7 +58,7 @@ class EvalResult:
     balanced_accuracy: float
     auc: float  # NaN when the test set holds one class only
     num_examples: int
-    positives: int
+    positives: int  # test records not of class 0 (binary: the positives)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -163,14 +163,29 @@ def _accountant_name(accountant) -> str:
     return accountant.mechanism()
 
 
+def _auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """ROC-AUC: of class 1 for two classes; for more, the mean one-vs-rest AUC over the classes present in ``y_true``
+    (each needs a positive and a negative). NaN when ``y_true`` holds one class only."""
+    from sklearn.metrics import roc_auc_score
+
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return float("nan")
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(y_true, probs[:, 1]))
+    return float(np.mean([roc_auc_score(y_true == c, probs[:, c]) for c in present]))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
              drop_modalities: tuple[int, ...] = ()) -> EvalResult:
-    """Loss, accuracy, balanced accuracy and ROC-AUC on ``dataset``.
+    """Loss, accuracy, balanced accuracy and ROC-AUC on ``dataset`` (binary or multi-class).
 
+    The prediction is the most probable class (for two classes: p(class 1) >= 0.5). Balanced accuracy is the mean
+    recall over the classes present in the test set; AUC see :func:`_auc`. Both are NaN with one class present.
     ``drop_modalities`` hides the modalities at those positions of the mask (robustness checks).
     """
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+    from sklearn.metrics import balanced_accuracy_score
 
     model.to(device).eval()
     ys, probs, loss_sum = [], [], 0.0
@@ -181,13 +196,13 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_
             mask[:, list(drop_modalities)] = 0
         logits = model(inputs, mask)
         loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu())
+        probs.append(torch.softmax(logits, dim=1).cpu())
         ys.append(y.cpu())
     y_true = torch.cat(ys).numpy()
     p = torch.cat(probs).numpy()
-    pred = (p >= 0.5).astype(int)
-    auc = float(roc_auc_score(y_true, p)) if len(np.unique(y_true)) == 2 else float("nan")
-    bacc = float(balanced_accuracy_score(y_true, pred)) if len(np.unique(y_true)) == 2 else float("nan")
+    pred = (p[:, 1] >= 0.5).astype(int) if p.shape[1] == 2 else p.argmax(axis=1)
+    several = len(np.unique(y_true)) >= 2
+    bacc = float(balanced_accuracy_score(y_true, pred)) if several else float("nan")
     return EvalResult(loss=loss_sum / len(y_true), accuracy=float((pred == y_true).mean()),
-                      balanced_accuracy=bacc, auc=auc, num_examples=int(len(y_true)),
-                      positives=int(y_true.sum()))
+                      balanced_accuracy=bacc, auc=_auc(y_true, p), num_examples=int(len(y_true)),
+                      positives=int((y_true > 0).sum()))

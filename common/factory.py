@@ -1,36 +1,58 @@
-"""Builders: run settings + scenario -> the global fusion model.
+"""Builders: run settings + scenario -> the global fusion model, its input widths taken from the schema alone.
 
-The server and every site build the same model from the same settings, so this is the one
-place that maps :class:`common.config.ModelSettings` onto :class:`common.models.config.FusionConfig`.
+The server and every site build the same model from the same settings and the scenario's schema, so this is the
+one place that maps :class:`common.config.ModelSettings` and the schema onto :class:`common.models.config.FusionConfig`.
+No data is read: the tabular width is the schema's tabular columns (one-hot vocabularies included), the number of
+classes its label's classes, the image channels what its image feature declares.
 """
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
 
 from common.config import ModelSettings, Scenario
-from common.data.sources import get_source
+from common.data.features import label_classes, tabular_width
+from common.data.schema import Schema, load_schema
 from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncoderConfig, TextEncoderConfig
 
-__all__ = ["text_config", "fusion_config", "build_model", "initial_trainable_state"]
+__all__ = ["text_config", "fusion_config", "build_model", "initial_trainable_state", "scenario_schema"]
 
 
 def text_config(kind: str) -> TextEncoderConfig:
     return TextEncoderConfig(kind=kind)
 
 
+@functools.lru_cache(maxsize=16)
+def _schema(path: Path, mtime_ns: int) -> Schema:
+    return load_schema(path)
+
+
+def scenario_schema(scenario: Scenario) -> Schema:
+    """The federation's schema (the scenario's ``[scenario] schema``), read once per file version."""
+    return _schema(scenario.schema, scenario.schema.stat().st_mtime_ns)
+
+
+def _image_channels(schema: Schema) -> int:
+    image = next((f for f in schema.features if f.role == "feature" and f.type == "image"), None)
+    if image is None or image.channels is None:
+        raise ValueError(f"the scenario's sites hold images but schema '{schema.name}' ({schema.path}) declares no "
+                         "image feature (type = 'image' with size and channels)")
+    return image.channels
+
+
 def fusion_config(model: ModelSettings, *, scenario: Scenario) -> FusionConfig:
-    sources = {s.source for s in scenario.sites}
-    widths = {len(get_source(src).tabular_features) for src in sources}
-    if len(widths) != 1:
-        raise ValueError(f"scenario {scenario.name!r}: sites' sources {sorted(sources)} disagree on the tabular "
-                         "schema; map them onto one federation schema first")
+    """The model's config: modalities from the scenario, every width from its schema."""
+    schema = scenario_schema(scenario)
     mods = scenario.modalities
     return FusionConfig(
-        modalities=mods, fusion=model.fusion, hidden=model.hidden_dim,
-        tabular=TabularEncoderConfig(in_features=widths.pop()) if "tabular" in mods else None,
+        modalities=mods, fusion=model.fusion, hidden=model.hidden_dim, num_classes=len(label_classes(schema)),
+        tabular=TabularEncoderConfig(in_features=tabular_width(schema)) if "tabular" in mods else None,
         text=text_config(model.text_encoder) if "text" in mods else None,
-        image=ImageEncoderConfig(kind=model.image_encoder) if "image" in mods else None,
+        image=ImageEncoderConfig(kind=model.image_encoder, in_channels=_image_channels(schema))
+        if "image" in mods else None,
     )
 
 

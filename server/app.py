@@ -9,8 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import load_scenario, parse_run_config
-from common.data.sources import get_source
-from common.factory import build_model, initial_trainable_state
+from common.factory import build_model, initial_trainable_state, scenario_schema
 from common.storage import atomic_write_bytes
 from server.checkpoint import load_checkpoint
 from server.grid import PromptGrid
@@ -49,9 +48,8 @@ def main(grid: Grid, context: Context) -> None:
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
-            "data_note": " ".join(sorted({get_source(s.source).note for s in scenario.sites})) + (
-                " Images are a CONSTRUCTION: real MNIST digits paired to records by label (AV-MNIST style); "
-                "they carry no clinical or financial signal." if "image" in scenario.modalities else ""),
+            "data_note": " ".join(scenario_schema(scenario).note.split()) or scenario.description,
+            "schema": scenario_schema(scenario).name,
         },
     )
     if ckpt:

@@ -67,8 +67,11 @@ def _federation_register(a: argparse.Namespace) -> int:
 def _site_init(a: argparse.Namespace) -> int:
     from client.site_ops import SiteError, SiteInit, init_site
 
+    select = tuple(a.select.split("=", 1)) if a.select and "=" in a.select else None
+    if a.select and select is None:
+        return _fail("site init", f"--select {a.select!r}: expected FEATURE=VALUE, e.g. hospital=cleveland")
     req = SiteInit(folder=a.dir, name=a.name, source=a.source, data_dir=a.data_dir, mapping=a.mapping or "",
-                   hospital=a.hospital or "", modalities=tuple(m for m in a.modalities.split(",") if m),
+                   select=select, modalities=tuple(m for m in a.modalities.split(",") if m),
                    device=a.device, target_epsilon=a.target_epsilon, epsilon_budget=a.epsilon_budget,
                    delta=a.delta, state_dir=a.state_dir, example_data=a.example_data or "")
     try:
@@ -139,9 +142,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p = ssub.add_parser("init", help="write DIR/site.toml (commented template) and the site's key pair")
     p.add_argument("dir", type=Path)
     p.add_argument("--name", required=True, help="site name (letters, digits, - or _)")
-    p.add_argument("--source", default="mapped-csv", choices=("mapped-csv", "uci-heart"))
-    p.add_argument("--mapping", default=None, help="mapped-csv: mapping TOML relative to the data folder")
-    p.add_argument("--hospital", default=None, help="uci-heart: which hospital's rows")
+    p.add_argument("--source", default="mapped", choices=("mapped",))
+    p.add_argument("--mapping", default=None, help="mapping TOML of the site's file, relative to the data folder")
+    p.add_argument("--select", default=None, metavar="FEATURE=VALUE",
+                   help="keep only the rows whose feature has this value (a file holding several sites)")
     p.add_argument("--data-dir", type=Path, default=None, help="the site's data folder (default DIR/data)")
     p.add_argument("--state-dir", type=Path, default=None, help="ledger, caches, logs (default DIR/state)")
     p.add_argument("--modalities", default="tabular,text", help="comma-separated (default tabular,text)")

@@ -150,7 +150,7 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
     started = time.monotonic()
     run, scenario, site = _site_config(req)
     fed, t, p = run.federation, run.train, site.privacy
-    data = load_site(site, model_modalities=scenario.modalities, text_encoder=run.model.text_encoder, seed=fed.seed)
+    data = load_site(site, model_modalities=scenario.modalities, text_encoder=run.model.text_encoder)
     n = len(data.train)
     delta = p.delta or default_delta(n)
     if delta >= 1.0 / n:

@@ -10,13 +10,13 @@ from typing import Any, Mapping
 from common.config.settings import (APP_DIR, DEVICES, MODALITIES, ConfigError, PrivacySettings, RunConfig,
                                     _privacy, _Reader)
 
-__all__ = ["SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file"]
+__all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file"]
 
 # ------------------------------------------------------------------------ scenario / sites
 @dataclass(frozen=True)
 class SiteSpec:
     name: str  # site slug, unique in the federation (also its ledger key)
-    source: str  # data source registry key, e.g. "uci-heart"
+    source: str  # data source registry key: "mapped" (common/data/sources.py)
     source_args: Mapping[str, Any]  # arguments for that source (e.g. hospital = "cleveland")
     modalities: tuple[str, ...]  # modalities this site holds
     privacy_overrides: Mapping[str, Any] = field(default_factory=dict)  # per-site privacy keys
@@ -29,6 +29,7 @@ class Scenario:
     modalities: tuple[str, ...]  # union of the sites' modalities = branches of the global model
     sites: tuple[SiteSpec, ...]  # partition i of the simulation is sites[i]
     path: Path  # file it was read from
+    schema: Path  # the federation's schema TOML (absolute): the global model is built from it alone
 
 
 @dataclass(frozen=True)
@@ -70,20 +71,20 @@ def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
         raise ConfigError(f"{where}: 'modalities' must be a non-empty list drawn from {MODALITIES}; got {mods!r}")
     if "tabular" not in mods:
         raise ConfigError(f"{where}: every site needs the 'tabular' modality (it carries the record); got {mods!r}")
-    unknown = set(raw) - {"name", "source", "modalities", "privacy", *_SOURCE_ARG_KEYS}
+    unknown = set(raw) - {"name", "source", "modalities", "privacy", *SOURCE_ARG_KEYS}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
     privacy = raw.get("privacy", {})
     bad = set(privacy) - set(_PRIVACY_KEYS)
     if bad:
         raise ConfigError(f"{where}.privacy: unknown keys {sorted(bad)}; allowed: {_PRIVACY_KEYS}")
-    args = {k: raw[k] for k in _SOURCE_ARG_KEYS if k in raw}
+    args = {k: raw[k] for k in SOURCE_ARG_KEYS if k in raw}
     return SiteSpec(name=name, source=r.text("source"), source_args=args,
                     modalities=tuple(m for m in MODALITIES if m in mods), privacy_overrides=dict(privacy))
 
 
-#: keys of a [[sites]] entry that are handed to the site's data source
-_SOURCE_ARG_KEYS = ("hospital", "bank", "partition", "files", "mapping")
+#: keys of a [[sites]] entry (or site.toml [site]) that are handed to the site's data source (common/data/sources.py)
+SOURCE_ARG_KEYS = ("mapping", "select", "partition", "split-key", "test-fraction")
 
 
 def load_scenario(path: Path) -> Scenario:
@@ -98,8 +99,15 @@ def load_scenario(path: Path) -> Scenario:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: site names must be unique; got {names}")
     mods = tuple(m for m in MODALITIES if any(m in s.modalities for s in sites))
+    schema = head.get("schema")
+    if not isinstance(schema, str) or not schema:
+        raise ConfigError(f"{path} [scenario]: 'schema' must name the federation's schema TOML, relative to the "
+                          f"scenario file (e.g. schema = \"../../data/schemas/heart.toml\"); got {schema!r}")
+    schema_path = (Path(path).resolve().parent / schema).resolve()
+    if not schema_path.is_file():
+        raise ConfigError(f"{path} [scenario] schema: {schema_path} not found (relative to the scenario's folder)")
     return Scenario(name=str(head.get("name", path.stem)), description=str(head.get("description", "")),
-                    modalities=mods, sites=sites, path=path)
+                    modalities=mods, sites=sites, path=path, schema=schema_path)
 
 
 def _merge_privacy(base: PrivacySettings, overrides: Mapping[str, Any], where: str) -> PrivacySettings:

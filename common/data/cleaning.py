@@ -66,16 +66,18 @@ def _value(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> o
                        "words with [columns.<name>] codes)")  # fmt: skip
         value = text.lower() == "true"
     elif spec.type in ("numeric", "integer"):
-        number = parse_number(text, decimal)
+        number = _interval(text, decimal) if rule.interval == "midpoint" else parse_number(text, decimal)
         if number is None:
-            raise _Bad(f"{text!r} is not a number", f"a number with decimal separator {decimal!r}{_alternatives(rule)}")
+            also = " or an interval 'low-high'" if rule.interval else ""
+            raise _Bad(f"{text!r} is not a number",
+                       f"a number with decimal separator {decimal!r}{also}{_alternatives(rule)}")
         value = number
     elif spec.type == "timestamp":
         return _timestamp(rule, text, report)
     else:
         return text
     if spec.type == "numeric":
-        value = _numeric(rule, float(value), text, report)  # type: ignore[arg-type]
+        value = _numeric(rule, float(value), text, report, coded=bool(rule.codes))  # type: ignore[arg-type]
     if spec.type in ("numeric", "integer") and value is not None and spec.range is not None:
         low, high = spec.range
         if not low <= value <= high:  # type: ignore[operator]
@@ -93,8 +95,20 @@ def _value(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> o
     return value
 
 
-def _numeric(rule: ColumnRule, value: float, text: str, report: ColumnReport) -> float:
-    if rule.conversion is not None:
+def _interval(text: str, decimal: str) -> float | None:
+    """``"40-49"`` -> 44.5 (the midpoint); a plain number reads as itself; else None."""
+    number = parse_number(text, decimal)
+    if number is not None:
+        return number
+    low, sep, high = text.partition("-")
+    bounds = (parse_number(low.strip(), decimal), parse_number(high.strip(), decimal)) if sep else (None, None)
+    if bounds[0] is None or bounds[1] is None or bounds[0] > bounds[1]:
+        return None
+    return (bounds[0] + bounds[1]) / 2.0
+
+
+def _numeric(rule: ColumnRule, value: float, text: str, report: ColumnReport, *, coded: bool = False) -> float:
+    if rule.conversion is not None and not coded:  # a code's value is written in the schema's unit
         value = rule.conversion.apply(value)
         report.converted += 1
     if rule.round is not None:
@@ -122,8 +136,8 @@ def _column(spec: FeatureSpec, values: list[object]) -> object:
     """Values as the table's column for ``spec`` (missing as NaN / None / pd.NA / NaT)."""
     if spec.type == "numeric":
         return np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-    if spec.type == "integer":
-        return np.asarray(values, dtype=np.int64)
+    if spec.type == "integer":  # nullable: an optional integer feature may be missing (pd.NA)
+        return pd.array(values, dtype="Int64")
     if spec.type == "boolean":
         return pd.array(values, dtype="boolean")
     if spec.type == "timestamp":
@@ -215,7 +229,8 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
         constants=dict(mapping.constants),
         row_number=(f"{mapping.row_number.feature.name} = {mapping.row_number.offset} + record number (1-based)"
                     if mapping.row_number else None),
-        not_provided=[f for f in mapping.schema.names if f not in mapping.provided()],
+        not_provided=[f.name for f in mapping.schema.features  # generated features are built, never read
+                      if f.name not in mapping.provided() and f.generated is None],
         missing={name: int(table[name].isna().sum()) for name in mapping.schema.names},
     )  # fmt: skip
     return MappedTable(table=table, report=report, mapping=mapping)
@@ -238,7 +253,7 @@ def _cell(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> ob
     return value
 
 
-def _row_numbers(mapping: SiteMapping, n: int) -> np.ndarray:
+def _row_numbers(mapping: SiteMapping, n: int) -> Any:
     numbering = mapping.row_number
     assert numbering is not None
     first, last = numbering.offset + 1, numbering.offset + n
@@ -246,11 +261,13 @@ def _row_numbers(mapping: SiteMapping, n: int) -> np.ndarray:
     if not (low <= first and last <= high):
         raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path,
                                 key="[row_number] offset", expected=numbering.feature.expected())  # fmt: skip
-    return np.arange(first, last + 1, dtype=np.int64)
+    return pd.array(np.arange(first, last + 1, dtype=np.int64), dtype="Int64")
 
 
 def _first_repeat(column: Any) -> int | None:
     """Position of the first value that repeats an earlier one (missing values aside), or None."""
+    if isinstance(column, pd.arrays.IntegerArray) and not column.isna().any():
+        column = column.to_numpy(dtype=np.int64)
     if isinstance(column, np.ndarray) and column.dtype.kind in "iuf":  # numbers: sort, not a hash table (memory)
         if column.dtype.kind == "f":
             column = np.where(np.isnan(column), -np.inf, column)  # NaN is missing, never a repeat: checked below

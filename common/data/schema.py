@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from common.data.units import UnitError, molar_mass, parse_unit
 
-__all__ = ["FEATURE_TYPES", "MODALITIES", "ROLES", "DataContractError", "FeatureSpec", "Schema", "display_path",
-           "load_schema", "not_found", "read_toml", "schema_from_dict"]  # fmt: skip
+__all__ = ["FEATURE_TYPES", "MODALITIES", "ROLES", "DataContractError", "FeatureSpec", "GeneratorSpec", "Schema",
+           "display_path", "load_schema", "not_found", "read_toml", "schema_from_dict"]  # fmt: skip
 
-FEATURE_TYPES = ("numeric", "integer", "categorical", "boolean", "text", "timestamp")
+FEATURE_TYPES = ("numeric", "integer", "categorical", "boolean", "text", "timestamp", "image")
 ROLES = ("id", "site", "label", "feature")  # id: one per schema, unique; site: which site a row is from
 MODALITIES = ("tabular", "text", "image")
 _FEATURE_KEYS = {"role", "modality", "type", "unit", "quantity", "molar_mass", "range", "vocabulary", "required",
-                 "unique", "integer_valued", "description"}  # fmt: skip
+                 "unique", "integer_valued", "description", "center", "scale", "size", "channels", "window",
+                 "generated"}  # fmt: skip
 
 
 def display_path(path: Path | str) -> str:
@@ -110,6 +111,14 @@ class FeatureSpec:
     unique: bool = False  # no two rows share a value
     integer_valued: bool = False  # numeric: values must be whole numbers (stored as float64, NaN = missing)
     description: str = ""
+    # public normalisation of a tabular numeric/integer feature: the model reads (x - center) / scale
+    # (default: the midpoint and half-width of ``range``); never fitted on a site's rows
+    center: float | None = None
+    scale: float | None = None
+    size: tuple[int, int] | None = None  # image: (height, width) the model reads
+    channels: int | None = None  # image: 1 (grey) or 3 (RGB)
+    window: tuple[float, float] | None = None  # image: public intensity window (DICOM); None = per-image min..max
+    generated: str | None = None  # text / image: built per record by [generators.<name>], not read from a file
 
     def expected(self) -> str:
         """Words for what a value of this feature must be (used in error messages)."""
@@ -122,7 +131,17 @@ class FeatureSpec:
             low, high = (_show(v) for v in self.range)
             kind = "an integer" if self.type == "integer" or self.integer_valued else "a number"
             return f"{kind} from {low} to {high}{unit}"
-        return {"numeric": "a number", "integer": "an integer", "text": "text", "timestamp": "a timestamp"}[self.type]
+        return {"numeric": "a number", "integer": "an integer", "text": "text", "timestamp": "a timestamp",
+                "image": "the path of an image file (PNG, JPEG or DICOM), relative to the site's data folder"}[self.type]
+
+    def normalisation(self) -> tuple[float, float]:
+        """``(center, scale)`` of this numeric/integer feature: the declared ones, else from ``range``."""
+        if self.center is not None and self.scale is not None:
+            return self.center, self.scale
+        if self.range is None:
+            raise ValueError(f"feature '{self.name}' declares neither center/scale nor a range")
+        low, high = self.range
+        return (low + high) / 2.0, (high - low) / 2.0 if high > low else 1.0
 
 
 def _show(value: float) -> str:
@@ -130,18 +149,36 @@ def _show(value: float) -> str:
 
 
 @dataclass(frozen=True)
+class GeneratorSpec:
+    """A ``[generators.<name>]`` table: how a ``generated`` text or image feature is built per record.
+
+    ``params`` are the table's other keys, validated by the generator of ``kind`` (:mod:`common.data.generators`).
+    """
+
+    name: str
+    kind: str
+    params: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Schema:
-    """A federation schema: its features in column order."""
+    """A federation schema: its features in column order, and the generators of its constructed features."""
 
     name: str
     description: str
     features: tuple[FeatureSpec, ...]
     path: Path | None = None  # the TOML file it was read from
+    generators: Mapping[str, GeneratorSpec] = field(default_factory=dict)
+    note: str = ""  # provenance shown in run reports (what is real, what is constructed)
 
     @property
     def names(self) -> tuple[str, ...]:
         """Feature names in column order."""
         return tuple(f.name for f in self.features)
+
+    def same_contract(self, other: Schema) -> bool:
+        """Whether ``other`` declares the same features and generators (wherever its file lies)."""
+        return (self.name, self.features, dict(self.generators)) == (other.name, other.features, dict(other.generators))
 
     def feature(self, name: str) -> FeatureSpec:
         """The feature called ``name`` (KeyError if there is none)."""
@@ -207,12 +244,59 @@ def _feature(name: str, raw: Mapping[str, Any], fail: Callable[[str, str], NoRet
             fail(f"'{key}' is {value!r}", "true or false")
     if role in ("id", "site", "label") and not flags["required"]:
         fail(f"the {role} feature must be required", "required = true")
-    if kind == "integer" and not flags["required"]:
-        fail("an integer feature must be required (it is stored as int64, which has no missing value)",
-             "required = true, or type = 'numeric' with integer_valued = true")  # fmt: skip
+    if role == "label" and kind not in ("integer", "categorical", "boolean"):
+        fail(f"a label of type {kind} cannot name classes", "type 'integer' with a range, 'categorical' or 'boolean'")
+    if role == "label" and kind == "integer" and (bounds is None or not 2 <= bounds[1] - bounds[0] + 1 <= 1000):
+        fail(f"integer label with range {bounds!r}", "range = [low, high] covering 2 to 1000 classes")
     return FeatureSpec(name=name, type=kind, role=role, modality=modality, unit=unit, quantity=quantity,
                        molar_mass=mass, range=bounds, vocabulary=vocabulary, required=flags["required"], unique=flags["unique"],
-                       integer_valued=flags["integer_valued"], description=str(raw.get("description", "")))  # fmt: skip
+                       integer_valued=flags["integer_valued"], description=str(raw.get("description", "")),
+                       **_model_keys(kind, modality, raw, bounds, fail))  # fmt: skip
+
+
+def _model_keys(kind: str, modality: str | None, raw: Mapping[str, Any], bounds: tuple[float, float] | None,
+                fail: Callable[[str, str], NoReturn]) -> dict[str, Any]:
+    """The keys that say how the model reads a feature: public normalisation, image shape, generator."""
+
+    def only(keys: tuple[str, ...], applies: bool, what: str) -> None:
+        for key in keys:
+            if key in raw and not applies:
+                fail(f"'{key}' applies to {what}, not to this {kind} feature", f"no '{key}' key")
+
+    tabular_number = modality == "tabular" and kind in ("numeric", "integer")
+    only(("center", "scale"), tabular_number, "numeric and integer features of the tabular modality")
+    only(("size", "channels", "window"), kind == "image", "image features")
+    only(("generated",), kind in ("text", "image"), "text and image features")
+    out: dict[str, Any] = {}
+    if tabular_number:
+        center, scale = raw.get("center"), raw.get("scale")
+        if (center is None) != (scale is None):
+            fail("'center' and 'scale' come together", "both keys, or neither (then the range gives them)")
+        if center is not None:
+            if not (_is_number(center) and _is_number(scale) and scale > 0):  # type: ignore[operator]
+                fail(f"center {center!r} / scale {scale!r}", "a number and a number > 0")
+            out.update(center=float(center), scale=float(scale))
+        elif bounds is None:
+            fail("a tabular number needs public normalisation values",
+                 "a public 'range' = [low, high], or 'center' and 'scale' (never fitted on a site's rows)")
+    if kind == "image":
+        size, channels, window = raw.get("size"), raw.get("channels", 1), raw.get("window")
+        if not (isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   and 8 <= v <= 4096 for v in size)):
+            fail(f"size {size!r}", "size = [height, width], whole numbers from 8 to 4096")
+        if channels not in (1, 3):
+            fail(f"channels {channels!r}", "1 (grey) or 3 (RGB)")
+        if window is not None and not (isinstance(window, list) and len(window) == 2
+                                       and all(_is_number(v) for v in window) and window[0] < window[1]):
+            fail(f"window {window!r}", "window = [low, high], two numbers, low < high")
+        out.update(size=(int(size[0]), int(size[1])), channels=int(channels),
+                   window=(float(window[0]), float(window[1])) if window is not None else None)
+    generated = raw.get("generated")
+    if generated is not None:
+        if not (isinstance(generated, str) and generated):
+            fail(f"generated {generated!r}", "the name of a [generators.<name>] table")
+        out["generated"] = generated
+    return out
 
 
 def _is_number(value: object) -> bool:
@@ -227,9 +311,10 @@ def schema_from_dict(raw: Mapping[str, Any], *, path: Path | None = None) -> Sch
     DataContractError
         Naming the file and the feature, if any key is unknown or any value is not allowed.
     """
-    unknown = sorted(set(raw) - {"schema", "features"})
+    unknown = sorted(set(raw) - {"schema", "features", "generators"})
     if unknown:
-        raise DataContractError(f"unknown table(s) {unknown}", file=path, expected="[schema] and [features.<name>]")
+        raise DataContractError(f"unknown table(s) {unknown}", file=path,
+                                expected="[schema], [features.<name>] and [generators.<name>]")
     features_raw = raw.get("features")
     if not isinstance(features_raw, Mapping) or not features_raw:
         raise DataContractError("no features", file=path, expected="at least one [features.<name>] table")
@@ -248,8 +333,27 @@ def schema_from_dict(raw: Mapping[str, Any], *, path: Path | None = None) -> Sch
             raise DataContractError(f"{len(holders)} features have role '{role}' ({holders})", file=path,
                                     expected="exactly one id feature, at most one site and one label feature")
     head = raw.get("schema", {})
-    return Schema(name=str(head.get("name", path.stem if path else "schema")),
-                  description=str(head.get("description", "")), features=tuple(features), path=path)  # fmt: skip
+    generators = _generators(raw.get("generators", {}), path)
+    schema = Schema(name=str(head.get("name", path.stem if path else "schema")),
+                    description=str(head.get("description", "")), features=tuple(features), path=path,
+                    generators=generators, note=str(head.get("note", "")))  # fmt: skip
+    from common.data.generators import check_schema_generators  # here: generators.py imports this module
+
+    check_schema_generators(schema)
+    return schema
+
+
+def _generators(raw: Any, path: Path | None) -> dict[str, GeneratorSpec]:
+    if not isinstance(raw, Mapping):
+        raise DataContractError("[generators] is not a table", file=path, expected="[generators.<name>] tables")
+    out = {}
+    for name, table in raw.items():
+        if not isinstance(table, Mapping) or not isinstance(table.get("kind"), str):
+            raise DataContractError("is not a table with a 'kind'", file=path, key=f"generator '{name}'",
+                                    expected="[generators.<name>] with kind = ... (see docs/schema-format.md)")
+        out[str(name)] = GeneratorSpec(name=str(name), kind=table["kind"],
+                                       params={k: v for k, v in table.items() if k != "kind"})
+    return out
 
 
 def load_schema(path: Path) -> Schema:

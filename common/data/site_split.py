@@ -1,45 +1,49 @@
-"""One site's rows as train and test arrays, for any domain: seeded stratified split, train-only standardisation.
+"""One site's records as model inputs, built from the schema alone: :class:`SiteSplit` and :func:`build_split`.
 
-Domain modules (:mod:`common.data.heart_site`, :mod:`common.data.credit_site`) call :func:`split_rows` with their
-table's tabular columns and their note generator; everything else (the split, the normaliser, the arrays' shape)
-is shared.
+The site's mapped table (the schema's canonical columns, :mod:`common.data.cleaning`) becomes, per record: the
+tabular inputs with their missing indicators (public normalisation, :mod:`common.data.features`), the label's class
+index, the record's text (a column, a file per record, or a declared generator) and its image (a file per record, or
+a declared generator). The train/test split is a keyed hash of each record's id (:mod:`common.data.split`). Every
+input of a record depends on that record and on public declarations only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from common.data.split import stratified_split
-from common.data.tabular import NormalizerStats, fit_normalizer, transform
+from common.data.features import encode_labels, encode_tabular, label_classes
+from common.data.generators import MnistByLabel, TemplateText, build_generator
+from common.data.images import load_image
+from common.data.mapping import SiteMapping
+from common.data.schema import DataContractError, FeatureSpec, Schema
+from common.data.split import keyed_split
 
-__all__ = ["NoteMaker", "SiteSplit", "split_rows"]
-
-#: rows of a domain's canonical table -> one generated note per row
-NoteMaker = Callable[[pd.DataFrame], tuple[str, ...]]
+__all__ = ["SiteSplit", "build_split"]
 
 
 @dataclass(frozen=True)
 class SiteSplit:
-    """The rows of one site's train or test set; row i of every field is the same record."""
+    """The records of one site's train or test set; row i of every field is the same record."""
 
-    ids: np.ndarray  # int64 (n,), record ids (the schema's id feature)
-    labels: np.ndarray  # int64 (n,), the binary label (heart: disease; credit: bad risk)
-    tabular: np.ndarray  # float32 (n, F), standardised tabular features, 0 where missing
-    tabular_mask: np.ndarray  # float32 (n, F), 1 = observed, 0 = missing
-    notes: tuple[str, ...]  # n generated notes (categorical fields only; see common.data.notes / credit_notes)
+    ids: np.ndarray  # (n,), record ids (the schema's id feature)
+    labels: np.ndarray  # int64 (n,), class index of the label (features.label_classes)
+    tabular: np.ndarray  # float32 (n, F), publicly normalised tabular inputs, 0 where missing
+    tabular_mask: np.ndarray  # float32 (n, F), 1 = recorded, 0 = missing
+    text: tuple[str, ...] | None = None  # one text per record ("" = none), if the site holds the text modality
+    images: np.ndarray | None = None  # float32 (n, C, H, W) in [0, 1], if the site holds the image modality
+    image_present: np.ndarray | None = None  # bool (n,): the record has an image
+    num_classes: int = 2
 
     def __post_init__(self) -> None:
         n = len(self.ids)
-        lengths = {
-            "labels": len(self.labels),
-            "tabular": len(self.tabular),
-            "tabular_mask": len(self.tabular_mask),
-            "notes": len(self.notes),
-        }
+        lengths = {"labels": len(self.labels), "tabular": len(self.tabular), "tabular_mask": len(self.tabular_mask)}
+        lengths |= {"text": len(self.text)} if self.text is not None else {}
+        lengths |= {"images": len(self.images)} if self.images is not None else {}
         wrong = {name: length for name, length in lengths.items() if length != n}
         if wrong:
             raise ValueError(f"SiteSplit: ids has {n} rows but {wrong}")
@@ -49,44 +53,96 @@ class SiteSplit:
     def __len__(self) -> int:
         return len(self.ids)
 
-
-def _site_split(rows: pd.DataFrame, stats: NormalizerStats, notes: NoteMaker) -> SiteSplit:
-    tabular, mask = transform(rows, stats)
-    return SiteSplit(
-        ids=rows["id"].to_numpy(dtype=np.int64),
-        labels=rows["label"].to_numpy(dtype=np.int64),
-        tabular=tabular,
-        tabular_mask=mask,
-        notes=notes(rows),
-    )
+    def take(self, rows: np.ndarray) -> SiteSplit:
+        """The records at positions ``rows``."""
+        return SiteSplit(ids=self.ids[rows], labels=self.labels[rows], tabular=self.tabular[rows],
+                         tabular_mask=self.tabular_mask[rows],
+                         text=tuple(self.text[i] for i in rows) if self.text is not None else None,
+                         images=self.images[rows] if self.images is not None else None,
+                         image_present=self.image_present[rows] if self.image_present is not None else None,
+                         num_classes=self.num_classes)  # fmt: skip
 
 
-def split_rows(
-    rows: pd.DataFrame, *, features: tuple[str, ...], notes: NoteMaker, test_fraction: float = 0.3, seed: int = 0
-) -> tuple[SiteSplit, SiteSplit]:
-    """Split one site's rows (stratified by ``label``) and standardise with its own training rows only.
+def _modality_feature(schema: Schema, kind: str) -> FeatureSpec:
+    found = [f for f in schema.features if f.role == "feature" and f.type == kind]
+    if not found:
+        raise DataContractError(f"the site holds the {kind} modality but schema '{schema.name}' has no {kind} "
+                                "feature", file=schema.path, expected=f"a [features.<name>] with type = '{kind}'")
+    return found[0]
+
+
+def _read_text(path: Path, record: object) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataContractError(f"text file of record {record} not found", file=path,
+                                expected="a UTF-8 file, its path relative to the site's data folder") from None
+    except (UnicodeDecodeError, OSError) as error:
+        raise DataContractError(f"text file of record {record} cannot be read ({error})", file=path,
+                                expected="a UTF-8 text file") from None
+
+
+def _texts(table: pd.DataFrame, mapping: SiteMapping, ids: np.ndarray, data_dir: Path) -> tuple[str, ...]:
+    spec = _modality_feature(mapping.schema, "text")
+    if spec.generated is not None:
+        generator = build_generator(mapping.schema.generators[spec.generated], path=mapping.schema.path)
+        assert isinstance(generator, TemplateText)
+        return generator.generate(table, ids=list(ids))
+    rule = next((r for r in mapping.columns if r.feature.name == spec.name), None)
+    values = [None if pd.isna(v) else str(v) for v in table[spec.name]]
+    if rule is not None and rule.content == "file":
+        return tuple("" if v is None else _read_text(data_dir / v, i) for v, i in zip(values, ids, strict=True))
+    return tuple("" if v is None else v for v in values)
+
+
+def _images(table: pd.DataFrame, schema: Schema, ids: np.ndarray, labels: np.ndarray, test: np.ndarray,
+            data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    spec = _modality_feature(schema, "image")
+    assert spec.size is not None and spec.channels is not None
+    if spec.generated is not None:
+        generator = build_generator(schema.generators[spec.generated], path=schema.path)
+        assert isinstance(generator, MnistByLabel)
+        return generator.generate(list(ids), labels, test=test), np.ones(len(ids), dtype=bool)
+    images = np.zeros((len(ids), spec.channels, *spec.size), dtype=np.float32)
+    present = table[spec.name].notna().to_numpy(dtype=bool)
+    for row in np.flatnonzero(present):
+        images[row] = load_image(data_dir / str(table[spec.name].iloc[row]), size=spec.size, channels=spec.channels,
+                                 window=spec.window)
+    return images, present
+
+
+def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterable[str], data_dir: Path,
+                split_key: str, test_fraction: float) -> tuple[SiteSplit, SiteSplit]:
+    """The site's (train, test) records from its mapped table.
 
     Parameters
     ----------
-    rows
-        One site's rows of a canonical table with ``id``, ``label`` and ``features`` columns, in the order the split
-        should see them.
-    features
-        The tabular columns, in model order.
-    notes
-        The domain's note generator (called on the train rows and on the test rows).
-    test_fraction
-        Share of each class held out for testing (see ``common.data.split.stratified_split``).
-    seed
-        Seed of the split; the same arguments always give the same split.
-
-    Returns
-    -------
-    tuple[SiteSplit, SiteSplit]
-        ``(train, test)``; test rows never influence the normalisation.
+    table
+        The site's rows of the schema's canonical table (``MappedTable.table``, after any selection).
+    mapping
+        The site's mapping (its schema, and how its text column is written).
+    modalities
+        The modalities the site holds: text and images are built only for these.
+    data_dir
+        The site's data folder: relative paths of image and text files are relative to it.
+    split_key, test_fraction
+        The keyed-hash split (:func:`common.data.split.keyed_split`).
     """
-    rows = rows.reset_index(drop=True)
-    train_idx, test_idx = stratified_split(rows["label"].to_numpy(), test_fraction=test_fraction, seed=seed)
-    train_rows, test_rows = rows.iloc[train_idx], rows.iloc[test_idx]
-    stats = fit_normalizer(train_rows, features=features)  # this site's training rows only
-    return _site_split(train_rows, stats, notes), _site_split(test_rows, stats, notes)
+    schema = mapping.schema
+    id_feature = schema.role("id")
+    assert id_feature is not None
+    table = table.reset_index(drop=True)
+    ids = table[id_feature.name].to_numpy()
+    train_idx, test_idx = keyed_split(ids, key=split_key, test_fraction=test_fraction)
+    is_test = np.zeros(len(ids), dtype=bool)
+    is_test[test_idx] = True
+    labels = encode_labels(table, schema)
+    tabular, mask = encode_tabular(table, schema)
+    modalities = set(modalities)
+    text = _texts(table, mapping, ids, data_dir) if "text" in modalities else None
+    images = present = None
+    if "image" in modalities:
+        images, present = _images(table, schema, ids, labels, is_test, data_dir)
+    whole = SiteSplit(ids=ids, labels=labels, tabular=tabular, tabular_mask=mask, text=text, images=images,
+                      image_present=present, num_classes=len(label_classes(schema)))  # fmt: skip
+    return whole.take(train_idx), whole.take(test_idx)

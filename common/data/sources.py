@@ -1,105 +1,146 @@
-"""Registry of the data sources a site can hold: name -> schema + loader.
+"""The data source of a site: its own file, mapped onto the federation's schema (``source = "mapped"``).
 
-A source turns a site's own files into (train, test) :class:`SiteSplit` rows. The server
-needs only the schema (tabular feature names) to build the global model, never the data.
+A site's entry (scenario ``[[sites]]`` or ``site.toml`` ``[site]``) names its mapping and, optionally, which rows it
+keeps: ``select`` (rows whose feature equals a value, e.g. ``{ hospital = "cleveland" }``) and ``partition`` (one
+part of a partitioner, for VIRTUAL sites cut from one pooled file; :mod:`common.data.partition`). Its records are
+split by a keyed hash of their ids (``split-key``, default the schema's name: public; ``test-fraction``, default
+0.3). Everything the model reads is built from the schema (:mod:`common.data.site_split`); no domain has code here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from common.data.credit import CREDIT_TABULAR_FEATURES
-from common.data.credit_site import german_credit_source, mapped_credit_source
-from common.data.heart_site import SiteSplit, load_hospital, load_mapped_hospital
-from common.data.heart_virtual import load_virtual_site
-from common.data.tabular import TABULAR_FEATURES
+import pandas as pd
 
-__all__ = ["DataSource", "SOURCES", "get_source", "load_site_data"]
+from common.config.sites import SOURCE_ARG_KEYS
+from common.data.cleaning import load_mapped
+from common.data.features import encode_labels
+from common.data.mapping import SiteMapping, load_mapping
+from common.data.partition import PartitionError, partition_from_spec
+from common.data.schema import DataContractError, Schema
+from common.data.site_split import SiteSplit, build_split
+from common.data.split import DEFAULT_TEST_FRACTION
+
+__all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "site_schema",
+           "source_args"]  # fmt: skip
+
+#: keys of a site entry that belong to its data source (one list, kept where site entries are read)
+SOURCE_KEYS = SOURCE_ARG_KEYS
+PART_KEY = "part"  # the partition table's key naming which part (0-based) a virtual site holds
+_REMOVED = ("uci-heart", "mapped-csv", "uci-heart-virtual", "german-credit", "mapped-credit")
+
+
+@dataclass(frozen=True)
+class SourceArgs:
+    """A site's source settings, validated."""
+
+    mapping: str  # the site's mapping TOML, relative to its data folder
+    select: Mapping[str, Any]  # feature -> value: keep only these rows
+    partition: Mapping[str, Any] | None  # a partitioner spec plus "part"
+    split_key: str | None  # None = the schema's name (public)
+    test_fraction: float
+
+
+def source_args(args: Mapping[str, Any]) -> SourceArgs:
+    """Validate a site's source keys (ValueError naming the key)."""
+    if "mapping" not in args or not isinstance(args["mapping"], str):
+        raise ValueError("source 'mapped' needs 'mapping': the site's mapping TOML, relative to the data folder "
+                         "(e.g. 'mappings/cleveland.toml'; see data/mappings/README.md)")  # fmt: skip
+    select = args.get("select", {})
+    if not isinstance(select, Mapping):
+        raise ValueError(f"'select' must be a table of feature = value, e.g. {{ hospital = \"cleveland\" }}; "
+                         f"got {select!r}")  # fmt: skip
+    partition = args.get("partition")
+    if partition is not None and not isinstance(partition, Mapping):
+        raise ValueError(f"'partition' must be a table, e.g. {{ kind = \"quantity\", ..., part = 3 }}; got {partition!r}")
+    key, fraction = args.get("split-key"), args.get("test-fraction", DEFAULT_TEST_FRACTION)
+    if key is not None and not (isinstance(key, str) and key):
+        raise ValueError(f"'split-key' must be a non-empty string; got {key!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0.0 < fraction < 1.0:
+        raise ValueError(f"'test-fraction' must be a number strictly between 0 and 1; got {fraction!r}")
+    return SourceArgs(mapping=args["mapping"], select=dict(select), partition=dict(partition) if partition else None,
+                      split_key=key, test_fraction=float(fraction))  # fmt: skip
+
+
+def _select(table: pd.DataFrame, mapping: SiteMapping, select: Mapping[str, Any]) -> pd.DataFrame:
+    schema = mapping.schema
+    for name, value in select.items():
+        if name not in schema.names:
+            raise DataContractError(f"select names {name!r}, not a feature of schema '{schema.name}'",
+                                    file=mapping.path, expected="one of " + ", ".join(schema.names))
+        table = table[table[name] == value]
+    site = schema.role("site")
+    if site is not None and not select:
+        held = sorted({str(v) for v in table[site.name].dropna()})
+        if len(held) > 1:
+            raise DataContractError(f"the mapped file holds {site.name}(s) {held}", file=mapping.file.path,
+                                    mapping=mapping.path, expected=f"one {site.name}, or name it with "
+                                    f"select = {{ {site.name} = \"...\" }}")  # fmt: skip
+    if table.empty:
+        raise DataContractError(f"no row of the mapped file matches select = {dict(select)}", file=mapping.file.path,
+                                mapping=mapping.path, expected="a value that occurs in the file")
+    return table
+
+
+def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any]) -> pd.DataFrame:
+    spec = dict(spec)
+    if PART_KEY not in spec:
+        raise PartitionError(f"a virtual site needs '{PART_KEY}' in its partition table (which part it holds, "
+                             f"0-based); got {sorted(spec)}")  # fmt: skip
+    part = spec.pop(PART_KEY)
+    if isinstance(part, bool) or not isinstance(part, int):
+        raise PartitionError(f"partition '{PART_KEY}' must be an integer, got {part!r}")
+    site = schema.role("site")
+    parts = partition_from_spec(spec, labels=encode_labels(table, schema),
+                                sites=table[site.name].to_numpy() if site is not None else None)
+    if not 0 <= part < len(parts):
+        raise PartitionError(f"partition '{PART_KEY}' = {part} is out of range: the partition has {len(parts)} parts")
+    return table.iloc[parts[part]]
+
+
+def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
+    a = source_args(args)
+    mapped = load_mapped(data_dir / a.mapping)
+    table = mapped.table.reset_index(drop=True)
+    if a.partition is not None:
+        table = _part(table, mapped.mapping.schema, a.partition)
+    table = _select(table, mapped.mapping, a.select) if a.select or a.partition is None else table
+    return build_split(table, mapped.mapping, modalities=modalities, data_dir=data_dir,
+                       split_key=a.split_key or mapped.mapping.schema.name, test_fraction=a.test_fraction)
 
 
 @dataclass(frozen=True)
 class DataSource:
     name: str  # registry key used in scenario / site files ("source = ...")
-    tabular_features: tuple[str, ...]  # columns of the tabular modality, in model order
-    note: str  # provenance line shown in reports (what is real, what is constructed)
-    load: Callable[[Mapping[str, Any], Path, int], tuple[SiteSplit, SiteSplit]]  # (args, data_dir, seed)
+    load: Callable[[Mapping[str, Any], Path, Iterable[str]], tuple[SiteSplit, SiteSplit]]  # (args, data_dir, mods)
 
 
-def _uci_heart(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:
-    if "hospital" not in args:
-        raise ValueError("source 'uci-heart' needs 'hospital' (one of cleveland, hungary, switzerland, va_long_beach)")
-    csv = data_dir / "uci-heart-disease" / "heart_disease_uci.csv"
-    return load_hospital(str(args["hospital"]), csv_path=csv, seed=seed)
-
-
-def _mapped_csv(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:
-    if "mapping" not in args:
-        raise ValueError("source 'mapped-csv' needs 'mapping' (the site's mapping TOML, relative to the data folder, "
-                         "e.g. 'mappings/cleveland.toml')")
-    hospital = str(args["hospital"]) if "hospital" in args else None
-    return load_mapped_hospital(data_dir / str(args["mapping"]), hospital=hospital, seed=seed)
-
-
-def _uci_heart_virtual(args: Mapping[str, Any], data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:
-    if not isinstance(args.get("partition"), Mapping):
-        raise ValueError("source 'uci-heart-virtual' needs 'partition', e.g. { kind = \"quantity\", alpha = 100.0, "
-                         "num-sites = 20, seed = 0, part = 3 } (see common/data/heart_virtual.py)")
-    csv = data_dir / "uci-heart-disease" / "heart_disease_uci.csv"
-    return load_virtual_site(args["partition"], csv_path=csv, seed=seed)
-
-
-SOURCES: dict[str, DataSource] = {
-    "uci-heart": DataSource(
-        name="uci-heart",
-        tabular_features=TABULAR_FEATURES,
-        note="UCI Heart Disease (Janosi, Steinbrunn, Pfisterer, Detrano 1988; CC BY 4.0): real records; "
-             "clinical notes are template-GENERATED from each patient's categorical fields.",
-        load=_uci_heart,
-    ),
-    "mapped-csv": DataSource(
-        name="mapped-csv",
-        tabular_features=TABULAR_FEATURES,
-        note="UCI Heart Disease records read from a hospital's own export through its mapping file "
-             "(data/mappings; the exports in data/uci-heart-disease/exports are GENERATED from the canonical CSV); "
-             "clinical notes are template-GENERATED from each patient's categorical fields.",
-        load=_mapped_csv,
-    ),
-    "uci-heart-virtual": DataSource(
-        name="uci-heart-virtual",
-        tabular_features=TABULAR_FEATURES,
-        note="VIRTUAL sites: the real UCI Heart Disease records of all four hospitals pooled and re-split by a "
-             "partitioner (common/data/heart_virtual.py); no such sites exist. Notes are template-GENERATED.",
-        load=_uci_heart_virtual,
-    ),
-    "german-credit": DataSource(
-        name="german-credit",
-        tabular_features=CREDIT_TABULAR_FEATURES,
-        note="German Credit (Hofmann 1994, UCI Statlog; CC BY 4.0): real loan applications, split across three "
-             "banks by loan purpose (a documented construction); loan notes are template-GENERATED from each "
-             "applicant's categorical fields.",
-        load=german_credit_source,
-    ),
-    "mapped-credit": DataSource(
-        name="mapped-credit",
-        tabular_features=CREDIT_TABULAR_FEATURES,
-        note="German Credit (Hofmann 1994, UCI Statlog; CC BY 4.0) records read from each bank's own export through "
-             "its mapping file (data/mappings; the exports in data/german-credit/exports are GENERATED from the "
-             "canonical CSV; banks split by loan purpose); loan notes are template-GENERATED from each applicant's "
-             "categorical fields.",
-        load=mapped_credit_source,
-    ),
-}
+SOURCES: dict[str, DataSource] = {"mapped": DataSource(name="mapped", load=_mapped)}
 
 
 def get_source(name: str) -> DataSource:
+    """The registered source ``name`` (ValueError naming the known ones, and what replaced a removed one)."""
+    if name in _REMOVED:
+        raise ValueError(f"data source {name!r} was removed: every site now reads its own file through a mapping "
+                         "onto the federation's schema: source = \"mapped\", mapping = \"mappings/<site>.toml\" "
+                         "(docs/schema-format.md)")  # fmt: skip
     try:
         return SOURCES[name]
     except KeyError:
         raise ValueError(f"unknown data source {name!r}; known sources: {sorted(SOURCES)}") from None
 
 
-def load_site_data(source: str, args: Mapping[str, Any], *, data_dir: Path, seed: int) -> tuple[SiteSplit, SiteSplit]:
-    """Load one site's (train, test) rows from its own files."""
-    return get_source(source).load(args, data_dir, seed)
+def load_site_data(source: str, args: Mapping[str, Any], *, data_dir: Path,
+                   modalities: Iterable[str] = ("tabular",)) -> tuple[SiteSplit, SiteSplit]:
+    """Load one site's (train, test) records from its own files, building the ``modalities`` it holds."""
+    return get_source(source).load(args, data_dir, tuple(modalities))
+
+
+def site_schema(source: str, args: Mapping[str, Any], *, data_dir: Path) -> Schema:
+    """The schema a site's mapping maps onto (reads the mapping and the schema, not the data)."""
+    get_source(source)
+    return load_mapping(data_dir / source_args(args).mapping).schema

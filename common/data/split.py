@@ -1,57 +1,44 @@
-"""Deterministic stratified train/test split of one site's rows."""
+"""The train/test split of a site's records, decided per record by a keyed hash of its id.
+
+Record ``id`` is a TEST record iff ``HMAC-SHA256(key, str(id))``, read as a number in [0, 1), is below
+``test_fraction``. A record's side depends on its own id and the key only: adding or removing other records moves
+nobody (the split reads no other row, so it spends no privacy). The split is not stratified: a small site's test set
+may hold few records of a rare class, and the report says how many it holds.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["stratified_split", "class_test_size"]
+__all__ = ["DEFAULT_TEST_FRACTION", "is_test_record", "keyed_split"]
+
+DEFAULT_TEST_FRACTION = 0.3
 
 
-def class_test_size(n: int, *, test_fraction: float) -> int:
-    """How many of a class's ``n`` rows go to the test set.
-
-    ``n * test_fraction`` rounded half up, then kept within ``[1, n - 1]`` when ``n >= 2`` so that both sets see
-    every class a site has (Switzerland has only 8 negatives); a class with a single row stays in training.
-    """
-    if n < 2:
-        return 0
-    return min(max(int(np.floor(n * test_fraction + 0.5)), 1), n - 1)
+def _uniform(key: str, record: object) -> float:
+    digest = hmac.new(key.encode("utf-8"), str(record).encode("utf-8"), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def stratified_split(
-    labels: Sequence[int] | np.ndarray, *, test_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split row positions into train and test, keeping each class's share.
+def is_test_record(record: object, *, key: str, test_fraction: float = DEFAULT_TEST_FRACTION) -> bool:
+    """Whether the record with id ``record`` is a test record under ``key``."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+    return _uniform(key, record) < test_fraction
 
-    Parameters
-    ----------
-    labels
-        One integer class label per row (1-D).
-    test_fraction
-        Share of each class that goes to the test set, strictly between 0 and 1 (see :func:`class_test_size`).
-    seed
-        Seed of the shuffle; the same labels, fraction and seed always give the same split.
+
+def keyed_split(ids: Sequence[object] | np.ndarray, *, key: str,
+                test_fraction: float = DEFAULT_TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """Split row positions into train and test by each row's id (see the module docstring).
 
     Returns
     -------
     tuple[numpy.ndarray, numpy.ndarray]
-        ``(train_idx, test_idx)``: sorted int64 positions into ``labels``, disjoint, together covering every row.
+        ``(train_idx, test_idx)``: sorted int64 positions into ``ids``, disjoint, together covering every row.
     """
-    y = np.asarray(labels)
-    if y.ndim != 1:
-        raise ValueError(f"stratified_split: labels must be 1-D, got shape {y.shape}")
-    if y.size and not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"stratified_split: labels must be integers, got dtype {y.dtype}")
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"stratified_split: test_fraction must be strictly between 0 and 1, got {test_fraction}")
-    rng = np.random.default_rng(seed)
-    test_parts = []
-    for label in np.unique(y):  # sorted, so the draw order does not depend on row order
-        members = np.flatnonzero(y == label)
-        chosen = rng.permutation(members)[: class_test_size(members.size, test_fraction=test_fraction)]
-        test_parts.append(chosen)
-    test_idx = np.sort(np.concatenate(test_parts)) if test_parts else np.empty(0, dtype=np.int64)
-    train_idx = np.setdiff1d(np.arange(y.size), test_idx)
-    return train_idx.astype(np.int64), test_idx.astype(np.int64)
+    test = np.asarray([is_test_record(i, key=key, test_fraction=test_fraction) for i in ids], dtype=bool)
+    return np.flatnonzero(~test).astype(np.int64), np.flatnonzero(test).astype(np.int64)

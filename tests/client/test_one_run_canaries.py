@@ -1,7 +1,7 @@
 """The empirical (one-run) audit end to end at one real site: honest DP passes, cut noise is caught.
 
 Cleveland, tabular only (no text featurisation: keeps each test well under 30 s on 2 cores), 3 rounds
-of 1 epoch: 212 rows, batch 32 -> q = 1/7, 21 DP-SGD steps, m = 1000 Dirac canaries.
+of 1 epoch: 210 rows, batch 32 -> q = 1/7, 21 DP-SGD steps, m = 1000 Dirac canaries.
 """
 
 from __future__ import annotations
@@ -19,14 +19,16 @@ from common.config import app_defaults, load_scenario, parse_run_config, resolve
 from common.factory import build_model
 from simulations.cli import main
 from simulations.empirical_audit import EmpiricalAuditRequest, _calibrated_sigma, run_empirical_audit
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 torch.set_num_threads(2)
 
 CLEVELAND_TABULAR = """
 [[sites]]
 name = "cleveland"
-source = "uci-heart"
-hospital = "cleveland"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = { hospital = "cleveland" }
 modalities = ["tabular"]
 """
 
@@ -34,7 +36,7 @@ modalities = ["tabular"]
 @pytest.fixture
 def scenario(tmp_path):
     path = tmp_path / "cleveland.toml"
-    path.write_text(CLEVELAND_TABULAR)
+    path.write_text(CLEVELAND_TABULAR + SCENARIO_SCHEMA)
     return path
 
 
@@ -47,7 +49,7 @@ def test_canaries_are_sampled_like_records_and_scored_by_their_coordinate(scenar
     run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "site-state-root": str(tmp_path)})
     scen = load_scenario(scenario)
     data = load_site(resolve_site({"partition-id": 0}, run), model_modalities=scen.modalities,
-                     text_encoder=run.model.text_encoder, seed=0)
+                     text_encoder=run.model.text_encoder)
     model = build_model(run.model, scenario=scen, seed=0)
     coords, real_grad = quiet_coordinates(model, data.train, m=300, max_grad_norm=1.0, device=torch.device("cpu"))
     assert len(np.unique(coords)) == 300 and real_grad.max() < 1e-6  # the real data does not move them
@@ -65,9 +67,9 @@ def test_canaries_are_sampled_like_records_and_scored_by_their_coordinate(scenar
 
 def test_dp_on_as_configured_stays_below_the_accounted_epsilon(scenario, tmp_path):
     report = run_empirical_audit(_request(scenario, tmp_path))  # target-epsilon from pyproject: 4.0
-    assert (report["train-rows"], report["steps"]) == (212, 21)
+    assert (report["train-rows"], report["steps"]) == (210, 21)
     assert report["sample-rate"] == pytest.approx(1 / 7)
-    assert report["audit-delta"] == 1e-5 and report["delta"] == 4e-4  # default_delta(212)
+    assert report["audit-delta"] == 1e-5 and report["delta"] == 4e-4  # default_delta(210)
     assert report["noise-multiplier-used"] == report["noise-multiplier-calibrated"]
     assert report["epsilon-accounted-site-delta"] == pytest.approx(4.0, abs=0.03)
     # the statistic on this fixed seed: 0.857 here (44/50 correct at k+ = k- = 25), well below the claim
@@ -82,7 +84,7 @@ def test_the_audit_calibrates_the_same_sigma_as_the_site(scenario, tmp_path):
     run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "num-server-rounds": 3,
                                              "site-state-root": str(tmp_path / "sites")})
     site = resolve_site({"partition-id": 0}, run)
-    sp = SitePrivacy(site="cleveland", dataset_id="x", settings=site.privacy, num_examples=212,
+    sp = SitePrivacy(site="cleveland", dataset_id="x", settings=site.privacy, num_examples=210,
                      state_dir=site.state_dir)
     # what a round of the real site uses (client/round.py: q = 1/len(loader), planned = steps x rounds)
     expected = sp.noise_multiplier(sample_rate=1 / 7, planned_steps=21)

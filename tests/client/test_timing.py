@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from client.site_data import load_site
 from client.timing import Stopwatch, process_age_seconds
@@ -49,7 +50,8 @@ def test_stopwatch_adds_up_its_blocks_and_counts_a_return_from_inside():
 
 def _site_file(tmp_path: Path, extra: str = "") -> Path:
     f = tmp_path / "site.toml"
-    f.write_text(f'[site]\nname = "cleveland"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+    f.write_text(f'[site]\nname = "cleveland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "cleveland" }}\n'
                  f'modalities = ["tabular", "text"]\nstate-dir = "{tmp_path / "state"}"\n'
                  f'data-dir = "{DATA}"\n{extra}')
     return f
@@ -66,15 +68,32 @@ def test_feature_cache_is_on_by_default_and_must_be_a_boolean(tmp_path):
 def test_feature_cache_off_writes_nothing_derived_and_gives_the_same_features(tmp_path):
     run = parse_run_config(app_defaults())
     site = load_site_file(_site_file(tmp_path), run=run)
-    kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen", seed=0)
+    kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen")
     cached = load_site(site, **kw)
-    assert len(list((site.state_dir / "cache").glob("text-*.safetensors"))) == 2  # train and test notes
+    assert [p.name for p in (site.state_dir / "cache").glob("text-*")] == ["text-minilm-frozen.safetensors"]
     other = tmp_path / "other-state"
     uncached = load_site(dataclasses.replace(site, state_dir=other, feature_cache=False), **kw)
     assert not other.exists()  # nothing derived from the notes is written
     for part in ("train", "test"):
         a, b = getattr(cached, part).tensors, getattr(uncached, part).tensors
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), part
+
+
+def test_text_features_are_cached_per_record(tmp_path):
+    """One embedding per distinct note in the store: adding a note computes only that note, and every other note's
+    row is the one cached before (a record's features never depend on the other records)."""
+    from safetensors.torch import load
+
+    from client.site_data import text_features
+
+    notes = ("Generated note: Sex: male.", "Generated note: Sex: female.", "Generated note: Sex: male.")
+    first = text_features(notes, kind="minilm-frozen", cache_dir=tmp_path)
+    store = tmp_path / "text-minilm-frozen.safetensors"
+    assert len(load(store.read_bytes())) == 2  # two distinct notes
+    assert torch.equal(first["text"][0], first["text"][2])
+    more = text_features((notes[1], "Generated note: Sex: not recorded."), kind="minilm-frozen", cache_dir=tmp_path)
+    assert len(load(store.read_bytes())) == 3 and torch.equal(more["text"][0], first["text"][1])
+    assert torch.equal(text_features(notes, kind="minilm-frozen", cache_dir=tmp_path)["text"], first["text"])
 
 
 def test_a_message_process_imports_opacus_only_when_it_needs_it():

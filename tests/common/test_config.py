@@ -6,6 +6,7 @@ import pytest
 
 from common.config import (ConfigError, app_defaults, load_scenario, load_site_file, parse_run_config,
                            resolve_site)
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 
 def test_every_default_in_pyproject_parses():
@@ -55,25 +56,28 @@ def test_hospitals_scenario_maps_partitions_to_sites(tmp_path):
 
 def test_scenario_privacy_overrides_are_validated(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('[[sites]]\nname = "a"\nsource = "uci-heart"\nhospital = "cleveland"\n'
-                 'modalities = ["tabular"]\nprivacy = { epsilon-budget = 1.0 }\n')
+    f.write_text('[[sites]]\nname = "a"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 'select = { hospital = "cleveland" }\nmodalities = ["tabular"]\nprivacy = { epsilon-budget = 1.0 }\n'
+                 + SCENARIO_SCHEMA)
     run = parse_run_config(app_defaults() | {"out-dir": str(tmp_path), "scenario-file": str(f)})
     with pytest.raises(ConfigError, match="target-epsilon .* exceeds epsilon-budget"):
         resolve_site({"partition-id": 0}, run)
-    f.write_text('[[sites]]\nname = "a"\nsource = "uci-heart"\nhospital = "cleveland"\nmodalities = ["audio"]\n')
+    f.write_text('[[sites]]\nname = "a"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 'select = { hospital = "cleveland" }\nmodalities = ["audio"]\n')
     with pytest.raises(ConfigError, match="'modalities' must be a non-empty list"):
         load_scenario(f)
 
 
 def test_site_file_for_deployment(tmp_path):
     f = tmp_path / "site.toml"
-    f.write_text(f'[site]\nname = "cleveland"\nsource = "uci-heart"\nhospital = "cleveland"\n'
+    f.write_text(f'[site]\nname = "cleveland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "cleveland" }}\n'
                  f'modalities = ["tabular", "text"]\nstate-dir = "{tmp_path / "state"}"\n'
                  f'data-dir = "{Path(__file__).resolve().parents[2] / "data"}"\n[privacy]\ntarget-epsilon = 2.0\n')
     run = parse_run_config(app_defaults())
     site = resolve_site({"site-config": str(f)}, run)
     assert site.spec.name == "cleveland" and site.privacy.target_epsilon == 2.0
     assert site.state_dir == tmp_path / "state"
-    f.write_text('[site]\nname = "x"\nsource = "uci-heart"\nmodalities = ["tabular"]\n')
+    f.write_text('[site]\nname = "x"\nsource = "mapped"\nmodalities = ["tabular"]\n')
     with pytest.raises(ConfigError, match="'state-dir' .* is required"):
         load_site_file(f, run=run)

@@ -15,6 +15,7 @@ import pytest
 
 from common.privacy.accountant import epsilon_from_history
 from common.privacy.ledger import Ledger
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 pytestmark = pytest.mark.slow
 
@@ -25,21 +26,23 @@ description = "test: Cleveland with notes, VA without"
 
 [[sites]]
 name = "cleveland"
-source = "uci-heart"
-hospital = "cleveland"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = { hospital = "cleveland" }
 modalities = ["tabular", "text"]
 
 [[sites]]
 name = "va_long_beach"
-source = "uci-heart"
-hospital = "va_long_beach"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = { hospital = "va_long_beach" }
 modalities = ["tabular"]
 """
 
 
 def _simulate(tmp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     scenario = tmp / "two.toml"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(SCENARIO + SCENARIO_SCHEMA)
     cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", str(scenario), "--out", str(out),
            "--quiet", "--set", "batch-size=64", "--set", "target-epsilon=2.0", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2])

@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from common.data.cleaning import load_mapped
 from common.data.codes import Codes
-from common.data.exports import VARIANT_COLUMNS, uci_text, variant_text
-from common.data.heart import CANONICAL_COLUMNS, CATEGORIES
+from tests.data.heart_modules import prepare
+from tests.data.heart_schema import CANONICAL_COLUMNS, CATEGORIES
 from common.data.schema import DataContractError
+
+VARIANT_COLUMNS, uci_text, variant_text = prepare.VARIANT_COLUMNS, prepare.uci_text, prepare.variant_text
 
 ROOT = Path(__file__).resolve().parents[3]
 MAPPINGS = ROOT / "data" / "mappings"
@@ -41,12 +43,12 @@ def _tables(hospital: str, records: list[dict], ids: list[int]) -> tuple[pd.Data
     rows = pd.DataFrame(records).assign(id=ids, hospital=hospital, chol_zero=False, trestbps_zero=False)
     rows["label"] = (rows["num"] > 0).astype(np.int64)
     canonical = pd.DataFrame({
-        "id": np.asarray(ids, dtype=np.int64), "hospital": [hospital] * len(ids),
+        "id": pd.array(ids, dtype="Int64"), "hospital": [hospital] * len(ids),
         **{c: np.asarray([np.nan if r[c] is None else r[c] for r in records], dtype=np.float64)
            for c in ("age", "trestbps", "chol", "thalch", "oldpeak", "ca")},
         **{c: pd.array([r[c] for r in records], dtype="boolean") for c in ("fbs", "exang")},
         **{c: [r[c] for r in records] for c in CATEGORIES},
-        "label": rows["label"].to_numpy(),
+        "label": pd.array(rows["label"].to_numpy(), dtype="Int64"),
     })[list(CANONICAL_COLUMNS)]  # fmt: skip
     return rows, canonical.sort_values("id", ignore_index=True)
 
@@ -55,7 +57,7 @@ def _map(mapping: Path, text: str, name: str) -> pd.DataFrame:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
         path.write_text(text, encoding="utf-8")
-        return load_mapped(mapping, data_file=path).table
+        return load_mapped(mapping, data_file=path).table[list(CANONICAL_COLUMNS)]  # generated columns: not read
 
 
 @FAST
@@ -94,7 +96,7 @@ quantity = "cholesterol"
 molar_mass = "386.65 g/mol"
 range = [50, 700]
 [features.kind]
-modality = "text"
+modality = "tabular"
 type = "categorical"
 vocabulary = ["alpha", "beta"]
 """

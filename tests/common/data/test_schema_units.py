@@ -6,10 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from common.data.heart import CANONICAL_COLUMNS, CATEGORIES
-from common.data.notes import NOTE_FIELDS
 from common.data.schema import DataContractError, load_schema, schema_from_dict
-from common.data.tabular import TABULAR_FEATURES
+from tests.data.heart_schema import CANONICAL_COLUMNS, CATEGORIES
 
 ROOT = Path(__file__).resolve().parents[3]
 HEART_SCHEMA = ROOT / "data" / "schemas" / "heart.toml"
@@ -22,9 +20,10 @@ def schema():
 
 def test_heart_schema_matches_the_canonical_table(schema) -> None:
     assert schema.name == "heart"
-    assert schema.names == CANONICAL_COLUMNS
-    assert schema.modality("tabular") == TABULAR_FEATURES
-    assert schema.modality("text") == NOTE_FIELDS
+    assert schema.names == (*CANONICAL_COLUMNS, "note", "digit")
+    assert schema.modality("tabular") == ("age", "trestbps", "chol", "fbs", "thalch", "oldpeak", "ca")
+    assert schema.modality("text") == ("sex", "cp", "restecg", "exang", "slope", "thal", "note")
+    assert schema.generators["clinical-note"].params["fields"] == ["sex", "cp", "restecg", "exang", "slope", "thal"]
     assert (schema.role("id").name, schema.role("site").name, schema.role("label").name) == ("id", "hospital", "label")
     for name, words in CATEGORIES.items():
         assert schema.feature(name).vocabulary == words
@@ -46,7 +45,7 @@ def test_expected_words_used_in_messages(schema) -> None:
     ("features", "expected"),
     [
         ({"id": {"type": "int", "role": "id", "required": True}}, r"feature 'id': type 'int' is not a feature type"),
-        ({"x": {"type": "numeric", "modality": "tabular"}}, r"0 features have role 'id'"),
+        ({"x": {"type": "numeric", "modality": "tabular", "range": [0, 1]}}, r"0 features have role 'id'"),
         ({"id": {"type": "integer", "role": "id"}}, r"feature 'id': the id feature must be required"),
         ({"id": {"type": "integer", "role": "id", "required": True},
           "c": {"type": "numeric", "modality": "tabular", "unit": "furlongs/fortnite"}},
@@ -59,7 +58,7 @@ def test_expected_words_used_in_messages(schema) -> None:
           "c": {"type": "integer", "modality": "tabular", "unit": "mm", "required": True}},
          r"feature 'c': 'unit', 'quantity' and 'molar_mass' apply to numeric features, not integer"),
         ({"id": {"type": "integer", "role": "id", "required": True},
-          "c": {"type": "categorical", "modality": "text", "vocabulary": ["a", "a"]}}, r"distinct words"),
+          "c": {"type": "categorical", "modality": "tabular", "vocabulary": ["a", "a"]}}, r"distinct words"),
         ({"id": {"type": "integer", "role": "id", "required": True},
           "c": {"type": "numeric", "modality": "tabular", "range": [3, 1]}}, r"range \[3, 1\] is not \[low, high\]"),
         ({"id": {"type": "integer", "role": "id", "required": True},

@@ -1,65 +1,57 @@
-"""stratified_split: a deterministic partition that keeps each class's share."""
+"""The keyed-hash split: each record's side is decided by its own id and the key, so it moves nobody else."""
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.data.split import class_test_size, stratified_split
+from common.data.split import is_test_record, keyed_split
 
-labels_strategy = st.lists(st.integers(min_value=0, max_value=3), min_size=0, max_size=60)
-fraction_strategy = st.floats(min_value=0.05, max_value=0.95)
+ids = st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=300, unique=True)
 
 
 @settings(max_examples=60, deadline=None)
-@given(labels=labels_strategy, test_fraction=fraction_strategy, seed=st.integers(0, 2**32 - 1))
-def test_split_is_a_partition_with_per_class_sizes(labels: list[int], test_fraction: float, seed: int) -> None:
-    y = np.asarray(labels, dtype=np.int64)
-    train, test = stratified_split(y, test_fraction=test_fraction, seed=seed)
-    assert train.dtype == np.int64 and test.dtype == np.int64
-    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(y)))
-    assert np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
-    for label in np.unique(y):
-        n = int((y == label).sum())
-        assert int((y[test] == label).sum()) == class_test_size(n, test_fraction=test_fraction)
-        if n >= 2:  # both sides see every class that has at least two rows
-            assert (y[train] == label).any() and (y[test] == label).any()
+@given(ids=ids, removed=st.integers(min_value=0), added=st.integers(min_value=10**9 + 1, max_value=2 * 10**9))
+def test_removing_or_adding_a_record_moves_no_other_record(ids: list[int], removed: int, added: int) -> None:
+    def test_ids(members: list[int]) -> set[int]:
+        _, test = keyed_split(np.asarray(members), key="heart", test_fraction=0.3)
+        return {members[i] for i in test}
+
+    before = test_ids(ids)
+    gone = ids[removed % len(ids)]
+    assert test_ids([i for i in ids if i != gone]) == before - {gone}
+    assert test_ids([*ids, added]) - {added} == before
 
 
 @settings(max_examples=30, deadline=None)
-@given(labels=labels_strategy, test_fraction=fraction_strategy, seed=st.integers(0, 2**32 - 1))
-def test_split_is_deterministic(labels: list[int], test_fraction: float, seed: int) -> None:
-    first = stratified_split(labels, test_fraction=test_fraction, seed=seed)
-    second = stratified_split(list(labels), test_fraction=test_fraction, seed=seed)
-    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+@given(ids=ids)
+def test_a_partition_of_the_rows_in_order(ids: list[int]) -> None:
+    train, test = keyed_split(ids, key="k", test_fraction=0.3)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(ids)))
+    assert train.dtype == test.dtype == np.int64 and np.all(np.diff(train) > 0) and np.all(np.diff(test) > 0)
 
 
-def test_seed_changes_the_split() -> None:
-    y = np.array([0] * 50 + [1] * 50)
-    _, test_a = stratified_split(y, test_fraction=0.3, seed=0)
-    _, test_b = stratified_split(y, test_fraction=0.3, seed=1)
-    assert not np.array_equal(test_a, test_b)
+def test_the_rule_is_hmac_sha256_of_the_id_under_the_key() -> None:
+    for record in (1, 17, 304, "patient-9"):
+        digest = hmac.new(b"heart", str(record).encode(), hashlib.sha256).digest()
+        expected = int.from_bytes(digest[:8], "big") / 2.0**64 < 0.3
+        assert is_test_record(record, key="heart", test_fraction=0.3) is expected
 
 
-@pytest.mark.parametrize(
-    ("n", "fraction", "expected"),
-    [(8, 0.3, 2), (115, 0.3, 35), (5, 0.3, 2), (3, 0.1, 1), (2, 0.9, 1), (1, 0.5, 0), (0, 0.5, 0), (10, 0.25, 3)],
-)
-def test_class_test_size(n: int, fraction: float, expected: int) -> None:
-    assert class_test_size(n, test_fraction=fraction) == expected
+def test_share_and_key_dependence() -> None:
+    records = np.arange(1, 20001)
+    _, test = keyed_split(records, key="heart", test_fraction=0.3)
+    assert abs(len(test) / len(records) - 0.3) < 0.015  # binomial sd at n = 20000: 0.0032
+    _, other = keyed_split(records, key="another key", test_fraction=0.3)
+    assert 0.05 < len(set(test) & set(other)) / len(test) < 0.5  # about 30% overlap: an independent draw
 
 
-@pytest.mark.parametrize(
-    ("labels", "fraction", "message"),
-    [
-        ([0, 1], 0.0, "strictly between 0 and 1"),
-        ([0, 1], 1.0, "strictly between 0 and 1"),
-        ([[0, 1]], 0.3, "must be 1-D"),
-        ([0.5, 1.0], 0.3, "must be integers"),
-    ],
-)
-def test_bad_arguments_are_refused(labels: list, fraction: float, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        stratified_split(labels, test_fraction=fraction, seed=0)
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_fraction_must_lie_strictly_between_0_and_1(fraction: float) -> None:
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        keyed_split([1, 2], key="k", test_fraction=fraction)

@@ -57,9 +57,20 @@ def test_frozen_features_are_unit_norm_and_independent_of_batch_padding() -> Non
     both = featurizer.featurize(NOTES)
     assert set(both) == {"text"} and both["text"].shape == (2, MINILM_DIM)
     torch.testing.assert_close(both["text"].norm(dim=1), torch.ones(2))
-    alone = featurizer.featurize(NOTES[:1])["text"]  # padded to its own length, not the longer note's
+    alone = featurizer.featurize(NOTES[:1])["text"]
     torch.testing.assert_close(alone[0], both["text"][0], rtol=1e-4, atol=1e-5)
     assert featurizer.featurize([])["text"].shape == (0, MINILM_DIM)
+
+
+@pytest.mark.parametrize("kind", ["minilm-frozen", "minilm-finetune-top"])
+def test_a_notes_features_are_bit_identical_whatever_notes_share_its_batch(kind: str) -> None:
+    """Issue 10, finding 3 (fails on d954fa0, where batches were padded to their longest note: 8e-8 apart)."""
+    featurizer = TextFeaturizer(TextEncoderConfig(kind=kind, featurize_batch_size=4))
+    companions = [["short"], ["a much longer note " * 10, "x", "y"], NOTES[1:] * 6]
+    outputs = [featurizer.featurize([NOTES[0], *others]) for others in companions]
+    for output in outputs[1:]:
+        for name, value in output.items():
+            assert torch.equal(value[0], outputs[0][name][0]), name
 
 
 def test_tiny_bert_features_are_padded_token_ids() -> None:

@@ -17,6 +17,7 @@ from dp_accounting.rdp import RdpAccountant
 from common.config import ConfigError, app_defaults, load_scenario, parse_run_config
 from common.privacy.central import (ASSUMPTION_KEYS, FEDERATION_SITE, epsilon_after_releases, federation_row,
                                     parse_assumption, plan_central, sampled_sites)
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
 VIRTUAL20 = Path(__file__).resolve().parents[3] / "simulations" / "scenarios" / "hospitals-virtual20.toml"
 HOSPITALS = VIRTUAL20.with_name("hospitals.toml")
@@ -124,9 +125,10 @@ def test_sites_with_different_modalities_are_refused():
 
 def test_per_site_privacy_overrides_are_refused(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text("".join(f'[[sites]]\nname = "s{i}"\nsource = "uci-heart"\nhospital = "cleveland"\n'
-                         f'modalities = ["tabular"]\n' + ("privacy = { epsilon-budget = 1.0 }\n" if i == 1 else "")
-                         for i in range(20)))
+    f.write_text("".join(f'[[sites]]\nname = "s{i}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                         f'select = {{ hospital = "cleveland" }}\nmodalities = ["tabular"]\n'
+                         + ("privacy = { epsilon-budget = 1.0 }\n" if i == 1 else "") for i in range(20))
+                 + SCENARIO_SCHEMA)
     with pytest.raises(ConfigError, match=r"sites \['s1'\] .* override privacy settings"):
         _plan(f)
 

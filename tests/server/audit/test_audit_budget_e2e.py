@@ -16,14 +16,15 @@ from common.records import STATUS_DECLINED, STATUS_TRAINED
 from server.audit import audit_path
 from server.recorder import RunRecorder
 from server.strategy import SiteReply
+from tests.data.heart_schema import SCENARIO_SCHEMA
 
-ONE_SITE = '[[sites]]\nname = "switzerland"\nsource = "uci-heart"\nhospital = "switzerland"\n' \
-           'modalities = ["tabular", "text"]\n'
+ONE_SITE = ('[[sites]]\nname = "switzerland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+            'select = { hospital = "switzerland" }\nmodalities = ["tabular", "text"]\n')
 
 
 def _job(tmp_path, rnd: int) -> SiteRound:
     scenario = tmp_path / "one.toml"
-    scenario.write_text(ONE_SITE)
+    scenario.write_text(ONE_SITE + SCENARIO_SCHEMA)
     # one planned round at ε = 1; a lifetime budget of 1.3 leaves no room for a second
     cfg = app_defaults() | {"scenario-file": str(scenario), "out-dir": str(tmp_path / "out"),
                             "site-state-root": str(tmp_path / "sites"), "num-server-rounds": 1,

@@ -1,4 +1,5 @@
-"""The canonical German Credit loader, the bank split and the credit schema agree with the real data."""
+"""The bank example's canonical loader (data/german-credit/canonical.py), the bank split and the credit schema agree
+with the real data."""
 
 from __future__ import annotations
 
@@ -8,22 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.data.credit import (
-    BANK_OF_PURPOSE,
-    BANKS,
-    CANONICAL_COLUMNS,
-    CATEGORIES,
-    CREDIT_TABULAR_FEATURES,
-    DEFAULT_CREDIT_CSV,
-    EXCLUDED_COLUMNS,
-    NUMERIC_RANGES,
-    CreditDataError,
-    load_german_credit,
-)
-from common.data.credit_notes import CREDIT_NOTE_FIELDS
 from common.data.schema import load_schema
+from tests.data.credit_modules import load
 
-ROOT = Path(__file__).resolve().parents[3]
+_c = load("canonical")
+BANK_OF_PURPOSE, BANKS, CANONICAL_COLUMNS, CATEGORIES = _c.BANK_OF_PURPOSE, _c.BANKS, _c.CANONICAL_COLUMNS, _c.CATEGORIES
+DEFAULT_CREDIT_CSV, EXCLUDED_COLUMNS, NUMERIC_RANGES = _c.DEFAULT_CREDIT_CSV, _c.EXCLUDED_COLUMNS, _c.NUMERIC_RANGES
+CreditDataError, load_german_credit = _c.CreditDataError, _c.load_german_credit
+CREDIT_TABULAR_FEATURES = ("duration", "credit_amount", "installment_commitment", "residence_since", "age",
+                           "existing_credits", "num_dependents", "own_telephone")  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "data" / "schemas" / "credit.toml"
 
 
@@ -80,9 +76,10 @@ def test_dtypes(table) -> None:
 
 def test_schema_file_agrees_with_the_loader() -> None:
     schema = load_schema(SCHEMA)
-    assert schema.names == CANONICAL_COLUMNS
+    assert schema.names == (*CANONICAL_COLUMNS, "note")
     assert schema.modality("tabular") == CREDIT_TABULAR_FEATURES
-    assert schema.modality("text") == CREDIT_NOTE_FIELDS
+    CREDIT_NOTE_FIELDS = tuple(schema.generators["loan-note"].params["fields"])
+    assert schema.modality("text") == (*CREDIT_NOTE_FIELDS, "note")
     assert set(schema.modality("tabular")).isdisjoint(schema.modality("text"))
     assert schema.role("site").vocabulary == BANKS  # type: ignore[union-attr]
     for name in CREDIT_NOTE_FIELDS:

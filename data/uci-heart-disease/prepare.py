@@ -1,32 +1,51 @@
-"""GENERATED hospital exports: the canonical heart data written back out the way sites really ship it.
+"""Data preparation of the UCI Heart Disease example (domain code: it lives here, not in ``common/``).
 
-UCI's raw per-hospital files are not available offline, so this module writes them from the canonical data
-(:func:`common.data.heart.load_heart_disease`) in UCI's own distribution format: one ``processed.<name>.data`` file per
-hospital, no header, the 14 columns of :data:`UCI_COLUMNS`, UCI's numeric category codes, ``?`` for missing, and 0 for
-a cholesterol or resting blood pressure the source marks as unmeasured with 0 (Switzerland, VA Long Beach). It also
-writes one *variant* export of Hungary with other column names, cholesterol in mmol/L, other codes, a decimal comma,
-``;`` delimiter, a header and ``-9`` for missing. The files are inputs for the site mappings in ``data/mappings``.
+1. ``heart.csv``: ``heart_disease_uci.csv`` (the Kaggle-derived copy, unchanged) with its one defect that no mapping
+   can undo corrected: row id 304 is labelled Cleveland but is Hungary's first patient (see README.md). The other
+   defects (0 = "not measured" for cholesterol and resting blood pressure) are missing codes of the mapping
+   ``data/mappings/uci-heart.toml``, which every hospital of the ``hospitals`` scenarios reads.
+2. ``exports/``: GENERATED per-hospital exports in UCI's own distribution format (one ``processed.<name>.data`` per
+   hospital: no header, the 14 columns of :data:`UCI_COLUMNS`, UCI's numeric codes, ``?`` for missing, and 0 for a
+   cholesterol or resting blood pressure the source marks as unmeasured), written from the mapped canonical table,
+   plus one *variant* export of Hungary (other column names, cholesterol in mmol/L, other codes, decimal comma, ``;``,
+   a header and ``-9`` for missing). They are the inputs of the ``hospitals-exports`` scenario's mappings.
 
-Run ``python -m common.data.exports`` to rewrite ``data/uci-heart-disease/exports`` (``--check`` only compares).
+Run from anywhere: ``python data/uci-heart-disease/prepare.py`` rewrites both; ``--check`` only compares (exit 1 if a
+committed file is stale; a test runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import math
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from common.data.heart import DEFAULT_CSV_PATH, HOSPITALS, load_heart_disease
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[1]))  # the repository, for common.data when run as a script
 
-__all__ = ["DEFAULT_EXPORT_DIR", "UCI_CODES", "UCI_COLUMNS", "UCI_FILES", "VARIANT_CODES", "VARIANT_COLUMNS",
-           "VARIANT_FILE", "VARIANT_HOSPITAL", "export_table", "main", "uci_text", "variant_text",
-           "write_exports"]  # fmt: skip
+from common.data.cleaning import load_mapped  # noqa: E402
 
-DEFAULT_EXPORT_DIR = DEFAULT_CSV_PATH.parent / "exports"
+SOURCE_CSV = HERE / "heart_disease_uci.csv"
+CORRECTED_CSV = HERE / "heart.csv"
+MAPPING = HERE.parent / "mappings" / "uci-heart.toml"
+DEFAULT_EXPORT_DIR = HERE / "exports"
+HOSPITALS = ("cleveland", "hungary", "switzerland", "va_long_beach")
+# Row 304 is labelled Cleveland, but Cleveland has 303 patients (ids 1-303) and this row is Hungary's first patient
+# (processed.hungarian.data line 1: age 28, resting BP 130, cholesterol 132, max HR 185). Matched on these values
+# too, so a different file that happens to contain an id 304 is left alone.
+_MISLABELLED_ROW = {"id": "304", "dataset": "Cleveland", "age": "28", "trestbps": "130", "chol": "132",
+                    "thalch": "185"}  # fmt: skip
+_TRUE_HOSPITAL = "Hungary"
+
+__all__ = ["UCI_CODES", "UCI_COLUMNS", "UCI_FILES", "VARIANT_CODES", "VARIANT_COLUMNS", "corrected_text",
+           "export_table", "main", "uci_text", "variant_text"]  # fmt: skip
 
 #: UCI's column order ("thalach" is UCI's name of the canonical "thalch"; "num" is the diagnosis 0-4)
 UCI_COLUMNS = ("age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope",
@@ -69,20 +88,39 @@ _VARIANT_MISSING = "-9"
 _CHOLESTEROL_MG_DL_PER_MMOL_L = 38.67  # as registered in common.data.units
 
 
-def export_table(csv_path: Path | None = None) -> pd.DataFrame:
-    """The canonical table with what the exports need besides it.
+def corrected_text(source: Path = SOURCE_CSV) -> str:
+    """``source`` with row 304's hospital corrected (every other byte unchanged)."""
+    text = source.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    header = next(csv.reader([lines[0]]))
+    fixed = 0
+    for number, line in enumerate(lines[1:], start=1):
+        if not line:
+            continue
+        row = dict(zip(header, next(csv.reader([line])), strict=True))
+        if all(row.get(k) == v for k, v in _MISLABELLED_ROW.items()):
+            row["dataset"] = _TRUE_HOSPITAL
+            out = io.StringIO()
+            csv.writer(out, lineterminator="").writerow([row[c] for c in header])
+            lines[number], fixed = out.getvalue(), fixed + 1
+    if fixed != 1:
+        raise SystemExit(f"{source}: expected exactly one row matching {_MISLABELLED_ROW}, found {fixed}")
+    return "\n".join(lines)
+
+
+def export_table(corrected: Path = CORRECTED_CSV) -> pd.DataFrame:
+    """The canonical table (the mapping of ``corrected``) with what the exports need besides it.
 
     Returns
     -------
     pandas.DataFrame
-        :func:`load_heart_disease`'s columns plus ``num`` (UCI's diagnosis 0-4, int64) and ``chol_zero`` /
-        ``trestbps_zero`` (bool: the source CSV writes 0 there for "not measured"; the canonical value is missing).
+        The mapped table's columns plus ``num`` (UCI's diagnosis 0-4, int64) and ``chol_zero`` / ``trestbps_zero``
+        (bool: the source writes 0 there for "not measured"; the canonical value is missing).
     """
-    path = Path(csv_path) if csv_path is not None else DEFAULT_CSV_PATH
-    table = load_heart_disease(path)
-    source = pd.read_csv(path, dtype=str, keep_default_na=False).set_index("id")
+    table = load_mapped(MAPPING, data_file=corrected).table
+    source = pd.read_csv(corrected, dtype=str, keep_default_na=False).set_index("id")
     source.index = source.index.astype("int64")
-    source = source.loc[table["id"]]
+    source = source.loc[table["id"].to_numpy(dtype="int64")]
     return table.assign(
         num=source["num"].astype("int64").to_numpy(),
         chol_zero=(source["chol"] == "0").to_numpy(),
@@ -148,8 +186,8 @@ def variant_text(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _texts(csv_path: Path | None) -> dict[str, str]:
-    table = export_table(csv_path)
+def _texts(corrected: Path) -> dict[str, str]:
+    table = export_table(corrected)
     texts = {}
     for hospital in HOSPITALS:
         rows = table[table["hospital"] == hospital]
@@ -158,32 +196,30 @@ def _texts(csv_path: Path | None) -> dict[str, str]:
     return texts
 
 
-def write_exports(out_dir: Path = DEFAULT_EXPORT_DIR, *, csv_path: Path | None = None) -> list[Path]:
-    """Write the four UCI-format exports and the variant into ``out_dir``; return their paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, text in _texts(csv_path).items():
-        path = out_dir / name
-        path.write_bytes(text.encode("utf-8"))
-        written.append(path)
-    return written
+def _outputs(out_dir: Path) -> dict[Path, str]:
+    corrected = corrected_text()
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / CORRECTED_CSV.name
+        staged.write_bytes(corrected.encode("utf-8"))
+        exports = _texts(staged)
+    return {CORRECTED_CSV: corrected, **{out_dir / name: text for name, text in exports.items()}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.data.exports [--out DIR] [--csv FILE] [--check]``."""
-    parser = argparse.ArgumentParser(prog="python -m common.data.exports", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_EXPORT_DIR, help="folder to write (default: %(default)s)")
-    parser.add_argument("--csv", type=Path, default=None, help="canonical CSV (default: the repository's copy)")
-    parser.add_argument("--check", action="store_true", help="only compare with the files in --out; exit 1 if stale")
+    """``python data/uci-heart-disease/prepare.py [--out DIR] [--check]``."""
+    parser = argparse.ArgumentParser(prog="prepare.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_EXPORT_DIR, help="exports folder (default: %(default)s)")
+    parser.add_argument("--check", action="store_true", help="only compare with the committed files; exit 1 if stale")
     args = parser.parse_args(argv)
+    outputs = _outputs(args.out)
     if args.check:
-        stale = [n for n, t in _texts(args.csv).items()
-                 if not (args.out / n).is_file() or (args.out / n).read_bytes() != t.encode("utf-8")]  # fmt: skip
-        for name in stale:
-            print(f"{args.out / name}: missing or out of date; run python -m common.data.exports", file=sys.stderr)
+        stale = [p for p, t in outputs.items() if not p.is_file() or p.read_bytes() != t.encode("utf-8")]
+        for path in stale:
+            print(f"{path}: missing or out of date; run python data/uci-heart-disease/prepare.py", file=sys.stderr)
         return 1 if stale else 0
-    for path in write_exports(args.out, csv_path=args.csv):
+    args.out.mkdir(parents=True, exist_ok=True)
+    for path, text in outputs.items():
+        path.write_bytes(text.encode("utf-8"))
         print(path)
     return 0
 

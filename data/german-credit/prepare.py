@@ -1,6 +1,6 @@
 """GENERATED bank exports: the canonical German Credit data written out the way each of the three banks ships it.
 
-Each bank's applicants (:data:`common.data.credit.BANK_OF_PURPOSE`) are written in that bank's own layout, so that
+Each bank's applicants (:data:`canonical.BANK_OF_PURPOSE`) are written in that bank's own layout, so that
 each bank's mapping file (``data/mappings/<bank>.toml``) must undo real-looking quirks through configuration alone:
 
 * ``car_bank.data``: UCI's ``german.data`` layout: no header, fields separated by one space, UCI's A-codes
@@ -11,7 +11,9 @@ each bank's mapping file (``data/mappings/<bank>.toml``) must undo real-looking 
 * ``business_bank.csv``: every field quoted, its own English column names in its own order, snake-case codes,
   ``Y``/``N``, the duration in years with two decimals, and a foreign-worker column.
 
-Run ``python -m common.data.credit_exports`` to rewrite ``data/german-credit/exports`` (``--check`` only compares).
+Domain code of the bank example (it lives here, not in ``common/``): the canonical loader is ``canonical.py`` beside it.
+Run ``python data/german-credit/prepare.py`` to rewrite ``data/german-credit/exports`` (``--check`` only compares;
+a test runs it).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from common.data.credit import BANKS, CATEGORIES, DEFAULT_CREDIT_CSV, load_german_credit
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # canonical.py beside this script
+
+from canonical import BANKS, CATEGORIES, DEFAULT_CREDIT_CSV, load_german_credit  # noqa: E402
 
 __all__ = ["BANK_EXPORTS", "DEFAULT_CREDIT_EXPORT_DIR", "DM_PER_EUR", "UCI_A_CODES", "BankExport", "bank_text",
            "credit_export_table", "main", "write_credit_exports"]  # fmt: skip
@@ -212,8 +216,8 @@ def write_credit_exports(out_dir: Path = DEFAULT_CREDIT_EXPORT_DIR, *, csv_path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.data.credit_exports [--out DIR] [--csv FILE] [--check]``."""
-    parser = argparse.ArgumentParser(prog="python -m common.data.credit_exports",
+    """``python data/german-credit/prepare.py [--out DIR] [--csv FILE] [--check]``."""
+    parser = argparse.ArgumentParser(prog="prepare.py",
                                      description=(__doc__ or "").split("\n\n")[0])  # fmt: skip
     parser.add_argument("--out", type=Path, default=DEFAULT_CREDIT_EXPORT_DIR, help="folder (default: %(default)s)")
     parser.add_argument("--csv", type=Path, default=None, help="canonical CSV (default: the repository's copy)")
@@ -223,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stale = [n for n, data in _files(args.csv).items()
                  if not (args.out / n).is_file() or (args.out / n).read_bytes() != data]  # fmt: skip
         for name in stale:
-            print(f"{args.out / name}: missing or out of date; run python -m common.data.credit_exports",
+            print(f"{args.out / name}: missing or out of date; run python data/german-credit/prepare.py",
                   file=sys.stderr)  # fmt: skip
         return 1 if stale else 0
     for path in write_credit_exports(args.out, csv_path=args.csv):

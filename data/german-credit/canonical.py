@@ -1,5 +1,7 @@
 """German Credit (Hofmann 1994, UCI Statlog): canonical loader and the split of applicants across three banks.
 
+Domain code of the bank example's data preparation (``prepare.py`` beside it); nothing in ``common/`` imports it.
+
 The shipped file ``data/german-credit/german_credit.csv`` is Weka's ``credit-g.arff`` (UCI's ``german.data`` with its
 A-codes replaced by words) written as CSV with an ``id`` column (the record's 1-based position); see that folder's
 README.md. :func:`load_german_credit` validates every cell and returns the canonical table of the federation schema
@@ -24,7 +26,7 @@ __all__ = [
     "DEFAULT_CREDIT_CSV", "EXCLUDED_COLUMNS", "NUMERIC_RANGES", "SOURCE_COLUMNS", "load_german_credit",
 ]  # fmt: skip
 
-DEFAULT_CREDIT_CSV = Path(__file__).resolve().parents[2] / "data" / "german-credit" / "german_credit.csv"
+DEFAULT_CREDIT_CSV = Path(__file__).resolve().parent / "german_credit.csv"
 
 BANKS = ("car_bank", "retail_bank", "business_bank")
 #: purpose -> the bank that holds the application (the split attribute of the bank federation)
