@@ -86,14 +86,14 @@ def expected_table() -> pd.DataFrame:
     cols = list(zip(*ROWS, strict=True))
     nan = np.nan
     return pd.DataFrame({
-        "id": np.asarray(cols[0], dtype=np.int64),
+        "id": pd.array(cols[0], dtype="Int64"),
         "age": np.asarray(cols[1], dtype=np.float64),
         "bmi": np.asarray([nan if v is None else v for v in cols[2]], dtype=np.float64),
         "insulin": np.asarray([nan if v is None else v for v in cols[3]], dtype=np.float64),  # 1 mU/L = 1 mu U/ml
         "chol": np.asarray([nan if v is None else round(v * 38.665, 1) for v in cols[4]]),  # 386.65 g/mol / 10
         "sex": pd.Series([{"M": "male", "F": "female"}.get(v) for v in cols[5]], dtype=object),
         "smoker": pd.array([None if v is None else v == "yes" for v in cols[6]], dtype="boolean"),
-        "label": np.asarray(cols[7], dtype=np.int64),
+        "label": pd.array(cols[7], dtype="Int64"),
     })  # fmt: skip
 
 
