@@ -211,7 +211,8 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
             report.errors.append(f"{where} modalities: {m!r} is declared but no training row carries it "
                                  f"(source {c.source})")
     if p.enabled and p.delta and p.delta >= 1.0 / max(len(train), 1):
-        report.errors.append(f"{privacy_where or where + ' privacy'} delta: {p.delta} is not below 1/n = {1 / len(train):.3g} "
+        report.errors.append(f"{privacy_where or where + ' privacy'} delta: {p.delta} is not below 1/n = "
+                             f"{1 / len(train):.3g} "
                              "(n = training rows); use 0 for the default")
     if len(train) < 2 or len(set(train.labels.tolist())) < 2:
         report.errors.append(f"{where}: {len(train)} training rows with label classes "
