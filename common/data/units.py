@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import pint
-
 __all__ = ["EXAMPLE_UNITS", "Conversion", "UnitError", "conversion", "molar_mass", "parse_unit"]
 
 #: units shown in error messages as examples of what a schema or mapping may write (any unit pint knows is allowed)
@@ -57,7 +55,9 @@ class UnitError(ValueError):
 
 
 @lru_cache(maxsize=1)
-def _registry() -> pint.UnitRegistry:
+def _registry() -> Any:
+    import pint  # here: importing pint also imports scipy (~1 s), which a site's message-process may not need
+
     registry = pint.UnitRegistry(preprocessors=[_spell], cache_folder=None)
     for line in _DEFINITIONS:
         registry.define(line)
@@ -82,7 +82,7 @@ def _parse(text: str) -> Any:
     try:
         return _registry().parse_units(text.strip())
     except Exception as error:  # noqa: BLE001 - pint's parser raises many types (even ZeroDivisionError) on nonsense
-        why = f" ({error})" if isinstance(error, pint.errors.UndefinedUnitError) else ""
+        why = f" ({error})" if type(error).__name__ == "UndefinedUnitError" else ""
         raise UnitError(f"unknown unit {text!r}{why}; expected a unit pint reads, e.g. {_examples()}") from None
 
 
@@ -178,7 +178,9 @@ def conversion(source: str, target: str, *, molar_mass_of: str | None = None) ->
     try:
         zero = registry.Quantity(0.0, src).to(dst, *contexts, **kwargs).magnitude
         far = registry.Quantity(_SPAN, src).to(dst, *contexts, **kwargs).magnitude
-    except pint.errors.DimensionalityError:
+    except Exception as error:  # noqa: BLE001 - pint's DimensionalityError (pint is imported lazily)
+        if type(error).__name__ != "DimensionalityError":
+            raise
         raise UnitError(f"no conversion from '{source}' ({_dimension(src)}) to '{target}' ({_dimension(dst)}); "
                         f"expected a unit of the same kind as '{target}', e.g. {_compatible(dst)}") from None
     return Conversion(source, target, float((far - zero) / _SPAN), float(zero), via)
