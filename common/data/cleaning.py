@@ -2,7 +2,7 @@
 
 Cleaning never imputes. A value that is blank, a missing-value code, or out of range under an ``out_of_range =
 "missing"`` rule becomes missing (NaN / None / pd.NA / NaT) and stays missing; the tabular features later carry a mask
-so the model sees what was not recorded (:func:`common.data.tabular.transform`). Every other value is converted to
+so the model sees what was not recorded (:func:`common.data.features.encode_tabular`). Every other value is converted to
 the schema's unit and vocabulary or refused with a :class:`~common.data.schema.DataContractError` naming the file,
 line and column. :class:`CleaningReport` counts, per column, what each rule changed, and can be written as JSON.
 """

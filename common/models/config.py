@@ -47,7 +47,7 @@ def _require_choice(owner: str, name: str, value: str, choices: tuple[str, ...])
 
 @dataclass(frozen=True)
 class TabularEncoderConfig:
-    """MLP over standardized tabular values concatenated with their missing indicators (2F inputs)."""
+    """MLP over publicly normalised tabular values concatenated with their missing indicators (2F inputs)."""
 
     in_features: int  # F: number of tabular features; the encoder reads 2F inputs (values + missing indicators)
     hidden: int = 64  # width of the MLP's hidden layer

@@ -1,6 +1,6 @@
-"""Tabular encoder: an MLP over standardized values concatenated with their missing indicators.
+"""Tabular encoder: an MLP over publicly normalised values concatenated with their missing indicators.
 
-Inputs (see ``common/data/tabular.py``): ``inputs["tabular"]`` (B, F) standardized values, 0 where missing,
+Inputs (see ``common/data/features.py``): ``inputs["tabular"]`` (B, F) publicly normalised values, 0 where missing,
 and ``inputs["tabular_mask"]`` (B, F), 1 = observed, 0 = missing. The model sees the mask, so "missing" is
 information, not an imputed value.
 """
@@ -51,7 +51,7 @@ class TabularEncoder(nn.Module):
         if "tabular_mask" not in inputs:
             raise KeyError(
                 "inputs has 'tabular' but no 'tabular_mask': the encoder must know which values are missing "
-                "(1 = observed, 0 = missing; see common/data/tabular.py)"
+                "(1 = observed, 0 = missing; see common/data/features.py)"
             )
         values, mask = inputs["tabular"], inputs["tabular_mask"]
         expected = self.config.in_features
