@@ -43,7 +43,7 @@ CPU = torch.device("cpu")
 
 
 def _scenarios(tmp: Path) -> dict[str, Path]:
-    schema = f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\n'
+    schema = f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\ndata-dir = "{ROOT / "data"}"\n'
     source = 'source = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
     virtual4 = schema + "".join(
         f'[[sites]]\nname = "v{i}"\n{source}modalities = ["tabular"]\npartition = '

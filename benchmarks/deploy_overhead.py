@@ -95,7 +95,8 @@ def run_federation(tmp: Path, sites: list[str], *, rounds: int, variant: str) ->
         f'[[sites]]\nname = "{s}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
         f'select = {{ hospital = "{s}" }}\n'
         f'modalities = {["tabular", "text"] if s != "va_long_beach" else ["tabular"]}\n'.replace("'", '"')
-        for s in sites) + f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\n')
+        for s in sites) + f'[scenario]\nschema = "{ROOT / "data" / "schemas" / "heart.toml"}"\n'
+                          f'data-dir = "{ROOT / "data"}"\n')
     cfg = tmp / "run.toml"
     cfg.write_text(f'num-server-rounds = {rounds}\nout-dir = "{out}"\nscenario-file = "{scenario}"\n'
                    f'data-dir = "{ROOT / "data"}"\nbatch-size = 64\nmin-train-nodes = {len(sites)}\n'

@@ -19,9 +19,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import ConfigError, SiteConfig, app_defaults, load_scenario, load_site_file, parse_run_config
+from common.config import (ConfigError, Scenario, SiteConfig, app_defaults, load_scenario, load_site_file,
+                           parse_run_config)
 
-__all__ = ["ModalityCount", "SiteCheck", "check_site", "format_check", "check_json", "least_privilege_warnings"]
+__all__ = ["ModalityCount", "SiteCheck", "check_site", "check_site_data", "format_check", "check_json",
+           "least_privilege_warnings"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class SiteCheck:
     test_rows: int = 0
     modalities: list[ModalityCount] = field(default_factory=list)
     missing_modalities: list[str] = field(default_factory=list)  # federation modalities the site does not hold
+    federation: str = ""  # the scenario compared with ("" = none given: modalities and schema not compared)
     privacy: dict[str, Any] = field(default_factory=dict)
     cleaning: dict[str, dict[str, int]] = field(default_factory=dict)  # mapping changes per column per rule
     errors: list[str] = field(default_factory=list)
@@ -155,8 +158,8 @@ def check_site(config: Path, *, scenario: Path | None = None) -> SiteCheck:
     config
         The site's ``site.toml``.
     scenario
-        Scenario TOML of the federation (its modalities, and its schema, which the site's mapping must map onto);
-        default: the run default (hospitals), whose schema is then not compared.
+        Scenario TOML of the federation: its modalities and schema are compared with the site's. Without it,
+        nothing is compared (a site's own check does not assume any federation).
 
     Returns
     -------
@@ -168,28 +171,42 @@ def check_site(config: Path, *, scenario: Path | None = None) -> SiteCheck:
     try:
         run = parse_run_config(app_defaults())
         site = load_site_file(config, run=run)
-        fed = load_scenario(scenario or run.paths.scenario_file)
+        fed = load_scenario(Path(scenario).expanduser().resolve()) if scenario is not None else None
     except ConfigError as err:
         report.errors.append(str(err))
         return report
+    _check_state(site, config, report)
+    report.warnings.extend(least_privilege_warnings(site, config))
+    return check_site_data(site, fed=fed, where=f"{config} [site]", privacy_where=f"{config} [privacy]", report=report)
+
+
+def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, privacy_where: str | None = None,
+                    report: SiteCheck | None = None) -> SiteCheck:  # fmt: skip
+    """Check what a site holds (its data through its mapping, its modalities, δ, its classes) against ``fed``.
+
+    Shared by ``fedfusion site check`` (a deployed site's ``site.toml``) and ``fedfusion simulate`` (every site of
+    a scenario, before any Flower process starts). ``where`` prefixes errors that are not about a data file
+    (``<site.toml> [site]``, or ``<scenario> site '<name>'``).
+    """
+    report = report if report is not None else SiteCheck(config=where)
     report.site, report.data_source = site.spec.name, site.spec.source
     p = site.privacy
     report.privacy.update({"target_epsilon": p.target_epsilon, "epsilon_budget": p.epsilon_budget,
                            "delta": p.delta or "default (< 1/n)", "accountant": p.accountant, "dp": p.enabled})
-    report.missing_modalities = [m for m in fed.modalities if m not in site.spec.modalities]
-    extra = [m for m in site.spec.modalities if m not in fed.modalities]
-    if extra:
-        report.warnings.append(f"modalities {extra} are not in the federation's model ({fed.path.name}): unused")
-    _check_state(site, config, report)
-    report.warnings.extend(least_privilege_warnings(site, config))
+    if fed is not None:
+        report.federation = str(fed.path)
+        report.missing_modalities = [m for m in fed.modalities if m not in site.spec.modalities]
+        extra = [m for m in site.spec.modalities if m not in fed.modalities]
+        if extra:
+            report.warnings.append(f"modalities {extra} are not in the federation's model ({fed.path.name}): unused")
     if not site.data_dir.is_dir():
-        report.errors.append(f"{config} [site] data-dir: folder {site.data_dir} not found")
+        report.errors.append(f"{where} data-dir: folder {site.data_dir.resolve()} not found")
         return report
     if site.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
-            report.errors.append(f"{config} [site] device: 'cuda' but no CUDA device is visible here")
+            report.errors.append(f"{where} device: 'cuda' but no CUDA device is visible here")
     from common.data.schema import DataContractError
     from common.data.sources import load_site_data, site_schema
 
@@ -198,8 +215,8 @@ def check_site(config: Path, *, scenario: Path | None = None) -> SiteCheck:
         schema = site_schema(site.spec.source, site.spec.source_args, data_dir=site.data_dir)
         from common.data.schema import load_schema
 
-        if scenario is not None and not load_schema(fed.schema).same_contract(schema):  # the federation's, if named
-            report.errors.append(f"{config}: the site's mapping maps onto schema {schema.path}, but the federation "
+        if fed is not None and not load_schema(fed.schema).same_contract(schema):
+            report.errors.append(f"{where}: the site's mapping maps onto schema {schema.path}, but the federation "
                                  f"({fed.path.name}) uses {fed.schema}; map onto the federation's schema (the "
                                  "model's inputs are built from it)")
             return report
@@ -209,7 +226,7 @@ def check_site(config: Path, *, scenario: Path | None = None) -> SiteCheck:
         report.errors.append(str(err))
         return report
     except (ValueError, OSError, KeyError) as err:
-        report.errors.append(f"{config} [site] (source {site.spec.source!r}): {err}")
+        report.errors.append(f"{where} (source {site.spec.source!r}): {err}")
         return report
     report.train_rows, report.test_rows = len(train), len(test)
     from common.data.cleaning import load_mapped
@@ -230,18 +247,18 @@ def check_site(config: Path, *, scenario: Path | None = None) -> SiteCheck:
             c = ModalityCount(m, f"image files named in {tab_source} (or the schema's generator)",
                               int(train.image_present.sum()), int(test.image_present.sum()))
         else:
-            report.errors.append(f"{config} [site] modalities: {m!r} is not provided by data source "
-                                 f"{site.spec.source!r}")
+            report.errors.append(f"{where} modalities: {m!r} is not provided by data source {site.spec.source!r}")
             continue
         report.modalities.append(c)
         if c.train == 0:
-            report.errors.append(f"{config} [site] modalities: {m!r} is declared but no training row carries it "
+            report.errors.append(f"{where} modalities: {m!r} is declared but no training row carries it "
                                  f"(source {c.source})")
     if p.enabled and p.delta and p.delta >= 1.0 / max(len(train), 1):
-        report.errors.append(f"{config} [privacy] delta: {p.delta} is not below 1/n = {1 / len(train):.3g} "
+        report.errors.append(f"{privacy_where or where + ' privacy'} delta: {p.delta} is not below 1/n = "
+                             f"{1 / len(train):.3g} "
                              "(n = training rows); use 0 for the default")
     if len(train) < 2 or len(set(train.labels.tolist())) < 2:
-        report.errors.append(f"{config}: {len(train)} training rows with label classes "
+        report.errors.append(f"{where}: {len(train)} training rows with label classes "
                              f"{sorted(set(train.labels.tolist()))}; training needs at least two classes")
     return report
 
@@ -255,9 +272,11 @@ def format_check(report: SiteCheck) -> str:
         out.append(f"rows          {report.train_rows} train, {report.test_rows} test")
     for c in report.modalities:
         out.append(f"  {c.modality:<8} {c.train:>5} train {c.test:>5} test   <- {c.source}")
-    if report.site:
+    if report.site and report.federation:
         miss = ", ".join(report.missing_modalities) or "none"
         out.append(f"missing modalities (branches this site will not train): {miss}")
+    elif report.site:
+        out.append("federation    not compared (pass --scenario FILE to check modalities and schema against it)")
     if report.privacy:
         out.append("privacy       " + ", ".join(f"{k}={v}" for k, v in report.privacy.items()))
     for column, rules in report.cleaning.items():

@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from simulations.deploy_cli import add_deploy_commands  # `federation ...` and `site ...` (deployment)
 
     add_deploy_commands(sub)
+    from simulations.schema_cli import add_schema_commands  # `schema infer`: a draft schema from a data file
+
+    add_schema_commands(sub)
     return p
 
 

@@ -170,7 +170,8 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_site_init)
     p = ssub.add_parser("check", help="validate the site config and data; sends nothing")
     p.add_argument("config", type=Path)
-    p.add_argument("--scenario", type=Path, default=None, help="the federation's scenario TOML (its modalities)")
+    p.add_argument("--scenario", type=Path, default=None,
+                   help="the federation's scenario TOML: compare the site's modalities and schema with it")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_site_check)
     p = ssub.add_parser("join", help="start this site's flower-supernode (TLS, authenticated)")

@@ -43,13 +43,14 @@ class SimulationRequest:
     cpus_per_client: int = 1  # Ray CPUs per simulated site
     timeout: float = 3600.0  # seconds before the run is abandoned
     progress: bool = True  # show a progress bar
+    check_sites: bool = True  # check every site's data (as `site check`) before starting any Flower process
 
 
 def scenario_path(scenario: str) -> Path:
-    p = Path(scenario)
+    p = Path(scenario).expanduser()
     if p.suffix == ".toml":
         if not p.exists():
-            raise ConfigError(f"scenario file {p} not found")
+            raise ConfigError(f"scenario file {p} not found (looked for {p.resolve()})")
         return p.resolve()
     packaged = PACKAGED_SCENARIOS / f"{scenario}.toml"
     if not packaged.exists():
@@ -72,7 +73,9 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
     unknown = sorted(set(cfg) - set(known))
     if unknown:
         raise ConfigError(f"unknown run settings {unknown}; see [tool.flwr.app.config] in {APP_DIR / 'pyproject.toml'}")
-    cfg.update({"scenario-file": str(scenario_file), "data-dir": str(APP_DIR / "data"), "out-dir": str(req.out)})
+    if cfg.get("data-dir"):  # the user's data folder: honoured, made absolute (Flower's apps need absolute paths)
+        cfg["data-dir"] = str(Path(str(cfg["data-dir"])).expanduser().resolve())
+    cfg.update({"scenario-file": str(scenario_file), "out-dir": str(req.out)})
     if req.rounds is not None:
         cfg["num-server-rounds"] = int(req.rounds)
     if req.site_state is not None:
@@ -101,6 +104,14 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
     out = req.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     cfg = _run_config(req, scenario_file)
+    if req.check_sites:  # every site's data, before any process: one table of what is wrong, nothing started
+        from simulations.preflight import check_scenario_sites, format_site_table
+
+        checks = check_scenario_sites(scenario_file, cfg)
+        if not all(c.ok for c in checks):
+            bad = sum(not c.ok for c in checks)
+            raise SimulationError(f"{bad} of {len(checks)} sites fail their check; no Flower process was started "
+                                  f"(scenario {scenario_file}):\n{format_site_table(checks)}")
     if cfg.get("privacy-mode") == "central":  # refuse what Flower's accounting cannot honour, before any process
         from common.config import parse_run_config
         from common.privacy.central import plan_central

@@ -19,11 +19,12 @@ The package has two modules: ``settings`` (run settings) and ``sites`` (scenario
 from common.config.settings import (APP_DIR, MODALITIES, NOISE_SEEDS, PACKAGED_SCENARIOS, PRIVACY_MODES, CentralSettings,
                                     ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
                                     RunConfig, TrainSettings, app_defaults, parse_run_config)
-from common.config.sites import Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site
+from common.config.sites import (Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site,
+                                 scenario_data_dir)
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "PRIVACY_MODES", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
     "PACKAGED_SCENARIOS", "MODALITIES", "NOISE_SEEDS", "app_defaults", "parse_run_config", "load_scenario", "resolve_site",
-    "load_site_file",
+    "load_site_file", "scenario_data_dir",
 ]

@@ -87,7 +87,7 @@ class PrivacySettings:
 @dataclass(frozen=True)
 class PathSettings:
     scenario_file: Path  # scenario TOML (absolute)
-    data_dir: Path | None  # data folder (absolute); None = the repository's ./data
+    data_dir: Path | None  # data folder (absolute); None = the scenario's own (sites.scenario_data_dir)
     out_dir: Path | None  # server artefacts; None = write none
     site_state_root: Path | None  # parent of sites/<site>/ in simulation; None = <out_dir>/sites
 

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 from common.config.settings import (APP_DIR, DEVICES, MODALITIES, ConfigError, PrivacySettings, RunConfig,
                                     _privacy, _Reader)
 
-__all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file"]
+__all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file",
+           "scenario_data_dir"]
 
 # ------------------------------------------------------------------------ scenario / sites
 @dataclass(frozen=True)
@@ -30,6 +31,9 @@ class Scenario:
     sites: tuple[SiteSpec, ...]  # partition i of the simulation is sites[i]
     path: Path  # file it was read from
     schema: Path  # the federation's schema TOML (absolute): the global model is built from it alone
+    # where the sites' relative paths (mapping) point: [scenario] data-dir, relative to the scenario file's folder;
+    # default that folder. The run setting data-dir (--set data-dir=...) overrides it (resolve_site).
+    data_dir: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,15 @@ def load_scenario(path: Path) -> Scenario:
     if not isinstance(schema, str) or not schema:
         raise ConfigError(f"{path} [scenario]: 'schema' must name the federation's schema TOML, relative to the "
                           f"scenario file (e.g. schema = \"../../data/schemas/heart.toml\"); got {schema!r}")
-    schema_path = (Path(path).resolve().parent / schema).resolve()
+    folder = Path(path).resolve().parent
+    schema_path = (folder / schema).resolve()
     if not schema_path.is_file():
         raise ConfigError(f"{path} [scenario] schema: {schema_path} not found (relative to the scenario's folder)")
+    data = head.get("data-dir", ".")
+    if not isinstance(data, str) or not data:
+        raise ConfigError(f"{path} [scenario] data-dir: must be a folder, relative to the scenario file; got {data!r}")
     return Scenario(name=str(head.get("name", path.stem)), description=str(head.get("description", "")),
-                    modalities=mods, sites=sites, path=path, schema=schema_path)
+                    modalities=mods, sites=sites, path=path, schema=schema_path, data_dir=(folder / data).resolve())
 
 
 def _merge_privacy(base: PrivacySettings, overrides: Mapping[str, Any], where: str) -> PrivacySettings:
@@ -145,10 +153,18 @@ def resolve_site(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
     return SiteConfig(
         spec=spec,
         privacy=_merge_privacy(run.privacy, spec.privacy_overrides, f"{scenario.path} site '{spec.name}'"),
-        data_dir=run.paths.data_dir or _repo_data_dir(),
+        data_dir=scenario_data_dir(scenario, run),
         state_dir=state_root / spec.name,
         device=run.train.device,
     )
+
+
+def scenario_data_dir(scenario: Scenario, run: RunConfig) -> Path:
+    """The folder a simulated site's relative paths resolve against: the run's ``data-dir`` if set, else the
+    scenario's own (``[scenario] data-dir``, default the scenario file's folder)."""
+    if run.paths.data_dir is not None:
+        return run.paths.data_dir
+    return scenario.data_dir or Path(scenario.path).resolve().parent
 
 
 def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:

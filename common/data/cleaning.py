@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -20,8 +21,9 @@ import pandas as pd
 from common.data.cleaning_report import CleaningReport, ColumnReport
 from common.data.codes import parse_number
 from common.data.mapping import ColumnRule, SiteMapping, load_mapping
+from common.data.column_buffer import ColumnBuffer, as_series, take
+from common.data.readers import SiteFileStream, count_records, open_site_file
 from common.data.schema import DataContractError, FeatureSpec, display_path
-from common.data.site_file import RawTable, read_site_file
 
 __all__ = ["CleaningReport", "ColumnReport", "MappedTable", "apply_mapping", "load_mapped"]
 
@@ -143,24 +145,25 @@ def _column(spec: FeatureSpec, values: list[object]) -> object:
     return values
 
 
-def _check_header(raw: RawTable, mapping: SiteMapping) -> None:
+def _check_header(stream: SiteFileStream, mapping: SiteMapping) -> None:
     mapped = [r.column for r in mapping.columns]
-    absent = [c for c in mapped if c not in raw.columns]
+    where = "header" if stream.header_line is not None else "the file's columns"
+    absent = [c for c in mapped if c not in stream.columns]
     if absent:
         features = ", ".join(f"'{r.column}' -> {r.feature.name}" for r in mapping.columns if r.column in absent)
-        raise DataContractError(
-            f"missing column(s) {features}", file=raw.path, line=1, mapping=mapping.path,
-            expected=f"a header naming every mapped column; it has {list(raw.columns)}",
-        )
-    extra = [c for c in raw.columns if c not in mapped and c not in mapping.file.ignore]
+        raise stream.error(f"missing column(s) {features}", line=stream.header_line,
+                           expected=f"a {where} naming every mapped column; it has {list(stream.columns)}")
+    extra = [c for c in stream.columns if c not in mapped and c not in mapping.file.ignore]
     if extra:
-        raise DataContractError(f"column(s) {extra} are not in the mapping", file=raw.path, line=1,
-                                mapping=mapping.path, expected="a [columns.<name>] table for each, or list them "
-                                "in [file] ignore")  # fmt: skip
+        raise stream.error(f"column(s) {extra} are not in the mapping", line=stream.header_line,
+                           expected="a [columns.<name>] table for each, or list them in [file] ignore")
 
 
 def apply_mapping(mapping: SiteMapping) -> MappedTable:
-    """Read the site's file and map it onto the schema.
+    """Read the site's file, chunk by chunk, and map it onto the schema.
+
+    Only one chunk of the file's raw text is held at a time (:mod:`common.data.readers`); each chunk's cells are
+    turned into the schema's typed columns at once, so memory holds little more than the cleaned table.
 
     Returns
     -------
@@ -174,44 +177,56 @@ def apply_mapping(mapping: SiteMapping) -> MappedTable:
         Naming file, line and column, for any cell that is not what the mapping and schema allow, a missing
         required value, or a repeated value of a unique feature.
     """
-    raw = read_site_file(mapping.file, mapping=mapping.path)
-    if mapping.file.header:
-        _check_header(raw, mapping)
-    values: dict[str, list[object]] = {}
-    reports = []
-    for rule in mapping.columns:
-        report = ColumnReport(column=rule.column, feature=rule.feature.name,
-                              conversion=rule.conversion.describe() if rule.conversion else None)  # fmt: skip
-        position = raw.columns.index(rule.column)
-        cells: list[object] = []
-        for row, line in zip(raw.rows, raw.lines, strict=True):
-            text = row[position]
-            try:
-                value = _cell(rule, text, mapping.file.decimal, report)
-            except _Bad as bad:
-                problem, expected = bad.args
-                raise DataContractError(problem, file=raw.path, line=line, column=rule.column, expected=expected,
-                                        mapping=mapping.path) from None  # fmt: skip
-            cells.append(value)
-        report.missing = sum(v is None for v in cells)
-        report.observed = len(cells) - report.missing
-        values[rule.feature.name] = cells
-        reports.append(report)
-    n = len(raw.rows)
+    reports = [ColumnReport(column=rule.column, feature=rule.feature.name,
+                            conversion=rule.conversion.describe() if rule.conversion else None)
+               for rule in mapping.columns]  # fmt: skip
+    n = count_records(mapping.file, mapping=mapping.path)  # a first pass: the columns are allocated once
+    buffers = {rule.feature.name: ColumnBuffer(n) for rule in mapping.columns}
+    lines = np.empty(n, dtype=np.int32 if mapping.file.max_bytes < 2**31 else np.int64)  # a line is >= 1 byte
+    with open_site_file(mapping.file, mapping=mapping.path) as stream:
+        if mapping.file.columns is None:
+            _check_header(stream, mapping)
+        positions = [stream.columns.index(rule.column) for rule in mapping.columns]
+        for chunk in stream.chunks():
+            if stream.records > n:
+                raise stream.error(f"the file changed while it was read ({n} records, then more)")
+            for rule, position, report in zip(mapping.columns, positions, reports, strict=True):
+                cells: list[object] = []
+                for row, line in zip(chunk.rows, chunk.lines, strict=True):
+                    try:
+                        cells.append(_cell(rule, row[position], mapping.file.decimal, report))
+                    except _Bad as bad:
+                        problem, expected = bad.args
+                        raise stream.error(problem, line=line, column=rule.column, expected=expected) from None
+                report.missing += sum(v is None for v in cells)
+                buffers[rule.feature.name].add(_column(rule.feature, cells))
+            lines[stream.records - len(chunk.lines) : stream.records] = chunk.lines
+        if stream.records != n:
+            raise stream.error(f"the file changed while it was read ({n} records, then {stream.records})")
+    values: dict[str, Any] = {name: buffer.column() for name, buffer in buffers.items()}
+    del buffers
+    for report in reports:
+        report.observed = n - report.missing
     for name, value in mapping.constants.items():
-        values[name] = [value] * n
+        values[name] = _column(mapping.schema.feature(name), [value] * n)
     if mapping.row_number is not None:
         values[mapping.row_number.feature.name] = _row_numbers(mapping, n)
-    _check_unique(mapping, raw, values)
-    table = pd.DataFrame({s.name: _column(s, values.get(s.name, [None] * n)) for s in mapping.schema.features})
+    _check_unique(mapping, stream, values, lines)
     id_feature = mapping.schema.role("id")
-    if id_feature is not None:
-        table = table.sort_values(id_feature.name, kind="stable", ignore_index=True)
+    if id_feature is not None and id_feature.name in values and n:
+        ids = np.asarray(values[id_feature.name])
+        if not bool(np.all(ids[1:] >= ids[:-1])):  # sorted already (ids numbered by row, or an ordered export)
+            order = np.argsort(ids, kind="stable")
+            for name in list(values):
+                values[name] = take(values[name], order)
+    table = pd.DataFrame({s.name: as_series(values.pop(s.name) if s.name in values else _column(s, [None] * n))
+                          for s in mapping.schema.features}, copy=False)  # fmt: skip
     schema_path = mapping.schema.path
     report = CleaningReport(
-        site_file=display_path(raw.path), mapping=display_path(mapping.path) if mapping.path else None,
+        site_file=display_path(stream.path), mapping=display_path(mapping.path) if mapping.path else None,
         schema=display_path(schema_path) if schema_path else mapping.schema.name, rows=n,
-        blank_lines=raw.blank_lines, columns=reports, constants=dict(mapping.constants),
+        blank_lines=stream.blank_lines, skipped_lines=stream.skipped_lines, columns=reports,
+        constants=dict(mapping.constants),
         row_number=(f"{mapping.row_number.feature.name} = {mapping.row_number.offset} + record number (1-based)"
                     if mapping.row_number else None),
         not_provided=[f.name for f in mapping.schema.features  # generated features are built, never read
@@ -238,30 +253,49 @@ def _cell(rule: ColumnRule, text: str, decimal: str, report: ColumnReport) -> ob
     return value
 
 
-def _row_numbers(mapping: SiteMapping, n: int) -> list[object]:
+def _row_numbers(mapping: SiteMapping, n: int) -> Any:
     numbering = mapping.row_number
     assert numbering is not None
     first, last = numbering.offset + 1, numbering.offset + n
     low, high = numbering.feature.range or (-np.inf, np.inf)
     if not (low <= first and last <= high):
-        raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path, key="[row_number] offset",
-                                expected=numbering.feature.expected())  # fmt: skip
-    return list(range(first, last + 1))
+        raise DataContractError(f"the records would be numbered from {first} to {last}", file=mapping.path,
+                                key="[row_number] offset", expected=numbering.feature.expected())  # fmt: skip
+    return pd.array(np.arange(first, last + 1, dtype=np.int64), dtype="Int64")
 
 
-def _check_unique(mapping: SiteMapping, raw: RawTable, values: dict[str, list[object]]) -> None:
+def _first_repeat(column: Any) -> int | None:
+    """Position of the first value that repeats an earlier one (missing values aside), or None."""
+    if isinstance(column, pd.arrays.IntegerArray) and not column.isna().any():
+        column = column.to_numpy(dtype=np.int64)
+    if isinstance(column, np.ndarray) and column.dtype.kind in "iuf":  # numbers: sort, not a hash table (memory)
+        if column.dtype.kind == "f":
+            column = np.where(np.isnan(column), -np.inf, column)  # NaN is missing, never a repeat: checked below
+        ordered = bool(np.all(column[1:] >= column[:-1]))
+        order = None if ordered else np.argsort(column, kind="stable")
+        values = column if order is None else column[order]
+        same = np.flatnonzero((values[1:] == values[:-1]) & np.isfinite(values[1:]))
+        if not len(same):
+            return None
+        later = same + 1 if order is None else order[same + 1]
+        return int(later.min())
+    series = pd.Series(column, dtype=object) if isinstance(column, list) else pd.Series(column, copy=False)
+    repeated = series.duplicated(keep="first") & series.notna()
+    return int(np.argmax(repeated.to_numpy())) if repeated.any() else None
+
+
+def _check_unique(mapping: SiteMapping, stream: SiteFileStream, values: dict[str, Any], lines: np.ndarray) -> None:
     for rule in mapping.columns:
         if not rule.feature.unique:
             continue
-        first_line: dict[object, int] = {}
-        for value, line in zip(values[rule.feature.name], raw.lines, strict=True):
-            if value is None:
-                continue
-            if value in first_line:
-                raise DataContractError(f"{rule.feature.name} {value!r} also appears on line {first_line[value]}",
-                                        file=raw.path, line=line, column=rule.column, mapping=mapping.path,
-                                        expected=f"each {rule.feature.name} once")  # fmt: skip
-            first_line[value] = line
+        column = values[rule.feature.name]
+        at = _first_repeat(column)
+        if at is not None:
+            value = column[at]
+            first = next(i for i in range(at) if column[i] == value)
+            value = value.item() if hasattr(value, "item") else value
+            raise stream.error(f"{rule.feature.name} {value!r} also appears on {stream.line_word} {lines[first]}",
+                               line=int(lines[at]), column=rule.column, expected=f"each {rule.feature.name} once")
 
 
 def load_mapped(path: Path, *, data_file: Path | None = None) -> MappedTable:

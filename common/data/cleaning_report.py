@@ -44,6 +44,7 @@ class CleaningReport:
     row_number: str | None  # how ids were numbered, if the file has none
     not_provided: list[str]  # schema features this site does not hold (missing in every row)
     missing: dict[str, int]  # schema feature -> rows missing it after cleaning
+    skipped_lines: int = 0  # comment lines and leading lines skipped ([file] comment, skip_lines; ARFF % comments)
 
     def changes(self) -> dict[str, dict[str, int]]:
         """Column -> rule -> cells changed, leaving out rules that changed nothing."""

@@ -1,6 +1,7 @@
 """A site's mapping of its own data file onto the federation schema, declared in TOML (``data/mappings/*.toml``).
 
-A mapping says how the file is written (``[file]``), which of its columns feeds which schema feature and how to
+A mapping says how the file is written (``[file]``: format, layout, encoding, size limit; validated by
+:mod:`common.data.readers`), which of its columns feeds which schema feature and how to
 read it (``[columns.<name>]``: rename, unit, codes, missing-value codes, outlier rule, timestamp format and zone),
 which features are the same for every row (``[constants]``) and, for files without an id column, how ids are
 numbered (``[row_number]``). Relative paths in a mapping are relative to the mapping file's folder. This module only
@@ -9,7 +10,6 @@ reads and validates the mapping; :mod:`common.data.cleaning` applies it.
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,31 +17,16 @@ from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from common.data.codes import Codes
+from common.data.readers import FORMAT_KEYS, FileFormat, file_format_from_dict
 from common.data.schema import DataContractError, FeatureSpec, Schema, load_schema, read_toml
 from common.data.units import Conversion, UnitError, conversion
 
 __all__ = ["ColumnRule", "FileFormat", "RowNumber", "SiteMapping", "load_mapping", "mapping_from_dict"]
 
 _TABLES = {"mapping", "file", "columns", "constants", "row_number"}
-_FILE_KEYS = {"path", "format", "delimiter", "header", "columns", "encoding", "decimal", "missing", "ignore"}
 _COLUMN_KEYS = {"feature", "unit", "round", "codes", "missing", "out_of_range", "format", "timezone", "interval",
                 "content"}  # fmt: skip
 _CODED_TYPES = ("categorical", "boolean", "integer", "numeric")  # numeric/integer: ordinal and interval codes
-
-
-@dataclass(frozen=True)
-class FileFormat:
-    """How a site's file is written."""
-
-    path: Path  # absolute
-    format: str = "csv"  # only "csv" (any single-character delimiter)
-    delimiter: str = ","
-    header: bool = True  # first line holds the column names
-    columns: tuple[str, ...] | None = None  # the column names when there is no header line
-    encoding: str = "utf-8"
-    decimal: str = "."  # decimal separator of numbers ("," in many European exports)
-    missing: tuple[str, ...] = ()  # codes meaning "not recorded" in every column (a blank cell always does)
-    ignore: tuple[str, ...] = ()  # columns deliberately not mapped
 
 
 @dataclass(frozen=True)
@@ -135,37 +120,6 @@ class _Checker:
             self.fail(key, f"feature {name!r} is not in schema '{schema.name}'", "one of " + ", ".join(schema.names))
 
 
-def _file_format(raw: Mapping[str, Any], base: Path, check: _Checker, data_file: Path | None) -> FileFormat:
-    raw = check.table(raw, "file", _FILE_KEYS)
-    if "path" not in raw and data_file is None:
-        check.fail("[file] path", "missing", "the data file's path, relative to the mapping file")
-    path = Path(data_file) if data_file is not None else base / str(raw["path"])
-    if raw.get("format", "csv") != "csv":
-        check.fail("[file] format", f"{raw['format']!r} is not supported", "'csv'")
-    delimiter, decimal = raw.get("delimiter", ","), raw.get("decimal", ".")
-    if not (isinstance(delimiter, str) and len(delimiter) == 1 and delimiter not in "\r\n\"'"):
-        check.fail("[file] delimiter", f"{delimiter!r} is not a delimiter", "one character, e.g. ',' or ';' or '\\t'")
-    if decimal not in (".", ",") or decimal == delimiter:
-        check.fail("[file] decimal", f"{decimal!r} cannot be the decimal separator", "'.' or ',' (not the delimiter)")
-    encoding = raw.get("encoding", "utf-8")
-    try:
-        codecs.lookup(str(encoding))
-    except LookupError:
-        check.fail("[file] encoding", f"unknown encoding {encoding!r}", "a Python codec name, e.g. 'utf-8', 'cp1250'")
-    header = raw.get("header", True)
-    if not isinstance(header, bool):
-        check.fail("[file] header", f"is {header!r}", "true or false")
-    columns = check.strings(raw["columns"], "[file] columns") if "columns" in raw else None
-    if header == (columns is not None):
-        check.fail("[file] columns", "given with header = true" if header else "missing while header = false",
-                   "header = true (names from the file's first line), or header = false and a columns list")
-    if columns is not None and len(set(columns)) != len(columns):
-        check.fail("[file] columns", f"names repeat in {list(columns)}", "distinct column names")
-    return FileFormat(path=path, delimiter=delimiter, header=header, columns=columns, encoding=str(encoding),
-                      decimal=decimal, missing=check.strings(raw.get("missing", []), "[file] missing"),
-                      ignore=check.strings(raw.get("ignore", []), "[file] ignore"))  # fmt: skip
-
-
 def _column_rule(column: str, raw: Any, schema: Schema, fmt: FileFormat, check: _Checker) -> ColumnRule:
     key = f"[columns.{column}]" if column.isidentifier() else f'[columns."{column}"]'
     raw = check.table(raw, key, _COLUMN_KEYS)
@@ -198,7 +152,7 @@ def _column_rule(column: str, raw: Any, schema: Schema, fmt: FileFormat, check: 
         if spec.unit is None:
             check.fail(f"{key} unit", f"feature '{spec.name}' has no unit in the schema", "no 'unit' key")
         try:
-            converter = conversion(str(unit), spec.unit, quantity=spec.quantity)
+            converter = conversion(str(unit), spec.unit, molar_mass_of=spec.molar_mass)
         except UnitError as error:
             check.fail(f"{key} unit", str(error))
     rounding = raw.get("round")
@@ -265,7 +219,8 @@ def mapping_from_dict(
         if "schema" not in head:
             check.fail("[mapping] schema", "missing", "the schema file's path, relative to the mapping file")
         schema = load_schema(base / str(head["schema"]))
-    fmt = _file_format(raw.get("file", {}), base, check, data_file)
+    fmt = file_format_from_dict(raw.get("file", {}), base=base, check=check, data_file=data_file,
+                                formats=FORMAT_KEYS)
     columns_raw = check.table(raw.get("columns", {}), "columns", set(raw.get("columns", {})))
     rules = tuple(_column_rule(str(c), spec, schema, fmt, check) for c, spec in columns_raw.items())
     constants = {}

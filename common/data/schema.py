@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-from common.data.units import KNOWN_UNITS
+from common.data.units import UnitError, molar_mass, parse_unit
 
 __all__ = ["FEATURE_TYPES", "MODALITIES", "ROLES", "DataContractError", "FeatureSpec", "GeneratorSpec", "Schema",
-           "display_path", "load_schema", "read_toml", "schema_from_dict"]  # fmt: skip
+           "display_path", "load_schema", "not_found", "read_toml", "schema_from_dict"]  # fmt: skip
 
 FEATURE_TYPES = ("numeric", "integer", "categorical", "boolean", "text", "timestamp", "image")
 ROLES = ("id", "site", "label", "feature")  # id: one per schema, unique; site: which site a row is from
 MODALITIES = ("tabular", "text", "image")
-_FEATURE_KEYS = {"role", "modality", "type", "unit", "quantity", "range", "vocabulary", "required", "unique",
-                 "integer_valued", "description", "center", "scale", "size", "channels", "window",
+_FEATURE_KEYS = {"role", "modality", "type", "unit", "quantity", "molar_mass", "range", "vocabulary", "required",
+                 "unique", "integer_valued", "description", "center", "scale", "size", "channels", "window",
                  "generated"}  # fmt: skip
 
 
@@ -38,11 +38,18 @@ def display_path(path: Path | str) -> str:
         return str(path)
 
 
+def not_found(path: Path | str) -> str:
+    """``"file not found"``, with the absolute path looked for when the message would show a relative one."""
+    absolute = str(Path(path).resolve())
+    return "file not found" + (f" (looked for {absolute})" if display_path(path) != absolute else "")
+
+
 class DataContractError(ValueError):
     """A schema, a site mapping or a site's data file breaks the data contract.
 
     The message reads ``<file> line <n>, column '<c>': <problem>; expected <what> (mapping <mapping file>)``; parts
-    that do not apply are left out. The parts are kept as attributes for programs.
+    that do not apply are left out (``line_word`` is "row" for spreadsheets and Parquet). The parts are kept as
+    attributes for programs.
     """
 
     def __init__(
@@ -55,12 +62,13 @@ class DataContractError(ValueError):
         key: str | None = None,
         expected: str | None = None,
         mapping: Path | str | None = None,
+        line_word: str = "line",
     ) -> None:
         self.problem, self.file, self.line, self.column = problem, file, line, column
-        self.key, self.expected, self.mapping = key, expected, mapping
+        self.key, self.expected, self.mapping, self.line_word = key, expected, mapping, line_word
         where = display_path(file) if file is not None else ""
         if line is not None:
-            where += f" line {line}"
+            where += f" {line_word} {line}"
         if column is not None:
             where += f", column '{column}'"
         if key is not None:
@@ -79,7 +87,7 @@ def read_toml(path: Path, *, what: str) -> dict[str, Any]:
         with Path(path).open("rb") as fh:
             return tomllib.load(fh)
     except FileNotFoundError:
-        raise DataContractError(f"{what} file not found", file=path) from None
+        raise DataContractError(f"{what} {not_found(path)}", file=path) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise DataContractError(f"not valid TOML ({error})", file=path) from None
     except OSError as error:
@@ -94,8 +102,9 @@ class FeatureSpec:
     type: str  # one of FEATURE_TYPES
     role: str = "feature"  # one of ROLES
     modality: str | None = None  # one of MODALITIES for role "feature"; None for id / site / label
-    unit: str | None = None  # numeric only: the federation's unit (a name from common.data.units)
-    quantity: str | None = None  # numeric only: what is measured, for substance-specific units (mmol/L)
+    unit: str | None = None  # numeric only: the federation's unit (any unit pint reads, common.data.units)
+    quantity: str | None = None  # numeric only: what is measured (a label, e.g. "cholesterol")
+    molar_mass: str | None = None  # numeric only: molar mass of what is measured ("386.65 g/mol"): mmol/L <-> mg/dL
     range: tuple[float, float] | None = None  # numeric / integer: allowed closed interval
     vocabulary: tuple[str, ...] | None = None  # categorical: the allowed canonical words
     required: bool = False  # a row may not lack it
@@ -201,11 +210,18 @@ def _feature(name: str, raw: Mapping[str, Any], fail: Callable[[str, str], NoRet
         fail(f"modality {modality!r} is not a modality", "one of " + ", ".join(MODALITIES))
     if role != "feature" and modality is not None:
         fail(f"a {role} feature has no modality", "no 'modality' key")
-    unit, quantity = raw.get("unit"), raw.get("quantity")
-    if (unit is not None or quantity is not None) and kind != "numeric":
-        fail(f"'unit' and 'quantity' apply to numeric features, not {kind}", "no 'unit' or 'quantity' key")
-    if unit is not None and unit not in KNOWN_UNITS:
-        fail(f"unknown unit {unit!r}", "one of " + ", ".join(KNOWN_UNITS))
+    unit, quantity, mass = raw.get("unit"), raw.get("quantity"), raw.get("molar_mass")
+    if (unit is not None or quantity is not None or mass is not None) and kind != "numeric":
+        fail(f"'unit', 'quantity' and 'molar_mass' apply to numeric features, not {kind}",
+             "no 'unit', 'quantity' or 'molar_mass' key")  # fmt: skip
+    try:
+        if unit is not None:
+            parse_unit(unit)
+        if mass is not None:
+            molar_mass(mass)
+    except UnitError as error:
+        problem, _, expected = str(error).partition("; expected ")
+        fail(problem, expected)
     bounds = raw.get("range")
     if bounds is not None:
         if kind not in ("numeric", "integer"):
@@ -233,7 +249,7 @@ def _feature(name: str, raw: Mapping[str, Any], fail: Callable[[str, str], NoRet
     if role == "label" and kind == "integer" and (bounds is None or not 2 <= bounds[1] - bounds[0] + 1 <= 1000):
         fail(f"integer label with range {bounds!r}", "range = [low, high] covering 2 to 1000 classes")
     return FeatureSpec(name=name, type=kind, role=role, modality=modality, unit=unit, quantity=quantity,
-                       range=bounds, vocabulary=vocabulary, required=flags["required"], unique=flags["unique"],
+                       molar_mass=mass, range=bounds, vocabulary=vocabulary, required=flags["required"], unique=flags["unique"],
                        integer_valued=flags["integer_valued"], description=str(raw.get("description", "")),
                        **_model_keys(kind, modality, raw, bounds, fail))  # fmt: skip
 

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import stat
-from pathlib import Path
 
 import pytest
 
 from client.site_check import check_site, format_check, least_privilege_warnings
 from client.site_ops import SiteError, SiteInit, init_site, key_path, supernode_command
-from common.config import ConfigError, app_defaults, load_site_file, parse_run_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from common.config import PACKAGED_SCENARIOS, ConfigError, app_defaults, load_site_file, parse_run_config
 
 
 @pytest.fixture
@@ -60,11 +57,15 @@ def test_check_counts_rows_per_modality_and_sends_nothing(cleveland):
     assert "OK: ready to join" in format_check(report)
 
 
-def test_check_reports_a_missing_modality(tmp_path):
+def test_check_reports_a_missing_modality_only_against_a_federation(tmp_path):
     config, _ = init_site(SiteInit(folder=tmp_path / "va", name="va_long_beach", example_data="va_long_beach",
                                    modalities=("tabular",)))
-    report = check_site(config)
+    report = check_site(config, scenario=PACKAGED_SCENARIOS / "hospitals.toml")
     assert report.ok and report.missing_modalities == ["text"]
+    assert "missing modalities (branches this site will not train): text" in format_check(report)
+    alone = check_site(config)  # no federation named: a tabular-only site lacks nothing
+    assert alone.ok and alone.missing_modalities == [] and alone.federation == ""
+    assert "missing modalities" not in format_check(alone) and "not compared" in format_check(alone)
 
 
 def test_check_names_file_line_and_column_of_a_bad_value(cleveland):
@@ -93,8 +94,8 @@ def test_check_refuses_a_mapping_onto_another_schema_than_the_federations(clevel
     config, _ = cleveland
     schema = config.parent / "data" / "schemas" / "heart.toml"
     schema.write_text(schema.read_text().replace("center = 50\nscale = 10", "center = 60\nscale = 10"))
-    assert check_site(config).ok  # no federation named: nothing to compare with
-    report = check_site(config, scenario=ROOT / "simulations" / "scenarios" / "hospitals.toml")
+    assert check_site(config).ok  # alone, a site's own schema is its contract
+    report = check_site(config, scenario=PACKAGED_SCENARIOS / "hospitals.toml")
     assert not report.ok and "maps onto schema" in report.errors[0] and "federation" in report.errors[0]
 
 

@@ -11,5 +11,6 @@ SCHEMA = load_schema(Path(__file__).resolve().parents[2] / "data" / "schemas" / 
 CANONICAL_COLUMNS = tuple(f.name for f in SCHEMA.features if f.generated is None)
 #: categorical input features -> their vocabulary
 CATEGORIES = {f.name: f.vocabulary for f in SCHEMA.features if f.type == "categorical" and f.role == "feature"}
-#: a ``[scenario]`` table naming the heart schema, for scenario files that tests write (appended after [[sites]])
-SCENARIO_SCHEMA = f'\n[scenario]\nschema = "{SCHEMA.path}"\n'
+#: a ``[scenario]`` table naming the heart schema and the repository's data folder (the sites' mapping paths are
+#: relative to it), for scenario files that tests write (appended after [[sites]])
+SCENARIO_SCHEMA = f'\n[scenario]\nschema = "{SCHEMA.path}"\ndata-dir = "{SCHEMA.path.parents[1]}"\n'

@@ -86,7 +86,7 @@ def test_cleaning_report_counts_each_rule(tmp_path: Path) -> None:
     variant = load_mapped(VARIANT_MAPPING).report
     chol = next(c for c in variant.columns if c.column == "cholesterol_mmol_l")
     assert (chol.feature, chol.converted, chol.rounded, chol.observed, chol.missing) == ("chol", 271, 271, 271, 23)
-    assert chol.conversion == "mmol/L -> mg/dL: x38.67" and chol.missing_codes == {"-9": 23}
+    assert chol.conversion == "mmol/L -> mg/dL: x38.665 (molar mass 386.65 g/mol)" and chol.missing_codes == {"-9": 23}
     written = json.loads(variant.write_json(tmp_path / "reports" / "hungary.json").read_text())
     assert written["site_file"].endswith("hungarian-variant.csv") and written["rows"] == 294
     assert written["columns"][0]["column"] == "patient_id"

@@ -42,7 +42,7 @@ modalities = ["tabular"]
 
 def _simulate(tmp: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     scenario = tmp / "two.toml"
-    scenario.write_text(SCENARIO.replace("[scenario]\n", SCENARIO_SCHEMA.lstrip("\n")))
+    scenario.write_text(SCENARIO.replace("[scenario]\n", SCENARIO_SCHEMA.lstrip(), 1))
     cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", str(scenario), "--out", str(out),
            "--quiet", "--set", "batch-size=64", "--set", "target-epsilon=2.0", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=Path(__file__).resolve().parents[2])

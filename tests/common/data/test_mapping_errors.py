@@ -106,10 +106,12 @@ CASES = {
         r"hungarian-variant\.csv line 2, column 'rest_ecg': unknown category 'LVH'; expected one of 'normal', "
         r"'st-t abnormality', 'lv hypertrophy', or a missing-value code \('-9'\) \(or map the site's words with "
         r"\[columns\.<name>\] codes\)" + MAPPING_VARIANT),
-    "bad unit name in the mapping": (VARIANT, {"mapping": _replace('unit = "mmol/L"', 'unit = "mmol/l"')},
-        r"hungary-variant\.toml, \[columns\.cholesterol_mmol_l\] unit: unknown unit 'mmol/l'; known units: years, "),
+    "bad unit name in the mapping": (VARIANT, {"mapping": _replace('unit = "mmol/L"', 'unit = "mml/L"')},
+        r"hungary-variant\.toml, \[columns\.cholesterol_mmol_l\] unit: unknown unit 'mml/L' \('mml' is not defined "
+        r"in the unit registry\); expected a unit pint reads, e.g. 'mg/dL', 'mmol/L', 'mm Hg'"),
     "unit with no conversion to the schema's": (CLEVELAND, {"mapping": _replace('unit = "mg/dL"', 'unit = "kPa"')},
-        r"cleveland\.toml, \[columns\.chol\] unit: no conversion from 'kPa' to 'mg/dL' for cholesterol"),
+        r"cleveland\.toml, \[columns\.chol\] unit: no conversion from 'kPa' \(\[mass\] / \[length\] / \[time\] \*\* 2\) "
+        r"to 'mg/dL' \(\[mass\] / \[length\] \*\* 3\); expected a unit of the same kind as 'mg/dL', e.g. 'mg/dL', 'g/L'"),
     "mapping names a feature the schema lacks": (CLEVELAND, {"mapping": _replace(
         "[columns.chol]\n", '[columns.chol]\nfeature = "cholesterol"\n')},
         r"cleveland\.toml, \[columns\.chol\] feature: feature 'cholesterol' is not in schema 'heart'; expected one "

@@ -1,4 +1,4 @@
-"""The heart schema file agrees with the canonical table; schema validation; unit conversions with exact values."""
+"""The heart schema file agrees with the canonical table; schema validation (units: tests/common/data/test_units.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 
 from common.data.schema import DataContractError, load_schema, schema_from_dict
 from tests.data.heart_schema import CANONICAL_COLUMNS, CATEGORIES
-from common.data.units import KNOWN_UNITS, Conversion, UnitError, conversion
 
 ROOT = Path(__file__).resolve().parents[3]
 HEART_SCHEMA = ROOT / "data" / "schemas" / "heart.toml"
@@ -31,6 +30,7 @@ def test_heart_schema_matches_the_canonical_table(schema) -> None:
     assert [f.name for f in schema.features if f.required] == ["id", "hospital", "age", "sex", "label"]
     chol = schema.feature("chol")
     assert (chol.unit, chol.quantity, chol.range) == ("mg/dL", "cholesterol", (50.0, 700.0))
+    assert chol.molar_mass == "386.65 g/mol"
 
 
 def test_expected_words_used_in_messages(schema) -> None:
@@ -48,7 +48,15 @@ def test_expected_words_used_in_messages(schema) -> None:
         ({"x": {"type": "numeric", "modality": "tabular", "range": [0, 1]}}, r"0 features have role 'id'"),
         ({"id": {"type": "integer", "role": "id"}}, r"feature 'id': the id feature must be required"),
         ({"id": {"type": "integer", "role": "id", "required": True},
-          "c": {"type": "numeric", "modality": "tabular", "unit": "furlong"}}, r"feature 'c': unknown unit 'furlong'"),
+          "c": {"type": "numeric", "modality": "tabular", "unit": "furlongs/fortnite"}},
+         r"feature 'c': unknown unit 'furlongs/fortnite' \('fortnite' is not defined in the unit registry\); expected "
+         r"a unit pint reads, e.g. 'mg/dL', 'mmol/L'"),
+        ({"id": {"type": "integer", "role": "id", "required": True},
+          "c": {"type": "numeric", "modality": "tabular", "unit": "mmol/L", "molar_mass": "386.65 g"}},
+         r"feature 'c': molar mass '386.65 g' is not a mass per amount of substance; expected e.g. '386.65 g/mol'"),
+        ({"id": {"type": "integer", "role": "id", "required": True},
+          "c": {"type": "integer", "modality": "tabular", "unit": "mm", "required": True}},
+         r"feature 'c': 'unit', 'quantity' and 'molar_mass' apply to numeric features, not integer"),
         ({"id": {"type": "integer", "role": "id", "required": True},
           "c": {"type": "categorical", "modality": "tabular", "vocabulary": ["a", "a"]}}, r"distinct words"),
         ({"id": {"type": "integer", "role": "id", "required": True},
@@ -60,40 +68,3 @@ def test_expected_words_used_in_messages(schema) -> None:
 def test_schema_errors_name_file_and_feature(features: dict, expected: str) -> None:
     with pytest.raises(DataContractError, match=r"^bad\.toml[,:] .*" + expected):
         schema_from_dict({"features": features}, path=Path("bad.toml"))
-
-
-def test_cholesterol_mmol_per_litre_to_mg_per_decilitre_exact() -> None:
-    to_mg = conversion("mmol/L", "mg/dL", quantity="cholesterol")
-    assert to_mg is not None and to_mg.factor == 38.67
-    assert to_mg.apply(1.0) == 38.67
-    assert to_mg.apply(5.0) == pytest.approx(193.35, abs=1e-12)
-    assert round(to_mg.apply(6.03)) == 233  # Cleveland's first patient, as the variant export writes it
-    assert conversion("mg/dL", "mmol/L", quantity="cholesterol").apply(386.7) == pytest.approx(10.0, abs=1e-12)
-    assert to_mg.describe() == "mmol/L -> mg/dL: x38.67"
-
-
-def test_other_conversions_exact() -> None:
-    assert conversion("mmol/L", "mg/dL", quantity="glucose").apply(5.0) == pytest.approx(90.08, abs=1e-12)
-    assert conversion("kPa", "mm Hg").apply(16.0) == pytest.approx(120.00992, abs=1e-9)
-    assert conversion("lb", "kg").apply(100.0) == pytest.approx(45.359237, abs=1e-12)
-    assert conversion("in", "cm").apply(10.0) == pytest.approx(25.4, abs=1e-12)
-    assert conversion("months", "years").apply(18.0) == pytest.approx(1.5, abs=1e-12)
-    to_c = conversion("degF", "degC")
-    assert to_c.apply(212.0) == pytest.approx(100.0, abs=1e-12) and to_c.apply(32.0) == pytest.approx(0.0, abs=1e-12)
-    assert conversion("degC", "degF").apply(37.0) == pytest.approx(98.6, abs=1e-12)
-    assert to_c.describe() == "degF -> degC: x0.5555555556 - 17.77777778"
-    assert conversion("mg/dL", "mg/dL", quantity="cholesterol") is None
-
-
-def test_substance_specific_units_need_the_quantity() -> None:
-    with pytest.raises(UnitError, match=r"no conversion from 'mmol/L' to 'mg/dL'; units convertible to 'mg/dL': mg/dL"):
-        conversion("mmol/L", "mg/dL")
-    with pytest.raises(UnitError, match=r"unknown unit 'mmol/l'; known units: years, months, mg/dL, mmol/L"):
-        conversion("mmol/l", "mg/dL", quantity="cholesterol")
-
-
-def test_inverse_of_inverse_is_the_conversion() -> None:
-    forward = Conversion("degF", "degC", 5 / 9, -160 / 9)
-    back = forward.inverse().inverse()
-    assert back.factor == pytest.approx(forward.factor) and back.offset == pytest.approx(forward.offset)
-    assert set(KNOWN_UNITS) >= {"mg/dL", "mmol/L", "mm Hg", "years", "1/min", "mm", "1"}
