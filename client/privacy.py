@@ -265,8 +265,8 @@ class SitePrivacy:
         s = self.settings
         self.ledger.append(LedgerEntry(
             site=self.site, round=round, event="reserve", federation_id=federation_id, run_id=run_id,
-            dataset_id=self.dataset_id, steps=max(1, steps), delta=self.delta, accountant=s.accountant,
-            epsilon=math.inf, epsilon_rdp=math.inf, target_epsilon=s.target_epsilon, reason=NO_DP_STATEMENT))
+            dataset_id=self.dataset_id, steps=max(1, steps), max_grad_norm=s.max_grad_norm, delta=self.delta,
+            accountant=s.accountant, epsilon=math.inf, epsilon_rdp=math.inf, target_epsilon=s.target_epsilon, reason=NO_DP_STATEMENT))
         return plan
 
     def assessment(self) -> RoundPlan:

@@ -127,8 +127,9 @@ def check_site(config: Path, *, scenario: Path | None = None, seed: int | None =
         return report
     report.site, report.data_source = site.spec.name, site.spec.source
     p = site.privacy
-    report.privacy.update({"target_epsilon": p.target_epsilon, "epsilon_budget": p.epsilon_budget,
-                           "delta": p.delta or "default (< 1/n)", "accountant": p.accountant, "dp": p.enabled})
+    report.privacy.update({"max_records": p.max_records or "NOT SET", "target_epsilon": p.target_epsilon,
+                           "epsilon_budget": p.epsilon_budget, "delta": p.delta or "default (< 1/max-records)",
+                           "accountant": p.accountant, "dp": p.enabled})
     report.missing_modalities = [m for m in fed.modalities if m not in site.spec.modalities]
     extra = [m for m in site.spec.modalities if m not in fed.modalities]
     if extra:
@@ -178,13 +179,26 @@ def check_site(config: Path, *, scenario: Path | None = None, seed: int | None =
         if c.train == 0:
             report.errors.append(f"{config} [site] modalities: {m!r} is declared but no training row carries it "
                                  f"(source {c.source})")
-    if p.enabled and p.delta and p.delta >= 1.0 / max(len(train), 1):
-        report.errors.append(f"{config} [privacy] delta: {p.delta} is not below 1/n = {1 / len(train):.3g} "
-                             "(n = training rows); use 0 for the default")
+    _check_bound(p, len(train), config, report)
     if len(train) < 2 or len(set(train.labels.tolist())) < 2:
         report.errors.append(f"{config}: {len(train)} training rows with labels {sorted(set(train.labels.tolist()))}"
                              "; training needs both classes")
     return report
+
+
+def _check_bound(p: Any, train_rows: int, config: Path, report: SiteCheck) -> None:
+    """The site's PUBLIC max-records bound: declared, above the training rows it holds, and δ below 1/bound."""
+    if not p.max_records:
+        report.errors.append(f"{config} [privacy] max-records: not set; declare a PUBLIC upper bound on your "
+                             f"training records (now {train_rows}): the sample rate, the steps, δ and your weight "
+                             "derive from it")
+        return
+    if train_rows > p.max_records:
+        report.errors.append(f"{config} [privacy] max-records: {p.max_records} is below the {train_rows} training "
+                             "rows this site holds; the site would decline every round")
+    if p.delta and p.delta >= 1.0 / p.max_records:
+        report.errors.append(f"{config} [privacy] delta: {p.delta} is not below 1/max-records = "
+                             f"{1 / p.max_records:.3g}; use 0 for the default")
 
 
 def format_check(report: SiteCheck) -> str:

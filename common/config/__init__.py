@@ -21,12 +21,12 @@ from common.config.settings import (APP_DIR, MODALITIES, NOISE_SEEDS, PACKAGED_S
                                     ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
                                     RunConfig, TrainSettings, app_defaults, parse_run_config)
 from common.config.sites import (Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site,
-                                 site_privacy)
+                                 site_privacy, write_with_site_privacy)
 from common.config.terms import PrivacyTerms, Refusal, privacy_terms
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "PRIVACY_MODES", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
     "PACKAGED_SCENARIOS", "MODALITIES", "NOISE_SEEDS", "app_defaults", "parse_run_config", "load_scenario", "resolve_site",
-    "load_site_file", "site_privacy", "PrivacyTerms", "Refusal", "privacy_terms",
+    "load_site_file", "site_privacy", "write_with_site_privacy", "PrivacyTerms", "Refusal", "privacy_terms",
 ]

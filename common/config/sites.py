@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,8 @@ from typing import Any, Mapping
 from common.config.settings import (APP_DIR, DEVICES, MODALITIES, ConfigError, PrivacySettings, RunConfig,
                                     _privacy, _Reader, app_defaults)
 
-__all__ = ["SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file", "site_privacy"]
+__all__ = ["SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file", "site_privacy",
+           "write_with_site_privacy"]
 
 # ------------------------------------------------------------------------ scenario / sites
 @dataclass(frozen=True)
@@ -180,3 +182,43 @@ def _repo_data_dir() -> Path:
             "carries no data: pass --run-config 'data-dir=\"/abs/path/to/fedfusion/data\"'"
         )
     return d
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # TOML basic strings accept JSON string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {v!r} to a scenario file")
+
+
+def write_with_site_privacy(source: Path, dest: Path, changes: Mapping[str, Any]) -> Path:
+    """Copy scenario ``source`` to ``dest`` with ``changes`` set in EVERY site's own privacy table.
+
+    In a simulation the scenario plays each site's own file: this is the one, explicit way a simulation changes
+    what the sites allow (``fedfusion simulate --site-privacy key=value``, e.g. ``dp=false`` for a non-private
+    baseline). The copy is validated like any scenario; the original is not touched.
+    """
+    bad = set(changes) - set(_PRIVACY_KEYS)
+    if bad:
+        raise ConfigError(f"--site-privacy: unknown keys {sorted(bad)}; allowed: {_PRIVACY_KEYS}")
+    raw = _read_toml(source)
+    lines = [f"# COPY of {source} with every site's own privacy table changed for this run: "
+             + ", ".join(f"{k} = {_toml_value(v)}" for k, v in changes.items()), ""]
+    if "scenario" in raw:
+        lines += ["[scenario]", *(f"{k} = {_toml_value(v)}" for k, v in raw["scenario"].items()), ""]
+    for site in raw.get("sites", []):
+        site = dict(site)
+        site["privacy"] = {**site.get("privacy", {}), **changes}
+        lines += ["[[sites]]", *(f"{k} = {_toml_value(v)}" for k, v in site.items()), ""]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(lines))
+    for spec in load_scenario(dest).sites:
+        site_privacy(spec.privacy_overrides, f"{dest} site '{spec.name}' [sites.privacy]")
+    return dest

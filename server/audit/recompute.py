@@ -113,7 +113,7 @@ def _judge_row(row: LedgerEntry, prefix: list[Step], server: bool,
                finding: Callable[[str, str, LedgerEntry, str], None]) -> tuple[str, float, float]:
     """(status, PLD ε, RDP ε) of one row that states an ε, with its findings."""
     pld, rdp = cumulative_epsilons(prefix, row.delta)
-    verdict, reference = ("ok", pld) if math.isinf(pld) and math.isinf(row.epsilon) else judge_reported(
+    verdict, reference = ("no-dp", pld) if math.isinf(pld) and math.isinf(row.epsilon) else judge_reported(
         row.epsilon, pld, prefix, row.delta)
     status = {"uncertain": "within-grid"}.get(verdict, verdict)
     if verdict == "under-reported":
@@ -204,6 +204,7 @@ def recompute_site(audit: SiteAudit, rows: Sequence[LedgerEntry], *, budget_for:
                                          f"lifetime budget {budget:g}")
         audit.rows.append(_with(rr, pld_epsilon=pld, rdp_epsilon=rdp, status=status))
     _summarise(audit, rows, prefix, states)
+    audit.released_without_dp = any(step[0] == "none" for step in prefix)
     return findings
 
 

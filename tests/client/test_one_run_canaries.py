@@ -28,6 +28,7 @@ name = "cleveland"
 source = "uci-heart"
 hospital = "cleveland"
 modalities = ["tabular"]
+privacy = { max-records = 250 }
 """
 
 

@@ -28,12 +28,14 @@ name = "cleveland"
 source = "uci-heart"
 hospital = "cleveland"
 modalities = ["tabular", "text"]
+privacy = { max-records = 250 }
 
 [[sites]]
 name = "va_long_beach"
 source = "uci-heart"
 hospital = "va_long_beach"
 modalities = ["tabular"]
+privacy = { max-records = 160 }
 """
 
 

@@ -36,7 +36,7 @@ def _privacy(site: str, budget: float, state: Path) -> Any:
     from client.privacy import SitePrivacy
 
     settings = PrivacySettings(enabled=True, target_epsilon=5.0, epsilon_budget=budget, delta=DELTA,
-                               max_grad_norm=1.0, accountant="prv", secure_mode=False)
+                               max_grad_norm=1.0, accountant="prv", secure_mode=False, max_records=1000)
     return SitePrivacy(site=site, dataset_id=f"{site}-data", settings=settings, num_examples=1000,
                        state_dir=state / site)
 

@@ -18,7 +18,7 @@ from server.recorder import RunRecorder
 from server.strategy import SiteReply
 
 ONE_SITE = '[[sites]]\nname = "switzerland"\nsource = "uci-heart"\nhospital = "switzerland"\n' \
-           'modalities = ["tabular", "text"]\n'
+           'modalities = ["tabular", "text"]\nprivacy = { max-records = 100 }\n'
 
 
 def _job(tmp_path, rnd: int) -> SiteRound:
