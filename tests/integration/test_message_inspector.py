@@ -104,6 +104,7 @@ _SHAPES = {
     "code": lambda v: v == "" or v in ERRORS or v in DECLINES,
     "category": lambda v: v in {c.category for c in ERRORS.values()},
     "site": lambda v: v in MAX_RECORDS,
+    "name": lambda v: v in MAX_RECORDS,  # the SITE record of an evaluate reply
     "mode": lambda v: v in ("sample", "central", "none"),
     "dataset-id": lambda v: _HEX32.fullmatch(v) is not None,
     "accountant": lambda v: v in ("prv", "rdp"),
