@@ -53,7 +53,7 @@ MECHANISMS: dict[str, MechanismFamily] = {
     "sample-level": MechanismFamily(
         "sample-level",
         "sample-level DP of one site's dataset; neighbouring datasets differ by adding or removing one "
-        "record; DP-SGD with Poisson sampling at rate q (Opacus: q = 1/len(loader)), per-sample clipping "
+        "record; DP-SGD with Poisson sampling at rate q = 1/ceil(max-records / batch size), per-sample clipping "
         "to C and Gaussian noise σ·C per step",
         _dpsgd_event),
     "central": MechanismFamily(

@@ -50,7 +50,7 @@ def _strategy(tmp_path) -> CentralDPStrategy:
 def _reply(msg: Message, site: str, arrays: np.ndarray, *, weight: float = 1.0) -> Message:
     content = RecordDict({
         ARRAYS: ArrayRecord({"w": Array(arrays)}),
-        METRICS: MetricRecord({SITE_WEIGHT: weight, NUM_EXAMPLES: 30.0, "train-loss": 0.5}),
+        METRICS: MetricRecord({SITE_WEIGHT: weight}),  # what a site sends in central mode: nothing of its rows
         PRIVACY: ConfigRecord({"status": "trained", "site": site, "privacy-mode": "central"}),
     })
     return Message(content=content, reply_to=msg)
