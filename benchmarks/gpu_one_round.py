@@ -1,5 +1,10 @@
 """One site, one DP-SGD round, on CUDA when present: prints the device, the step time and ε.
 
+It is also the CUDA check of issue 10, finding 8: the DP noise generator is created on the training device
+(``client.dp_random.dp_randomness(device=...)``) and checked before the round is reserved; a CPU generator handed
+to Opacus on CUDA makes ``torch.normal`` raise AFTER the reservation. The script exits 1 unless the round trained
+(reserve + confirm in the ledger) with the noise generator on the model's device.
+
     .venv/bin/python benchmarks/gpu_one_round.py [--site cleveland] [--text-encoder minilm-frozen]
         [--batch-size 32] [--local-epochs 1] [--device auto|cuda|cpu] [--require-cuda]
 
@@ -89,9 +94,21 @@ def main(argv: list[str] | None = None) -> int:
         t2 = time.perf_counter()
     hook.remove()
     p = outcome.privacy
+    if p.get("status") != "trained":
+        print(f"the round did not train: status {p.get('status')}, code {p.get('code')!r}: {p.get('reason')}")
+        return 1
+    from client.dp_random import dp_randomness
+    from client.train import noise_generator_problem
+
+    rng = dp_randomness("secret", run_seed=0, site=a.site, server_round=1, device=torch.device(device))
+    problem = noise_generator_problem(rng, torch.device(device))
+    print(f"noise generator on {rng.noise.device}, model on {device}: " + (problem or "match (checked before the "
+                                                                                      "reservation)"))
+    if problem:
+        return 1
     gaps = [b - a_ for a_, b in zip(stamps, stamps[1:])]
     step = statistics.median(gaps) if gaps else float("nan")
-    print(f"site: {a.site} ({outcome.metrics.get('num-examples', 0):.0f} training rows), text encoder "
+    print(f"site: {a.site} (max-records {outcome.metrics.get('num-examples', 0):.0f}, public), text encoder "
           f"{a.text_encoder}, batch {a.batch_size}, {a.local_epochs} local epoch(s)")
     print(f"data load + embeddings: {t1 - t0:.2f} s; round (model, calibration, DP-SGD): {t2 - t1:.2f} s")
     print(f"DP-SGD steps: {p.get('steps')}; median step time: {step * 1000:.1f} ms")

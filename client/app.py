@@ -15,6 +15,7 @@ from typing import Callable
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.errors import failure_code
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
 from client.timing import process_age_seconds
@@ -28,9 +29,11 @@ log = logging.getLogger("fedfusion.client")
 
 
 def reply_on_error(handler: Callable[[Message, Context], Message]) -> Callable[[Message, Context], Message]:
-    """A site's error becomes a normal reply that names the site and says why; the federation goes on.
+    """A site's error becomes a normal reply that names the site and a code; the federation goes on.
 
-    (A privacy reservation made before the error stays in the ledger: it counts as spent.)
+    The reply says only the code, its category and the registry's fixed sentence (``common.records.ERRORS``,
+    ``client/errors.py``): an exception's message can quote cells, notes or ids, so it and the traceback go to
+    this site's own log only. (A privacy reservation made before the error stays in the ledger: it counts as spent.)
     """
 
     @wraps(handler)
@@ -38,24 +41,31 @@ def reply_on_error(handler: Callable[[Message, Context], Message]) -> Callable[[
         try:
             return handler(msg, context)
         except Exception as err:  # noqa: BLE001 - every failure is reported, with the traceback logged here
-            log.exception("site handler failed")
-            site = str(context.node_config.get("site-config", f"partition {context.node_config.get('partition-id')}"))
+            code = failure_code(err)
+            log.exception("site handler failed (replied with code %s; this message stays here)", code.code)
+            site = ""  # never the site-config path: the server names an unknown site by its node id
             try:
                 from common.config import parse_run_config, resolve_site
 
                 site = resolve_site(context.node_config, parse_run_config(context.run_config)).spec.name
             except Exception:  # noqa: BLE001 - the site's own config may be what failed
                 pass
-            reason = f"{type(err).__name__}: {err}"
             content = RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0.0}),
-                                  PRIVACY: ConfigRecord({"status": STATUS_FAILED, "site": site, "reason": reason})})
+                                  PRIVACY: ConfigRecord({"status": STATUS_FAILED, "site": site, "code": code.code,
+                                                         "category": code.category, "reason": code.text})})
             return Message(content=content, reply_to=msg)
 
     return wrapped
 
 
 def _timing(job: SiteRound, node_config, seconds: float, startup: float | None) -> dict[str, float]:
-    """This message's time split (client/timing.py): compute excludes data loading and model building."""
+    """This message's time split (client/timing.py): compute excludes data loading and model building.
+
+    A side channel (it grows with the rows and the Poisson batch sizes): sent only where the site allows it
+    (``SiteConfig.report_timing``: simulation, or a deployed site.toml with ``report-timing = true``).
+    """
+    if not job.site.report_timing:
+        return {}
     out = {COMPUTE_SECONDS: max(0.0, seconds - job.setup.seconds), SETUP_SECONDS: job.setup.seconds}
     if startup is not None and "site-config" in node_config:  # deployment: one fresh process per message
         out[STARTUP_SECONDS] = startup

@@ -1,21 +1,22 @@
 """A site's round under ``privacy-mode = "central"``: plain SGD, the whole model back, an equal weight.
 
 Site-level DP is the server's job here (``server/central.py``: Flower's server-side fixed clipping and noise).
-The site runs no Opacus and spends nothing from its own ledger; what protects it is that the server clips its
-update to ``central-clipping-norm`` and noises the sum (README "Central DP"). No Flower imports.
+The site runs no Opacus; what protects it is that the server clips its update to ``central-clipping-norm`` and
+noises the sum (README "Central DP"), a server it must trust with its raw update. Before the update leaves, the
+site records the release in its own ledger (record-level: the server's σ/2, ``client/privacy.py``), so its
+lifetime composition spans federations. No Flower imports.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
 from client.train import train_plain
 from common.config import TrainSettings
 from common.models.params import trainable_state
-from common.records import NUM_EXAMPLES, SITE_WEIGHT, STATUS_TRAINED
+from common.records import SITE_WEIGHT
 
 __all__ = ["central_update"]
 
@@ -30,8 +31,8 @@ def central_update(
     device: torch.device,
     seed: int,
     site: str,
-) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
-    """Train ``model`` with plain SGD and return ``(arrays, metrics, privacy)`` for the reply.
+) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
+    """Train ``model`` with plain SGD and return ``(arrays, metrics, local training loss)``.
 
     Parameters
     ----------
@@ -55,7 +56,8 @@ def central_update(
     -------
     tuple
         ``arrays`` (the whole trained model), ``metrics`` (``site-weight`` = 1.0, the equal aggregation weight
-        Flower's accounted FedAvg requires; ``num-examples``; ``train-loss``), ``privacy`` (status record).
+        Flower's accounted FedAvg requires: nothing computed from the rows), and the mean training loss for the
+        site's own log (never sent).
 
     Raises
     ------
@@ -69,6 +71,4 @@ def central_update(
         missing, extra = sorted(set(global_state) - set(state)), sorted(set(state) - set(global_state))
         raise RuntimeError(f"site '{site}': central DP needs the whole model back; missing {missing}, extra {extra}")
     arrays = {k: state[k].detach().cpu().contiguous() for k in global_state}
-    metrics = {SITE_WEIGHT: 1.0, NUM_EXAMPLES: float(len(dataset)), "train-loss": res.loss}
-    privacy = {"status": STATUS_TRAINED, "site": site, "privacy-mode": "central", "dp": False}
-    return arrays, metrics, privacy
+    return arrays, {SITE_WEIGHT: 1.0}, res.loss

@@ -48,12 +48,17 @@ NOISE_SEED_SOURCES: dict[str, Callable[[int, str, int], tuple[int, int]]] = {
 }
 
 
-def dp_randomness(source: str, *, run_seed: int, site: str, server_round: int) -> DpRandomness:
-    """Two independent generators for one site's round of DP-SGD, seeded as the ``noise-seed`` setting says."""
+def dp_randomness(source: str, *, run_seed: int, site: str, server_round: int,
+                  device: torch.device | str = "cpu") -> DpRandomness:
+    """Two independent generators for one site's round of DP-SGD, seeded as the ``noise-seed`` setting says.
+
+    The sampling generator lives on the CPU (Opacus' Poisson sampler draws ``torch.rand`` there); the noise
+    generator on ``device``, the training device (``torch.normal`` refuses a generator of another device).
+    """
     try:
         make = NOISE_SEED_SOURCES[source]
     except KeyError:
         raise ValueError(f"noise-seed must be one of {sorted(NOISE_SEED_SOURCES)}; got {source!r}") from None
     sampling_seed, noise_seed = make(run_seed, site, server_round)
     return DpRandomness(sampling=torch.Generator().manual_seed(sampling_seed),
-                        noise=torch.Generator().manual_seed(noise_seed), source=source)
+                        noise=torch.Generator(device=torch.device(device)).manual_seed(noise_seed), source=source)

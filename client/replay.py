@@ -18,7 +18,7 @@ import torch
 
 from client.round import TrainOutcome
 from common.privacy.ledger import Ledger
-from common.records import STATUS_DECLINED, STATUS_REPLAYED
+from common.records import NUM_EXAMPLES, STATUS_DECLINED, STATUS_REPLAYED, decline_code
 from common.storage import arrays_digest, atomic_write_bytes
 
 __all__ = ["ReplayCache", "state_digest"]
@@ -46,8 +46,8 @@ class ReplayCache:
             report: Callable[[str], dict] | None = None) -> TrainOutcome | None:
         """The cached reply for this exact request, or a decline if the round was spent without one.
 
-        ``report(reason)`` makes that decline's PRIVACY record (``SiteRound.decline_report``: ε over the
-        ledger's whole history); without it the record holds only status, reason and site.
+        ``report(code)`` makes that decline's PRIVACY record (``SiteRound.decline_report``: ε over the
+        ledger's whole history); without it the record holds only status, code, reason and site.
         """
         from safetensors.torch import load
 
@@ -64,10 +64,10 @@ class ReplayCache:
         if self.ledger_path.exists() and any(
                 e.event == "reserve" and e.federation_id == federation_id and e.round == server_round
                 for e in Ledger(self.ledger_path).entries(site=self.site)):
-            reason = (f"round {server_round} of federation {federation_id} was already reserved in this site's "
-                      "ledger but its reply was lost; training it again would spend the budget twice")
-            privacy = report(reason) if report else {"status": STATUS_DECLINED, "reason": reason, "site": self.site}
-            return TrainOutcome(None, {"num-examples": 0.0}, privacy)
+            code = "already-spent"
+            privacy = report(code) if report else {"status": STATUS_DECLINED, "code": code, "site": self.site,
+                                                   "reason": decline_code(code).text}
+            return TrainOutcome(None, {NUM_EXAMPLES: 0.0}, privacy)
         return None
 
     def put(self, federation_id: str, server_round: int, digest: str, outcome: TrainOutcome) -> None:

@@ -191,8 +191,9 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
     report = report if report is not None else SiteCheck(config=where)
     report.site, report.data_source = site.spec.name, site.spec.source
     p = site.privacy
-    report.privacy.update({"target_epsilon": p.target_epsilon, "epsilon_budget": p.epsilon_budget,
-                           "delta": p.delta or "default (< 1/n)", "accountant": p.accountant, "dp": p.enabled})
+    report.privacy.update({"max_records": p.max_records or "NOT SET", "target_epsilon": p.target_epsilon,
+                           "epsilon_budget": p.epsilon_budget, "delta": p.delta or "default (< 1/max-records)",
+                           "accountant": p.accountant, "dp": p.enabled})
     if fed is not None:
         report.federation = str(fed.path)
         report.missing_modalities = [m for m in fed.modalities if m not in site.spec.modalities]
@@ -253,14 +254,26 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
         if c.train == 0:
             report.errors.append(f"{where} modalities: {m!r} is declared but no training row carries it "
                                  f"(source {c.source})")
-    if p.enabled and p.delta and p.delta >= 1.0 / max(len(train), 1):
-        report.errors.append(f"{privacy_where or where + ' privacy'} delta: {p.delta} is not below 1/n = "
-                             f"{1 / len(train):.3g} "
-                             "(n = training rows); use 0 for the default")
+    _check_bound(p, len(train), privacy_where or f"{where} privacy", report)
     if len(train) < 2 or len(set(train.labels.tolist())) < 2:
         report.errors.append(f"{where}: {len(train)} training rows with label classes "
                              f"{sorted(set(train.labels.tolist()))}; training needs at least two classes")
     return report
+
+
+def _check_bound(p: Any, train_rows: int, where: str, report: SiteCheck) -> None:
+    """The site's PUBLIC max-records bound: declared, above the training rows it holds, and δ below 1/bound."""
+    if not p.max_records:
+        report.errors.append(f"{where} max-records: not set; declare a PUBLIC upper bound on your "
+                             f"training records (now {train_rows}): the sample rate, the steps, δ and your weight "
+                             "derive from it")
+        return
+    if train_rows > p.max_records:
+        report.errors.append(f"{where} max-records: {p.max_records} is below the {train_rows} training "
+                             "rows this site holds; the site would decline every round")
+    if p.delta and p.delta >= 1.0 / p.max_records:
+        report.errors.append(f"{where} delta: {p.delta} is not below 1/max-records = "
+                             f"{1 / p.max_records:.3g}; use 0 for the default")
 
 
 def format_check(report: SiteCheck) -> str:

@@ -3,6 +3,11 @@
 The privacy accountant handed to :func:`train_dp` is restored from the site's ledger
 (see ``client/privacy.py``); Opacus appends this round's steps to its history, so the
 history after training covers the dataset's whole life, never one round only.
+
+The round runs exactly the steps the ledger reserved: the Poisson loader is built here from the
+plan (``common.privacy.accountant.plan_steps``: q = 1/k, k batches per epoch, k from the site's
+public ``max-records``), not by Opacus from ``len(loader)`` (whose ``int(1/q)`` is k - 1 for some
+k). The mean-gradient normaliser is the plan's public ``max_records x q`` too, never ``n x q``.
 """
 
 from __future__ import annotations
@@ -17,10 +22,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness
+from common.privacy.accountant import StepPlan
 
 __all__ = [
-    "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
-    "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate",
+    "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader", "poisson_loader",
+    "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate", "noise_generator_problem",
 ]
 
 LABEL, MODALITY_MASK = "label", "modality_mask"
@@ -45,10 +51,10 @@ class TensorDictDataset(Dataset):
 
 @dataclass(frozen=True)
 class TrainResult:
-    loss: float  # mean training loss over the round's batches
+    loss: float  # mean training loss over the round's batches: for the site's own log, never sent
     steps: int  # optimizer steps taken (DP-SGD steps when private)
-    num_examples: int  # training set size
-    sample_rate: float  # Poisson sampling rate Opacus used (1/len(loader)); 0 when not private
+    num_examples: int  # training set size (private: the site's log only)
+    sample_rate: float  # Poisson sampling rate Opacus accounted (1/len(loader) = the plan's q); 0 when not private
 
 
 @dataclass(frozen=True)
@@ -79,8 +85,41 @@ def make_loader(dataset: Dataset, *, batch_size: int, generator: torch.Generator
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Opacus' Poisson loader makes len(loader) = ceil(n / B) steps per epoch at rate 1/len(loader)."""
+    """ceil(n / B): batches per epoch of non-private SGD (DP-SGD plans from max-records: ``plan_steps``)."""
     return math.ceil(num_examples / batch_size)
+
+
+def _collate_with_empty(dataset: TensorDictDataset):
+    """Stack rows into a batch; an empty Poisson batch becomes the same dict with zero rows."""
+    from torch.utils.data import default_collate
+
+    def collate(rows: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        return default_collate(rows) if rows else {k: v[:0] for k, v in dataset.tensors.items()}
+
+    return collate
+
+
+def poisson_loader(dataset: TensorDictDataset, *, sample_rate: float, steps: int,
+                   generator: torch.Generator | None) -> DataLoader:
+    """Opacus' Poisson sampler (``UniformWithReplacementSampler``) with exactly ``steps`` batches per pass.
+
+    Each batch holds every row independently with probability ``sample_rate``. ``len(loader) == steps``, so
+    Opacus' accountant hook sees ``1/len(loader)`` = the planned q when ``steps = 1/q`` (one epoch).
+    """
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate, generator=generator,
+                                            steps=steps)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate_with_empty(dataset), generator=generator)
+
+
+def noise_generator_problem(rng: DpRandomness, device: torch.device) -> str:
+    """Why ``rng``'s noise generator cannot draw on ``device`` ("" when it can): checked before reserving."""
+    gen = torch.device(rng.noise.device)
+    want = torch.device(device)
+    if gen.type != want.type or (want.type == "cuda" and (gen.index or 0) != (want.index or 0)):
+        return f"the DP noise generator is on {gen}, the model on {want}: torch.normal would refuse it"
+    return ""
 
 
 def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: float,
@@ -117,10 +156,11 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
     return losses, steps
 
 
-def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
+def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
              modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness) -> TrainResult:
-    """Run ``epochs`` of DP-SGD (Poisson sampling) with ``accountant`` already holding the history.
+    """Run ``plan.steps`` DP-SGD steps (Poisson sampling at ``plan.sample_rate``) with ``accountant`` holding the
+    history.
 
     Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
     ``rng`` (``client.dp_random``); ``seed`` only fixes the public rest (modality-dropout draws).
@@ -133,14 +173,18 @@ def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant=_accountant_name(accountant), secure_mode=secure_mode)
     engine.accountant = accountant  # restored history: ε continues, never resets
-    loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
+    # secure_mode: Opacus swaps in its CSPRNG for the sampling (switch_generator) and the noise
+    loader = poisson_loader(dataset, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
+                            generator=None if secure_mode else rng.sampling)
     dp_model, dp_opt, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True,
-        noise_generator=None if secure_mode else rng.noise,  # secure_mode: Opacus' own CSPRNG
+        max_grad_norm=max_grad_norm, poisson_sampling=False,  # the loader above already samples (Poisson)
+        noise_generator=None if secure_mode else rng.noise,
     )
-    sample_rate = 1.0 / len(loader)
-    losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=epochs, device=device,
+    dp_model.forbid_grad_accumulation()  # what poisson_sampling=True would set: one batch per step
+    dp_opt.expected_batch_size = plan.expected_batch_size  # public, not Opacus' int(n q)
+    sample_rate = 1.0 / len(dp_loader)
+    losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=plan.epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
@@ -156,7 +200,8 @@ def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: 
     loader = make_loader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
-    return TrainResult(loss=float(np.mean(losses)), steps=steps, num_examples=len(dataset), sample_rate=0.0)
+    return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
+                       num_examples=len(dataset), sample_rate=0.0)
 
 
 def _accountant_name(accountant) -> str:

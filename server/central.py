@@ -9,9 +9,16 @@ records, after Flower's own ``aggregate_train`` has run:
 * one server-ledger row per round for the whole federation (site ``"*federation*"``): the mechanism
   (σ, q = m/N for the record, steps = 1 release, C, δ, accountant) and the cumulative ε Flower's accountant
   reports, with the sampling assumption in ``reason`` (:meth:`~common.privacy.central.CentralPlan.assumption`);
-* per-site train status and evaluation metrics in ``metrics.csv`` / ``summary.json`` (sites spend nothing
-  from their own ledgers in this mode), and ``summary.json["central_dp"]`` with Flower's ε and dp_accounting's
-  PLD ε beside it.
+* one server-ledger row per site per round, with what the site reported: each site records its participation
+  in its OWN ledger before its update leaves (record-level: the server's σ/2 as one Gaussian release, at the
+  site's δ, against its lifetime budget), and signs its ledger head, which is recorded here as in sample mode;
+* per-site train status and evaluation metrics in ``metrics.csv`` / ``summary.json``, and
+  ``summary.json["central_dp"]`` with Flower's ε and dp_accounting's PLD ε beside it.
+
+A round in which any site declines (its own file refuses central mode, or its budget is spent) or fails releases
+nothing: the noise is sized for every site taking part (zero-out-one-site, ``common/privacy/central.py``), so
+Flower's wrapper is handed only the replies that carry a model, sees fewer than it sampled, and skips the round.
+The server sees every site's raw update (trusted curator); the ledger rows and the audit say so.
 """
 
 from __future__ import annotations
@@ -32,10 +39,10 @@ from common.factory import build_model, initial_trainable_state
 from common.privacy.central import FEDERATION_SITE, CentralPlan, central_accountant, federation_row, plan_central
 from common.privacy.ledger import Ledger
 from common.privacy.reference import epsilon_pld
-from common.records import METRICS, NUM_EXAMPLES, PRIVACY, SITE, SITE_WEIGHT
+from common.records import ARRAYS, CENTRAL_NOISE_MULTIPLIER, METRICS, NUM_EXAMPLES, PRIVACY, SITE, SITE_WEIGHT
 from common.storage import atomic_write_bytes
 from server.recorder import RunRecorder
-from server.strategy import SiteEvaluation
+from server.strategy import SiteEvaluation, SiteReply
 
 __all__ = ["CentralDPStrategy", "run_central"]
 
@@ -76,41 +83,55 @@ class CentralDPStrategy(DifferentialPrivacyServerSideFixedClipping):
                 self._sites[node] = str(name)
         return self._sites.get(node, f"node-{node}")
 
+    def _site_reply(self, msg: Message) -> SiteReply:
+        site, node = self._site_of(msg), msg.metadata.src_node_id
+        if msg.has_error():
+            return SiteReply(site, node, "failed", 0, error=str(msg.error.reason))
+        privacy = dict(msg.content.config_records.get(PRIVACY, {}))
+        status = str(privacy.get("status", "failed"))
+        if status == "trained" and ARRAYS not in msg.content.array_records:
+            status = "failed"
+        return SiteReply(site, node, status, 0, privacy, dict(msg.content.metric_records.get(METRICS, {})),
+                         error=str(privacy.get("reason", "")) if status == "failed" else "")
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Flower's clipping, equal-weight FedAvg, noise and accounting; then the records of the round."""
+        """Flower's clipping, equal-weight FedAvg, noise and accounting; then the records of the round.
+
+        Only replies that carry a model go to Flower's wrapper: if any site declined or failed, it sees fewer than
+        it sampled and releases nothing (the noise is sized for every site).
+        """
         replies = list(replies)
-        sites = [(self._site_of(m), m.has_error(),
-                  None if m.has_error() else m.content.metric_records.get(METRICS, {}).get("train-loss"))
-                 for m in replies]
+        site_replies = [self._site_reply(m) for m in replies]
+        models = [m for m, r in zip(replies, site_replies) if r.status in ("trained", "replayed")]
         before = self.accountant.num_releases
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        arrays, metrics = super().aggregate_train(server_round, models)
         released = self.accountant.num_releases == before + 1 and arrays is not None
-        self._record_round(server_round, sites, released)
+        self.recorder.on_train(server_round, site_replies)  # each site's own record-level report and ledger head
+        self._record_round(server_round, site_replies, released)
         return arrays, metrics
 
-    def _record_round(self, server_round: int, sites: list[tuple[str, bool, Any]], released: bool) -> None:
+    def _record_round(self, server_round: int, sites: list[SiteReply], released: bool) -> None:
         plan, rec = self.plan, self.recorder
         k = self.accountant.num_releases
         epsilon = float(self.accountant.get_privacy_spent().epsilon) if k else 0.0
         if k and not math.isclose(epsilon, plan.planned_epsilon[k - 1], rel_tol=1e-12):
             raise RuntimeError(f"round {server_round}: Flower's accountant reports ε={epsilon} after {k} releases, "
                                f"the plan checked before training said {plan.planned_epsilon[k - 1]}")
-        failed = [s for s, err, _ in sites if err]
+        missing = [r.site for r in sites if r.status not in ("trained", "replayed")]
         note = "" if released else (f"no release: Flower's DP wrapper skipped the round ({len(sites)} replies, "
-                                    f"{len(failed)} failed: {failed}; {plan.sampled_sites} needed)")
+                                    f"{len(missing)} without a model: {missing}; {plan.sampled_sites} needed)")
         if rec.ledger is not None:
             rec.ledger.append(federation_row(plan, server_round=server_round, released=released, epsilon=epsilon,
                                              federation_id=self.federation_id, run_id=self.run_id, note=note))
-        for site, err, loss in sites:
-            status = "failed" if err else ("trained" if released else "not-released")
-            s = rec.sites.setdefault(site, {"rounds_trained": 0, "rounds_declined": 0, "rounds_failed": 0})
-            s["rounds_trained" if status == "trained" else "rounds_failed"] += 1
-            rec.rows.setdefault((server_round, site), {"round": server_round, "site": site}).update(
-                {"status": status, "train-loss": None if loss is None else float(loss)})
+        if not released:
+            for r in sites:
+                row = rec.rows.get((server_round, r.site))
+                if row is not None and row.get("status") in ("trained", "replayed"):
+                    row["status"] = "not-released"
         rec.rows[(server_round, FEDERATION_SITE)] = {
             "round": server_round, "site": FEDERATION_SITE, "status": "trained" if released else "failed",
-            "epsilon": epsilon, "epsilon-rdp": epsilon, "noise-multiplier": plan.noise_multiplier,
+            "mode": "central", "epsilon": epsilon, "epsilon-rdp": epsilon, "noise-multiplier": plan.noise_multiplier,
             "sample-rate": plan.sample_rate, "steps": 1 if released else 0}
         pld = epsilon_pld([(plan.noise_multiplier, 1.0, k)], delta=plan.delta) if k else 0.0
         rec.run_info["central_dp"] = _plan_info(plan) | {
@@ -172,8 +193,10 @@ def run_central(grid: Grid, context: Context, *, run: RunConfig, scenario: Scena
             "fusion": run.model.fusion, "text_encoder": run.model.text_encoder, "privacy_mode": "central",
             "central_dp": _plan_info(plan) | {"releases": 0, "epsilon": 0.0},
             "accountant_note": (f"privacy-mode central: SITE-level (ε, δ={plan.delta:g}) of the released models, "
-                                "add/remove-one-site, Flower RdpAccountant without sampling amplification; "
-                                f"ledger site '{FEDERATION_SITE}'. Sites ran plain SGD: no per-site ε"),
+                                "zero-out-one-site with every site in every round, Flower RdpAccountant without "
+                                f"sampling amplification; ledger site '{FEDERATION_SITE}'. The server sees every raw "
+                                "update (trusted curator). Each site's epsilon is its own record-level account of "
+                                "its participation (the server's sigma/2 per round, at its own delta)"),
             "data_note": scenario.description,
         },
     )
@@ -184,7 +207,8 @@ def run_central(grid: Grid, context: Context, *, run: RunConfig, scenario: Scena
         fraction_evaluate=fed.fraction_evaluate, min_evaluate_nodes=min(fed.min_train_nodes, fed.min_available_nodes),
         min_available_nodes=fed.min_available_nodes)
     started = time.time()
-    config = ConfigRecord({"federation-id": federation_id, "num-server-rounds": fed.num_rounds})
+    config = ConfigRecord({"federation-id": federation_id, "num-server-rounds": fed.num_rounds,
+                           CENTRAL_NOISE_MULTIPLIER: plan.noise_multiplier})  # each site records its release with it
     result = strategy.start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=fed.num_rounds,
                             timeout=fed.round_timeout, train_config=config, evaluate_config=ConfigRecord(dict(config)))
     final = result.arrays if len(result.arrays) else ArrayRecord(initial)

@@ -3,7 +3,8 @@
 * ``ledger.sqlite``: one row per site per round (trained, declined or failed) with the
   mechanism and the cumulative ε the site reported; append-only and hash-chained
   (``common/privacy/ledger.py``, the same format as a site's own ledger).
-* ``metrics.csv``: one row per site per round (train loss, evaluation metrics, ε).
+* ``metrics.csv``: one row per site per round (status, evaluation metrics, ε). No training loss: a site keeps it
+  in its own log (it is computed from the training rows outside the DP mechanism).
 * ``summary.json``: the latest privacy state and metrics of every site.
 
 Every file is written atomically; the ledger rows are appended as the replies arrive.
@@ -47,7 +48,7 @@ __all__ = ["RunRecorder"]
 log = logging.getLogger(__name__)
 
 _EVAL_KEYS = ("accuracy", "balanced-accuracy", "auc", "loss", "num-examples")
-CSV_FIELDS = ("round", "site", "status", "train-loss", "accuracy", "balanced-accuracy", "auc", "eval-loss",
+CSV_FIELDS = ("round", "site", "status", "mode", "accuracy", "balanced-accuracy", "auc", "eval-loss",
               "eval-examples", "epsilon", "epsilon-rdp", "noise-multiplier", "sample-rate", "steps")
 
 
@@ -57,6 +58,21 @@ def _num(v: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) else None
+
+
+def _eps(v: Any) -> float | None:
+    """An ε as the ledger keeps it: ∞ stays ∞ (a release without DP), NaN and junk become None."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) or f < 0 else f
+
+
+def _reason(p: dict[str, Any], error: str) -> str:
+    """What the server's row says about why: the site's statement or decline reason, or its failure code."""
+    reason = str(p.get("reason", "")) or error
+    return f"[{p['code']}] {reason}" if p.get("code") and p.get("status") == "failed" else reason
 
 
 class RunRecorder:
@@ -102,14 +118,17 @@ class RunRecorder:
                     "max_grad_norm": _num(p.get("max-grad-norm")), "accountant": p.get("accountant", ""),
                     "lifetime_rounds_trained": int(p.get("rounds-trained", 0)),
                     "secure_mode": bool(p.get("secure-mode", False)), "dataset_id": p.get("dataset-id", ""),
-                    "noise_seed": str(p.get("noise-seed", "not recorded")),
+                    "noise_seed": str(p.get("noise-seed", "not recorded")), "mode": str(p.get("mode", "sample")),
+                    "max_records": _num(p.get("max-records")),
                 })
+                if p.get("mode") == "none":
+                    s["released_without_dp"] = True
                 if r.status == "declined":
                     s["last_decline_reason"] = p.get("reason", "")
             if r.status == "failed":
                 s["last_error"] = r.error
             row = self._row(server_round, r.site)
-            row.update({"status": r.status, "train-loss": _num(r.metrics.get("train-loss")),
+            row.update({"status": r.status, "mode": p.get("mode", ""),
                         "epsilon": _num(p.get("epsilon")), "epsilon-rdp": _num(p.get("epsilon-rdp")),
                         "noise-multiplier": _num(p.get("noise-multiplier")),
                         "sample-rate": _num(p.get("sample-rate")), "steps": p.get("steps", 0)})
@@ -120,9 +139,9 @@ class RunRecorder:
                     noise_multiplier=_num(p.get("noise-multiplier")), sample_rate=_num(p.get("sample-rate")),
                     steps=int(p.get("steps", 0)) if event == "trained" else 0,
                     max_grad_norm=_num(p.get("max-grad-norm")), delta=_num(p.get("delta")),
-                    accountant=str(p.get("accountant", "")), epsilon=_num(p.get("epsilon")),
-                    epsilon_rdp=_num(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
-                    reason=str(p.get("reason", "")) or r.error,
+                    accountant=str(p.get("accountant", "")), epsilon=_eps(p.get("epsilon")),
+                    epsilon_rdp=_eps(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
+                    reason=_reason(p, r.error),
                 ))
                 self._record_head(server_round, r.site, p)
         self.flush()

@@ -37,7 +37,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         summary = simulate(SimulationRequest(scenario=args.scenario, out=out, rounds=args.rounds,
                                              site_state=args.site_state, overrides=_parse_set(args.set),
-                                             progress=not args.quiet))
+                                             site_privacy=_parse_set(args.site_privacy), progress=not args.quiet))
     except (ConfigError, SimulationError) as err:
         print(f"fedfusion simulate: {err}", file=sys.stderr)
         return 1
@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="existing site-state root holding <site>/ledger.sqlite: budgets keep being spent across runs")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a [tool.flwr.app.config] setting, e.g. --set target-epsilon=2.0")
+    s.add_argument("--site-privacy", action="append", default=[], metavar="KEY=VALUE",
+                   help="change EVERY site's own privacy table for this run (the scenario plays the sites' files; "
+                        "a run's --set may only ask for more privacy), e.g. --site-privacy dp=false for a "
+                        "non-private baseline (recorded as epsilon = inf); reported loudly")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=_cmd_simulate)
 

@@ -70,7 +70,7 @@ def _federation_register(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- site
 def _site_init(a: argparse.Namespace) -> int:
-    from client.site_ops import SiteError, SiteInit, init_site
+    from client.site_ops import SiteError, SiteInit, init_site, max_records_line
 
     select = tuple(a.select.split("=", 1)) if a.select and "=" in a.select else None
     if a.select and select is None:
@@ -78,14 +78,15 @@ def _site_init(a: argparse.Namespace) -> int:
     req = SiteInit(folder=a.dir, name=a.name, source=a.source, data_dir=a.data_dir, mapping=a.mapping or "",
                    select=select, modalities=tuple(m for m in a.modalities.split(",") if m),
                    device=a.device, target_epsilon=a.target_epsilon, epsilon_budget=a.epsilon_budget,
-                   delta=a.delta, state_dir=a.state_dir, example_data=a.example_data or "")
+                   delta=a.delta, state_dir=a.state_dir, example_data=a.example_data or "", max_records=a.max_records)
     try:
         config, pub = init_site(req, force=a.force)
     except SiteError as err:
         return _fail("site init", err)
     print(f"site config:  {config}  (edit it, then: fedfusion site check {config})\n"
           f"public key:   {pub}  (send this file to the federation operator)\n"
-          f"private key:  {pub.with_suffix('')}  (0600; never leaves this machine)")
+          f"private key:  {pub.with_suffix('')}  (0600; never leaves this machine)\n"
+          f"max-records:  {max_records_line(config)}")
     return 0
 
 
@@ -163,7 +164,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--target-epsilon", type=float, default=4.0)
     p.add_argument("--epsilon-budget", type=float, default=8.0)
-    p.add_argument("--delta", type=float, default=0.0, help="0 = default strictly below 1/n")
+    p.add_argument("--delta", type=float, default=0.0, help="0 = default strictly below 1/max-records")
+    p.add_argument("--max-records", type=int, default=None,
+                   help="PUBLIC upper bound on the site's training records (default: proposed from the data, "
+                        "rounded up)")
     p.add_argument("--example-data", metavar="HOSPITAL", default=None,
                    help="copy the repository's GENERATED example export of HOSPITAL into the data folder (demo)")
     p.add_argument("--force", action="store_true", help="overwrite site.toml and make a new key pair")

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common.config import APP_DIR, PACKAGED_SCENARIOS, ConfigError, app_defaults, load_scenario
+from common.config import (APP_DIR, PACKAGED_SCENARIOS, ConfigError, app_defaults, load_scenario,
+                           write_with_site_privacy)
 from common.runtime.processes import ProcessSet, free_port, wait_for_port
 
 __all__ = ["SimulationRequest", "SimulationError", "simulate", "scenario_path"]
@@ -44,6 +45,10 @@ class SimulationRequest:
     timeout: float = 3600.0  # seconds before the run is abandoned
     progress: bool = True  # show a progress bar
     check_sites: bool = True  # check every site's data (as `site check`) before starting any Flower process
+    # changes to EVERY site's own privacy table (the scenario plays the sites' files), made in a copy of the
+    # scenario in the run folder and reported loudly; the run asks for the same values (e.g. dp=false baselines)
+    site_privacy: dict[str, Any] = field(default_factory=dict)
+    app_dir: Path = APP_DIR  # the Flower app submitted with `flwr run` (tests: an instrumented copy)
 
 
 def scenario_path(scenario: str) -> Path:
@@ -67,9 +72,20 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))  # TOML basic strings accept JSON string escapes
 
 
+def _site_privacy(req: SimulationRequest, scenario_file: Path, out: Path) -> Path:
+    """The scenario with ``req.site_privacy`` in every site's own table (a copy in ``out``), announced loudly."""
+    if not req.site_privacy:
+        return scenario_file
+    copy = write_with_site_privacy(scenario_file, out / "scenario-site-privacy.toml", req.site_privacy)
+    changed = ", ".join(f"{k} = {v!r}" for k, v in req.site_privacy.items())
+    print(f"fedfusion simulate: SITE PRIVACY CHANGED FOR THIS RUN: every site's own privacy table now says "
+          f"{changed} (a copy of the scenario: {copy}); the run asks for the same", file=sys.stderr)
+    return copy
+
+
 def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
     known = app_defaults()
-    cfg: dict[str, Any] = dict(req.overrides)
+    cfg: dict[str, Any] = {k: v for k, v in req.site_privacy.items() if k in known} | dict(req.overrides)
     unknown = sorted(set(cfg) - set(known))
     if unknown:
         raise ConfigError(f"unknown run settings {unknown}; see [tool.flwr.app.config] in {APP_DIR / 'pyproject.toml'}")
@@ -99,10 +115,10 @@ def _env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
 
 def simulate(req: SimulationRequest) -> dict[str, Any]:
     """Run the federation to completion; return the server's summary (also in ``out/summary.json``)."""
-    scenario_file = scenario_path(req.scenario)
-    scenario = load_scenario(scenario_file)
     out = req.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
+    scenario_file = _site_privacy(req, scenario_path(req.scenario), out)
+    scenario = load_scenario(scenario_file)
     cfg = _run_config(req, scenario_file)
     if req.check_sites:  # every site's data, before any process: one table of what is wrong, nothing started
         from simulations.preflight import check_scenario_sites, format_site_table
@@ -137,7 +153,7 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
                             "--disable-runtime-dependency-installation"], env=env, log=superlink_log)
         wait_for_port(port, timeout=60, proc=link, log=superlink_log)
         runner = subprocess.Popen(
-            [str(bindir / "flwr"), "run", str(APP_DIR), "fedfusion-sim", "--run-config", str(cfg_file),
+            [str(bindir / "flwr"), "run", str(req.app_dir), "fedfusion-sim", "--run-config", str(cfg_file),
              "--federation-config", fed_cfg, "--stream"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         procs.procs.append(runner)

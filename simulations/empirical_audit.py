@@ -75,7 +75,9 @@ class EmpiricalAuditRequest:
 
 
 def _site_config(req: EmpiricalAuditRequest):
-    from common.config import app_defaults, load_scenario, parse_run_config, resolve_site
+    from dataclasses import replace
+
+    from common.config import app_defaults, load_scenario, parse_run_config, privacy_terms, resolve_site
     from simulations.driver import scenario_path
 
     path = scenario_path(req.scenario)
@@ -91,8 +93,11 @@ def _site_config(req: EmpiricalAuditRequest):
         cfg["target-epsilon"] = req.target_epsilon
     run = parse_run_config(cfg, source="empirical-audit settings")
     site = resolve_site({"partition-id": names.index(req.site)}, run)
-    if req.target_epsilon is not None and site.privacy.target_epsilon != req.target_epsilon:
-        raise ConfigError(f"site {req.site!r} overrides target-epsilon in {path}; --target-epsilon cannot apply")
+    terms = privacy_terms(site.privacy, run, file_keys=site.spec.privacy_overrides)  # as the site would apply them
+    if terms.refused:
+        raise ConfigError(f"site {req.site!r} refuses these settings ({terms.reason()}); its own table in {path} "
+                          "is the limit")
+    site = replace(site, privacy=terms.settings)
     if not site.privacy.enabled:
         raise ConfigError(f"site {req.site!r} trains without DP (dp = false): there is no ε to audit")
     return run, scenario, site

@@ -13,18 +13,21 @@ Where a site's settings come from
 * Deployment: the SuperNode is started with
   ``--node-config 'site-config="/abs/site.toml"'``; that file describes the site.
 
-The package has two modules: ``settings`` (run settings) and ``sites`` (scenario and site files).
+The package has three modules: ``settings`` (run settings), ``sites`` (scenario and site files) and ``terms``
+(what a run may ask of a site's privacy: the site's own file is the limit, the run's settings are requests).
 """
 
 from common.config.settings import (APP_DIR, MODALITIES, NOISE_SEEDS, PACKAGED_SCENARIOS, PRIVACY_MODES, CentralSettings,
                                     ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
                                     RunConfig, TrainSettings, app_defaults, parse_run_config)
 from common.config.sites import (Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site,
-                                 scenario_data_dir)
+                                 scenario_data_dir, site_privacy, write_with_site_privacy)
+from common.config.terms import PrivacyTerms, Refusal, privacy_terms
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "PRIVACY_MODES", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
     "PACKAGED_SCENARIOS", "MODALITIES", "NOISE_SEEDS", "app_defaults", "parse_run_config", "load_scenario", "resolve_site",
-    "load_site_file", "scenario_data_dir",
+    "load_site_file", "scenario_data_dir", "site_privacy", "write_with_site_privacy", "PrivacyTerms", "Refusal",
+    "privacy_terms",
 ]

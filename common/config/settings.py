@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -82,6 +82,13 @@ class PrivacySettings:
     # config can recompute the noise, so the ε holds only against others (simulations only; a deployed site
     # always uses "secret")
     noise_seed: str = "secret"
+    # The site's own file only (a run config has no such key; None there): a PUBLIC upper bound on the number of
+    # training records the site trains on. q = 1/ceil(max_records / batch_size), the steps, the default δ and the
+    # aggregation weight derive from it, never from the rows the site holds (common.privacy.accountant.plan_steps).
+    max_records: int | None = None
+    # privacy-mode: in a run config the mode the run asks for; in a site's file the least private mode the site
+    # accepts ("central": it lets the server see its raw model updates, a trusted curator)
+    privacy_mode: str = "sample"
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,8 @@ def _privacy(r: _Reader) -> PrivacySettings:
         accountant=r.choice("accountant", ACCOUNTANTS),
         secure_mode=r.boolean("secure-mode"),
         noise_seed=r.choice("noise-seed", NOISE_SEEDS),
+        max_records=r.integer("max-records", low=1) if "max-records" in r.values else None,
+        privacy_mode=r.choice("privacy-mode", PRIVACY_MODES) if "privacy-mode" in r.values else "sample",
     )
     if p.target_epsilon > p.epsilon_budget:
         raise ConfigError(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 from common.config.settings import (APP_DIR, DEVICES, MODALITIES, ConfigError, PrivacySettings, RunConfig,
-                                    _privacy, _Reader)
+                                    _privacy, _Reader, app_defaults)
 
 __all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file",
-           "scenario_data_dir"]
+           "scenario_data_dir", "site_privacy", "write_with_site_privacy"]
 
 # ------------------------------------------------------------------------ scenario / sites
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class SiteSpec:
     source: str  # data source registry key: "mapped" (common/data/sources.py)
     source_args: Mapping[str, Any]  # arguments for that source (e.g. hospital = "cleveland")
     modalities: tuple[str, ...]  # modalities this site holds
-    privacy_overrides: Mapping[str, Any] = field(default_factory=dict)  # per-site privacy keys
+    privacy_overrides: Mapping[str, Any] = field(default_factory=dict)  # the site's own privacy keys (its file)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class Scenario:
 @dataclass(frozen=True)
 class SiteConfig:
     spec: SiteSpec  # what the site holds
-    privacy: PrivacySettings  # run defaults merged with the site's overrides
+    # the site's OWN privacy: its file's [privacy] (deployment) or its scenario entry's [sites.privacy] (simulation)
+    # over the package defaults; never the run's values. What a run may ask of it: common.config.terms
+    privacy: PrivacySettings
     data_dir: Path  # where the site's data source reads from
     state_dir: Path  # the site's own durable state: ledger.sqlite, caches
     device: str  # auto | cpu | cuda
@@ -49,6 +52,9 @@ class SiteConfig:
     # deployment: fork each message's flwr-clientapp from a supervisor that has imported the libraries once
     # (client/warm_start.py); False = Flower's own fresh process per message
     warm_start: bool = True
+    # send the per-message timing split (compute/setup/startup seconds) in replies: a side channel of the number of
+    # rows and the Poisson batch sizes. Simulation: True; a deployed site: its site.toml's `report-timing` (false)
+    report_timing: bool = True
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -62,7 +68,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 _PRIVACY_KEYS = ("dp", "target-epsilon", "epsilon-budget", "delta", "max-grad-norm", "accountant",
-                 "secure-mode", "noise-seed")
+                 "secure-mode", "noise-seed", "max-records", "privacy-mode")
 
 
 def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
@@ -118,14 +124,11 @@ def load_scenario(path: Path) -> Scenario:
                     modalities=mods, sites=sites, path=path, schema=schema_path, data_dir=(folder / data).resolve())
 
 
-def _merge_privacy(base: PrivacySettings, overrides: Mapping[str, Any], where: str) -> PrivacySettings:
-    if not overrides:
-        return base
-    merged = {f.name: getattr(base, f.name) for f in fields(base)}
-    keymap = {"dp": "enabled", "target-epsilon": "target_epsilon", "epsilon-budget": "epsilon_budget",
-              "delta": "delta", "max-grad-norm": "max_grad_norm", "accountant": "accountant",
-              "secure-mode": "secure_mode", "noise-seed": "noise_seed"}
-    flat = {k: merged[v] for k, v in keymap.items()}
+def site_privacy(overrides: Mapping[str, Any], where: str) -> PrivacySettings:
+    """A site's own privacy: its file's keys over the PACKAGE defaults (``[tool.flwr.app.config]``), never over
+    a run's values (a run only asks: :func:`common.config.terms.privacy_terms`)."""
+    defaults = app_defaults()
+    flat = {k: defaults[k] for k in _PRIVACY_KEYS if k in defaults}
     flat.update(overrides)
     return _privacy(_Reader(flat, where))
 
@@ -152,7 +155,7 @@ def resolve_site(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
         raise ConfigError("set 'out-dir' or 'site-state-root' (absolute): each site needs a state folder for its ledger")
     return SiteConfig(
         spec=spec,
-        privacy=_merge_privacy(run.privacy, spec.privacy_overrides, f"{scenario.path} site '{spec.name}'"),
+        privacy=site_privacy(spec.privacy_overrides, f"{scenario.path} site '{spec.name}' [sites.privacy]"),
         data_dir=scenario_data_dir(scenario, run),
         state_dir=state_root / spec.name,
         device=run.train.device,
@@ -175,9 +178,10 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
         site["privacy"] = raw["privacy"]
     state_dir, data_dir = site.pop("state-dir", None), site.pop("data-dir", None)
     device = site.pop("device", run.train.device)
-    flags = _Reader({"feature-cache": site.pop("feature-cache", True), "warm-start": site.pop("warm-start", True)},
-                    f"{path} [site]")
+    flags = _Reader({"feature-cache": site.pop("feature-cache", True), "warm-start": site.pop("warm-start", True),
+                     "report-timing": site.pop("report-timing", False)}, f"{path} [site]")
     feature_cache, warm_start = flags.boolean("feature-cache"), flags.boolean("warm-start")
+    report_timing = flags.boolean("report-timing")
     spec = _site_spec(site, f"{path} [site]")
     r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or ""}, f"{path} [site]")
     sd = r.path("state-dir")
@@ -186,12 +190,11 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
     if spec.privacy_overrides.get("noise-seed", "secret") != "secret":
         raise ConfigError(f"{path} [privacy]: 'noise-seed' must be \"secret\" at a deployed site (or left out): "
                           "noise derived from the run's seed can be recomputed by the server, which voids the ε")
-    # the run's noise-seed is the server's to set: a deployed site never takes its noise seed from it
-    privacy = replace(_merge_privacy(run.privacy, spec.privacy_overrides, str(path)), noise_seed="secret")
+    privacy = site_privacy(spec.privacy_overrides, f"{path} [privacy]")
     return SiteConfig(spec=spec, privacy=privacy,
                       data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
                       device=_Reader({"device": device}, str(path)).choice("device", DEVICES),
-                      feature_cache=feature_cache, warm_start=warm_start)
+                      feature_cache=feature_cache, warm_start=warm_start, report_timing=report_timing)
 
 
 def _repo_data_dir() -> Path:
@@ -202,3 +205,49 @@ def _repo_data_dir() -> Path:
             "carries no data: pass --run-config 'data-dir=\"/abs/path/to/fedfusion/data\"'"
         )
     return d
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)  # TOML basic strings accept JSON string escapes
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise ConfigError(f"cannot write {v!r} to a scenario file")
+
+
+def write_with_site_privacy(source: Path, dest: Path, changes: Mapping[str, Any]) -> Path:
+    """Copy scenario ``source`` to ``dest`` with ``changes`` set in EVERY site's own privacy table.
+
+    In a simulation the scenario plays each site's own file: this is the one, explicit way a simulation changes
+    what the sites allow (``fedfusion simulate --site-privacy key=value``, e.g. ``dp=false`` for a non-private
+    baseline). The copy is validated like any scenario; the original is not touched.
+    """
+    bad = set(changes) - set(_PRIVACY_KEYS)
+    if bad:
+        raise ConfigError(f"--site-privacy: unknown keys {sorted(bad)}; allowed: {_PRIVACY_KEYS}")
+    raw = _read_toml(source)
+    lines = [f"# COPY of {source} with every site's own privacy table changed for this run: "
+             + ", ".join(f"{k} = {_toml_value(v)}" for k, v in changes.items()), ""]
+    if "scenario" in raw:
+        head = dict(raw["scenario"])
+        folder = Path(source).resolve().parent  # the copy lives elsewhere: its relative paths become absolute
+        for key, default in (("schema", None), ("data-dir", ".")):
+            value = head.get(key, default)
+            if isinstance(value, str) and value:
+                head[key] = str((folder / value).resolve())
+        lines += ["[scenario]", *(f"{k} = {_toml_value(v)}" for k, v in head.items()), ""]
+    for site in raw.get("sites", []):
+        site = dict(site)
+        site["privacy"] = {**site.get("privacy", {}), **changes}
+        lines += ["[[sites]]", *(f"{k} = {_toml_value(v)}" for k, v in site.items()), ""]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text("\n".join(lines))
+    for spec in load_scenario(dest).sites:
+        site_privacy(spec.privacy_overrides, f"{dest} site '{spec.name}' [sites.privacy]")
+    return dest

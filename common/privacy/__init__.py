@@ -1,10 +1,12 @@
 """Privacy accounting shared by sites, the server and the audit.
 
 * :mod:`~common.privacy.accountant`: Opacus accountant factory (PRV, RDP; GDP refused), ε of
-  a mechanism history, noise calibration, default δ.
+  a mechanism history, noise calibration, default δ, and a round's steps from the site's public
+  ``max-records`` bound (:func:`plan_steps`).
 * :mod:`~common.privacy.reference`: independent ε with Google's ``dp_accounting`` (PLD, RDP).
-* :mod:`~common.privacy.entry` / :mod:`~common.privacy.ledger`: the append-only, hash-chained
-  SQLite ledger of reservations and reports.
+* :mod:`~common.privacy.entry` / :mod:`~common.privacy.ledger` / :mod:`~common.privacy.chain`: the
+  append-only, hash-chained SQLite ledger of reservations and reports (a budget check and its
+  reservation are one transaction: ``Ledger.append_decided``).
 * :mod:`~common.privacy.search`: the bracketing search behind the calibration (no privacy math).
 * :mod:`~common.privacy.central`: ``privacy-mode = "central"`` (site-level DP by Flower's wrapper and
   accountant): the plan and its checks, the ``*federation*`` ledger row and its stated assumption. Imported
@@ -18,11 +20,13 @@ from common.privacy.accountant import (
     ACCOUNTANTS,
     BudgetExhausted,
     Mechanism,
+    StepPlan,
     calibrate_noise_multiplier,
     default_delta,
     epsilon_from_history,
     make_accountant,
     normalize_history,
+    plan_steps,
 )
 from common.privacy.entry import EVENTS, GENESIS_HASH, SERVER_EVENTS, SITE_EVENTS, LedgerEntry
 from common.privacy.ledger import Ledger, LedgerIntegrityError
@@ -49,6 +53,7 @@ __all__ = [
     "LedgerEntry",
     "LedgerIntegrityError",
     "Mechanism",
+    "StepPlan",
     "calibrate_noise_multiplier",
     "default_delta",
     "epsilon_dp_accounting_rdp",
@@ -56,4 +61,5 @@ __all__ = [
     "epsilon_pld",
     "make_accountant",
     "normalize_history",
+    "plan_steps",
 ]

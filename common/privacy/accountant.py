@@ -5,12 +5,19 @@ What every ε here means
 Sample-level (ε, δ)-differential privacy of ONE site's dataset under the **add/remove-one**
 neighbouring relation (two datasets are neighbours when one is the other plus one record),
 for the mechanism Opacus runs in DP-SGD: at each step every record joins the batch
-independently with probability ``q`` (Poisson sampling, ``sample_rate``; Opacus uses
-``q = 1/len(loader)``), per-sample gradients are clipped to norm ``C`` and summed, and
-Gaussian noise of standard deviation ``σ·C`` is added (``σ`` = ``noise_multiplier``). ``C``
-does not enter ε. ``δ`` is the δ the caller passes: a site uses ``default_delta(n) < 1/n``
-unless it configures one. ε composes over the whole history handed in — every round of
-every run that the site's ledger holds — so it never resets between rounds or runs.
+independently with probability ``q`` (Poisson sampling, ``sample_rate``; a site uses
+``q = 1/ceil(max-records / batch-size)``, :func:`plan_steps`), per-sample gradients are
+clipped to norm ``C`` and summed, and Gaussian noise of standard deviation ``σ·C`` is added
+(``σ`` = ``noise_multiplier``). ``C`` does not enter ε. ``δ`` is the δ the caller passes: a
+site uses ``default_delta(max-records) < 1/max-records`` unless it configures one. The
+guarantee is stated for datasets of at most ``max-records`` rows (a public bound the site
+declares). ε composes over the whole history handed in — every round of every run that the
+site's ledger holds — so it never resets between rounds or runs.
+
+A release under ``privacy-mode = "central"`` enters a site's history as ``(σ/2, 1.0, 1)``:
+one Gaussian release, no sampling; σ/2 because the server clips the site's WHOLE update to
+C, and one record more or less can move the clipped update anywhere in that ball
+(sensitivity 2C).
 
 History format
 --------------
@@ -61,6 +68,8 @@ __all__ = [
     "epsilon_from_history",
     "make_accountant",
     "normalize_history",
+    "StepPlan",
+    "plan_steps",
 ]
 
 Mechanism = tuple[float, float, int]  # (noise_multiplier σ, sample_rate q, num_steps)
@@ -233,6 +242,48 @@ def default_delta(n: int) -> float:
     return float(f"{mantissa}e-{digits}")
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """The DP-SGD steps of one round, from public facts only (never from the rows a site holds)."""
+
+    steps_per_epoch: int  # k = ceil(max_records / batch_size): Poisson batches per local epoch
+    epochs: int  # local epochs
+    max_records: int  # the site's declared bound on its training rows
+
+    @property
+    def sample_rate(self) -> float:
+        """q = 1/k: each record joins each batch with this probability."""
+        return 1.0 / self.steps_per_epoch
+
+    @property
+    def steps(self) -> int:
+        """k x epochs: exactly the steps the loader yields (``client.train.poisson_loader``)."""
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def expected_batch_size(self) -> float:
+        """max_records x q: the mean-gradient normaliser of DP-SGD, public (Opacus would use int(n q), private)."""
+        return self.max_records / self.steps_per_epoch
+
+
+def plan_steps(*, max_records: int, batch_size: int, epochs: int) -> StepPlan:
+    """The round's steps and sample rate for a site that declared ``max_records`` (a public bound).
+
+    Opacus derives ``q = 1/len(loader)`` and runs ``int(1/q)`` steps per epoch, which is ``k - 1`` for
+    k in {93, 99, 105, ...} (floating point): the loader is built with exactly ``k`` steps instead.
+
+    Raises
+    ------
+    ValueError
+        For a non-positive bound, batch size or epoch count.
+    """
+    for name, value in (("max_records", max_records), ("batch_size", batch_size), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return StepPlan(steps_per_epoch=-(-int(max_records) // int(batch_size)), epochs=int(epochs),
+                    max_records=int(max_records))
+
+
 def calibrate_noise_multiplier(
     *,
     target_epsilon: float,
@@ -257,7 +308,7 @@ def calibrate_noise_multiplier(
     delta : float
         In (0, 1).
     sample_rate : float
-        Poisson sampling rate q in (0, 1] (Opacus: 1/len(loader)).
+        Poisson sampling rate q in (0, 1] (a site: 1/ceil(max-records / batch-size)).
     steps : int
         DP-SGD steps to be taken at σ (>= 1).
     accountant : str

@@ -5,27 +5,38 @@ the server, the simulate driver (pre-flight) and the audit share: the plan, the 
 
 Mechanism (Flower 1.42 ``DifferentialPrivacyServerSideFixedClipping``; McMahan et al. 2018)
 --------------------------------------------------------------------------------------
-Each round Flower's FedAvg samples ``m`` of the ``N`` connected sites (fixed size, uniformly without
-replacement). Every sampled site trains with plain SGD and sends its whole model. The server clips each update
-(site model - global model) to L2 norm ``C``, averages them with EQUAL weights, and adds Gaussian noise of
-standard deviation ``σ·C/m`` to every coordinate. That is the release ``(Σ clipped updates + N(0, σ²C²)) / m``:
-a Gaussian mechanism with noise multiplier ``σ`` on a sum whose L2 sensitivity to adding or removing ONE SITE
-(all of its records) is ``C``.
+Every round EVERY site of the federation trains (``m = N``: refused otherwise, see below) with plain SGD and sends
+its whole model. The server clips each update (site model - global model) to L2 norm ``C``, averages them with
+EQUAL weights, and adds Gaussian noise of standard deviation ``σ·C/m`` to every coordinate. That is the release
+``(Σ clipped updates + N(0, σ²C²)) / m``: a Gaussian mechanism with noise multiplier ``σ`` on a sum whose L2
+sensitivity is ``C`` when one site's contribution is replaced by a zero update.
+
+Relation: zero-out-one-site
+---------------------------
+The set of sites is public (every one of them must take part), so neighbouring federations are the same sites,
+one of whose contribution is replaced by a zero update ("zero-out", sensitivity C). With a fixed sample of
+``m < N`` sites, adding or removing a site can swap one sampled site's term for another's (sensitivity 2C): the
+ε Flower's accountant reports (sensitivity C) would not hold, so such a federation is refused (issue 10, finding
+4). Replacing one site's data by arbitrary other data is also sensitivity 2C: the same ε holds for that relation
+only at σ/2.
 
 Accounting
 ----------
-Flower's ``RdpAccountant`` (Google ``dp_accounting`` RDP, add/remove-one neighbouring) with
-``SamplingMethod.NO_AMPLIFICATION``, the only sampling method Flower's fixed-clipping accounting accepts: every
-release is charged as a full Gaussian mechanism, as if every site took part in every round. No amplification
-by sampling is claimed, even when ``m < N``; ``m/N`` is logged as ``sample_rate`` for the record only. ε after
+Flower's ``RdpAccountant`` (Google ``dp_accounting`` RDP) with ``SamplingMethod.NO_AMPLIFICATION``, the only
+sampling method Flower's fixed-clipping accounting accepts: every release is a full Gaussian mechanism. ε after
 ``k`` released rounds is the ``k``-fold composition at ``δ = central-delta``. A round Flower skips (a failed
-reply) releases nothing and spends nothing.
+reply, or a site that declines) releases nothing and spends nothing at the server.
+
+Each site ALSO records its participation in its own ledger (``client/privacy.py``), so that its lifetime
+composition spans federations: record-level, as ``(σ/2, q = 1, 1 step)`` per round (the server clips the site's
+whole update to C; one record more or less can move it anywhere in that ball: sensitivity 2C), at the site's
+own δ, against its own lifetime budget. A site takes part only if its own file allows it
+(``privacy-mode = "central"``).
 
 What the guarantee does NOT cover (stated in every ledger row via :data:`ASSUMPTION_KEYS`):
 
-* replace-one-site neighbouring (sensitivity ``2C``: the same ε holds only for ``σ/2``);
 * the server itself: it sees every site's unclipped update (trusted-curator model);
-* training and evaluation metrics the sites send (not privatised);
+* training and evaluation metrics the sites send (evaluation metrics are not privatised);
 * the noise comes from numpy's global RNG, not a cryptographically secure one.
 """
 
@@ -37,7 +48,7 @@ from typing import TYPE_CHECKING
 
 from common.config import ConfigError, RunConfig, Scenario
 from common.privacy.accountant import CALIBRATION_RTOL, MAX_NOISE_MULTIPLIER, MIN_NOISE_MULTIPLIER
-from common.privacy.entry import LedgerEntry
+from common.privacy.entry import SITE_RECORD_STATEMENT, LedgerEntry
 from common.privacy.reference import epsilon_dp_accounting_rdp, epsilon_pld
 from common.privacy.search import NoFeasibleValue, smallest_feasible
 
@@ -46,6 +57,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ASSUMPTION_KEYS",
+    "SITE_RECORD_STATEMENT",
     "FEDERATION_SITE",
     "CentralPlan",
     "central_accountant",
@@ -85,10 +97,11 @@ class CentralPlan:
     def assumption(self) -> str:
         """The sampling assumption and scope, as ``key=value; ...`` (keys :data:`ASSUMPTION_KEYS`)."""
         values = {
-            "mode": "central", "unit": "site", "relation": "add-or-remove-one-site",
+            "mode": "central", "unit": "site", "relation": "zero-out-one-site",
             "sampling": "no-amplification", "sampled": str(self.sampled_sites), "available": str(self.num_sites),
             "clipping": "server-side-fixed", "weights": "equal", "accountant": "flwr-RdpAccountant(dp-accounting-rdp)",
-            "steps": "1 release per round", "not-covered": "replace-one-site, the server, metrics",
+            "steps": "1 release per round", "not-covered": "replace-one-site (needs sigma/2), the server (trusted "
+                                                            "curator: sees raw updates), metrics",
         }
         return "; ".join(f"{k}={values[k]}" for k in ASSUMPTION_KEYS)
 
@@ -168,11 +181,12 @@ def _check_scenario(run: RunConfig, scenario: Scenario) -> None:
             "sites with different modalities need modality-aware aggregation (server/strategy.py), which Flower's "
             "accounting does not cover. Use privacy-mode = \"sample\", or a scenario whose sites hold the same "
             "modalities (e.g. hospitals-virtual20)")
-    overridden = [s.name for s in scenario.sites if s.privacy_overrides]
-    if overridden:
+    unwilling = [s.name for s in scenario.sites if s.privacy_overrides.get("privacy-mode", "sample") != "central"]
+    if unwilling:
         raise ConfigError(
-            f"privacy-mode = \"central\": sites {overridden} in {scenario.path} override privacy settings; central "
-            "DP is one mechanism for the whole federation (central-* settings), per-site overrides have no meaning")
+            f"privacy-mode = \"central\": sites {unwilling} of {scenario.path} do not allow it in their own privacy "
+            "table ([sites.privacy] privacy-mode = \"central\"): in central mode the server sees each site's raw "
+            "update (a trusted curator), which only a site's own file may accept; they would decline every round")
 
 
 def _check_sampling(run: RunConfig, n: int) -> int:
@@ -182,20 +196,14 @@ def _check_sampling(run: RunConfig, n: int) -> int:
         raise ConfigError(
             f"privacy-mode = \"central\": the federation has {n} sites but min-train-nodes = {fed.min_train_nodes} "
             f"and min-available-nodes = {fed.min_available_nodes}; Flower would wait for sites that never come")
-    # Flower samples as soon as max(min-available-nodes, sample size) sites are connected; the sample size
-    # depends on how many are connected then. The noise is sized for ONE number of sampled sites.
-    sizes = {c: sampled_sites(c, fraction_train=fed.fraction_train, min_train_nodes=fed.min_train_nodes)
-             for c in range(1, n + 1)}
-    startable = {c: s for c, s in sizes.items() if c >= max(fed.min_available_nodes, s)}
-    differing = {c: s for c, s in startable.items() if s != m}
-    if differing:
-        c, s = min(differing.items())
+    if m != n or fed.min_available_nodes != n:
         raise ConfigError(
-            f"privacy-mode = \"central\": fraction-train = {fed.fraction_train} with min-train-nodes = "
-            f"{fed.min_train_nodes} samples {m} of {n} sites when all are connected, but {s} when a round starts "
-            f"with {c} connected (min-available-nodes = {fed.min_available_nodes}). The noise (std σ·C/m) is sized "
-            f"for one fixed number m of sampled sites; set min-available-nodes = {n} so that rounds start only "
-            "when every site is connected")
+            f"privacy-mode = \"central\": every site must take part in every round (set fraction-train = 1.0 and "
+            f"min-available-nodes = {n}); fraction-train = {fed.fraction_train}, min-train-nodes = "
+            f"{fed.min_train_nodes}, min-available-nodes = {fed.min_available_nodes} sample {m} of {n} sites or "
+            "start rounds before all are connected. With a fixed sample of m < N sites, neighbouring federations "
+            "can swap one sampled site's term for another's: sensitivity 2C, while Flower's accountant accounts C "
+            "(its ε would be too low)")
     return m
 
 
@@ -240,8 +248,8 @@ def plan_central(run: RunConfig, scenario: Scenario) -> CentralPlan:
     Raises
     ------
     ConfigError
-        Sites with different modalities or per-site privacy overrides, a sample size that depends on how many
-        sites are connected, δ >= 1/N, or a given σ whose planned ε exceeds ``central-target-epsilon``.
+        Sites with different modalities or whose own privacy table does not allow central mode, a sample that is
+        not every site every round, δ >= 1/N, or a given σ whose planned ε exceeds ``central-target-epsilon``.
     """
     if run.privacy_mode != "central":
         raise ValueError(f"plan_central needs privacy-mode = \"central\", got {run.privacy_mode!r}")

@@ -10,8 +10,14 @@ Site (``SITE_EVENTS``):
   C, δ, accountant) and the cumulative ε the site will have reached after it. A reservation
   counts as spent whether or not it is confirmed (conservative).
 * ``"confirm"``: the round's steps ran.
-* ``"decline"``: the round would exceed the budget; mechanism fields of the refused round
-  may be filled, ``epsilon`` = what was already spent.
+* ``"decline"``: the round would exceed the budget, or the site refused the run's request
+  (``reason`` says which); mechanism fields of the refused round may be filled, ``epsilon`` =
+  what was already spent.
+
+A row's ``reason`` may open with a ``mode=...`` statement (:func:`statement_mode`): ``mode=central``
+(site-level DP by the server, see :mod:`common.privacy.central`) or ``mode=none``: a release
+WITHOUT differential privacy that the site's own file allowed (``dp = false``): a reserve row
+with no mechanism and ``epsilon = inf``; every later ε of that site is ∞.
 
 Server (``SERVER_EVENTS``): ``"trained"``, ``"declined"``, ``"failed"`` — what a site reported.
 
@@ -39,17 +45,35 @@ from common.privacy.accountant import ACCOUNTANTS
 __all__ = [
     "EVENTS",
     "GENESIS_HASH",
+    "NO_DP",
+    "NO_DP_STATEMENT",
+    "SITE_RECORD_STATEMENT",
     "SERVER_EVENTS",
     "SITE_EVENTS",
     "LedgerEntry",
     "canonical_json",
     "entry_hash",
+    "statement_mode",
 ]
 
 SITE_EVENTS: tuple[str, ...] = ("reserve", "confirm", "decline")
 SERVER_EVENTS: tuple[str, ...] = ("trained", "declined", "failed")
 EVENTS: tuple[str, ...] = SITE_EVENTS + SERVER_EVENTS
 GENESIS_HASH = "0" * 64  # prev_hash of the first row
+NO_DP = "none"  # statement_mode of a release without DP (ε = ∞)
+#: the ``reason`` of a release without DP, in the site's ledger and the server's (``mode=none``: ε = ∞)
+NO_DP_STATEMENT = f"mode={NO_DP}; release=without-dp; allowed-by=the site's own file (dp = false); epsilon=inf"
+#: the ``reason`` of a site's OWN ledger row of its central participation (record-level: the server's σ/2;
+#: common/privacy/central.py)
+SITE_RECORD_STATEMENT = ("mode=central; unit=record; relation=add-or-remove-one-record; sampling=no-amplification; "
+                         "noise=the server's sigma/2 (it clips this site's whole update to C: sensitivity 2C); "
+                         "trusted-curator=the server sees this site's raw update")
+
+
+def statement_mode(reason: str) -> str:
+    """The ``mode=`` a row's ``reason`` opens with (``"sample"`` if none: plain DP-SGD rows state nothing)."""
+    head = str(reason or "").split(" | ", 1)[0].split(";", 1)[0].strip()
+    return head.split("=", 1)[1].strip() if head.startswith("mode=") else "sample"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,7 +85,7 @@ class LedgerEntry:
     run_id: str = ""  # Flower run the round belongs to
     dataset_id: str = ""  # identity of the site's dataset version ("" = unspecified)
     noise_multiplier: float | None = None  # σ of the round's DP-SGD
-    sample_rate: float | None = None  # Poisson sampling rate q (Opacus: 1/len(loader))
+    sample_rate: float | None = None  # Poisson sampling rate q = 1/ceil(max-records / batch-size)
     steps: int = 0  # DP-SGD steps of the round
     max_grad_norm: float | None = None  # clipping norm C
     delta: float | None = None  # δ the ε values refer to
@@ -86,6 +110,12 @@ class LedgerEntry:
         if self.event not in EVENTS:
             raise ValueError(f"LedgerEntry.event={self.event!r} (site={self.site!r}, round={self.round}): "
                              f"expected one of {EVENTS}")
+        if self.event == "reserve" and statement_mode(self.reason) == NO_DP:
+            if self.epsilon != math.inf or self.noise_multiplier is not None:
+                raise ValueError(f"LedgerEntry (site={self.site!r}, round={self.round}): a release without DP "
+                                 f"(reason 'mode={NO_DP}') has no σ and ε = inf; got σ={self.noise_multiplier!r}, "
+                                 f"ε={self.epsilon!r}")
+            return
         missing = [n for n in _REQUIRED.get(self.event, ()) if getattr(self, n) is None or getattr(self, n) == ""]
         if self.event == "reserve" and self.steps < 1:
             missing.append("steps")

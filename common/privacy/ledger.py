@@ -9,7 +9,9 @@ Guarantees
 * Append-only: this module issues no UPDATE or DELETE, and triggers in the file refuse them.
 * Atomic appends: one ``BEGIN IMMEDIATE`` transaction reads the chain head and inserts the
   row; concurrent writers (threads or processes) wait up to ``BUSY_TIMEOUT_S`` for the lock
-  and each gets its own ``seq``.
+  and each gets its own ``seq``. :meth:`Ledger.append_decided` reads the whole ledger and
+  appends what a decision over it returns in that same transaction: a site's budget check and
+  its reservation are one step, so two rounds at once can never both pass against one history.
 * Hash chain: row ``seq`` stores ``prev_hash`` = hash of row ``seq-1`` (``GENESIS_HASH`` for
   the first) and ``hash`` = sha256 over the canonical JSON of all its other fields (see
   :mod:`common.privacy.entry`). :meth:`Ledger.verify` detects an edited field, a deleted or
@@ -37,16 +39,16 @@ import dataclasses
 import sqlite3
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from common.privacy.accountant import Mechanism, epsilon_from_history
-from common.privacy.entry import GENESIS_HASH, LedgerEntry, entry_hash
+from common.privacy.chain import chain_append, chain_problems, row_where
+from common.privacy.entry import GENESIS_HASH, NO_DP, LedgerEntry, entry_hash, statement_mode
 from common.privacy.signing import HeadRecord, SignedHead, head_record_hash
 
 __all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "HeadRecord", "Ledger", "LedgerEntry",
-           "LedgerIntegrityError"]
+           "LedgerIntegrityError", "mechanism_history_of"]
 
 LEDGER_KIND = "fedfusion-privacy-ledger"  # meta.kind: refuses to treat another SQLite file as a ledger
 SCHEMA_VERSION = "1"  # meta.schema_version: bump on any change of columns or hashing
@@ -88,20 +90,24 @@ _INSERT = (f"INSERT INTO entries ({', '.join(chr(34) + n + chr(34) for n in FIEL
            f"VALUES ({', '.join('?' for _ in FIELDS)})")
 
 
-def _chain_append(conn: sqlite3.Connection, table: str, row: Any, hash_of: Callable[[Any], str], insert_sql: str,
-                  fields: Sequence[str]) -> Any:
-    """Append ``row`` to hash-chained ``table`` (``entries`` or ``heads``) inside the caller's transaction.
+def mechanism_history_of(entries: Sequence[LedgerEntry], *, site: str, dataset_id: str = "",
+                         where: str = "ledger") -> list[Mechanism]:
+    """``[(σ, q, steps), ...]`` of ``site``'s reserve rows among ``entries`` (see :meth:`Ledger.mechanism_history`).
 
-    The one chaining recipe: seq = last + 1, prev_hash = the last row's hash (genesis for the first), a UTC
-    timestamp, then the row's own hash over all of that. Returns the row as stored.
+    Raises
+    ------
+    ValueError
+        If the site released without DP (``mode=none``): its ε is ∞, which no history can express.
     """
-    last = conn.execute(f"SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev_hash = (int(last[0]) + 1, str(last[1])) if last else (1, GENESIS_HASH)
-    ts = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-    chained = dataclasses.replace(row, seq=seq, ts=ts, prev_hash=prev_hash)
-    chained = dataclasses.replace(chained, hash=hash_of(chained))
-    conn.execute(insert_sql, [getattr(chained, n) for n in fields])
-    return chained
+    history: list[Mechanism] = []
+    for row in entries:
+        if row.event != "reserve" or row.site != site or (dataset_id and row.dataset_id != dataset_id):
+            continue
+        if statement_mode(row.reason) == NO_DP:
+            raise ValueError(f"{where}: site {site!r} released without DP in round {row.round} (seq {row.seq}): "
+                             "its ε is infinite, no mechanism history expresses it")
+        history.append((float(row.noise_multiplier), float(row.sample_rate), int(row.steps)))
+    return history
 
 
 class LedgerIntegrityError(ValueError):
@@ -117,34 +123,6 @@ def _meta_problems(meta: dict[str, str]) -> list[str]:
         return []
     return [f"meta: kind={meta.get('kind')!r}, schema_version={meta.get('schema_version')!r}; expected "
             f"{LEDGER_KIND!r}, {SCHEMA_VERSION!r} (not a fedfusion ledger, or another schema version)"]
-
-
-def _where(row: dict[str, Any]) -> str:
-    return f"seq={row.get('seq')!r} (site={row.get('site')!r}, round={row.get('round')!r})"
-
-
-def _chain_problems(rows: Sequence[dict[str, Any]], *, record: Any = LedgerEntry, hasher: Any = entry_hash,
-                    what: str = "ledger entry", prefix: str = "") -> list[str]:
-    """Problems of the hash chain ``rows`` (raw column dicts, in seq order) of ``record`` rows."""
-    problems: list[str] = []
-    expected_seq, prev_hash, prev_where = 1, GENESIS_HASH, "the start (genesis)"
-    for row in rows:
-        where = prefix + _where(row)
-        if row["seq"] != expected_seq:
-            problems.append(f"{where}: expected seq {expected_seq} — rows deleted, inserted or reordered")
-        if row["prev_hash"] != prev_hash:
-            problems.append(f"{where}: prev_hash does not match the hash of {prev_where} — "
-                            "a row before it was deleted, inserted, reordered or rewritten")
-        try:
-            entry = record(**row)
-        except (TypeError, ValueError) as exc:
-            problems.append(f"{where}: not a valid {what} ({exc})")
-        else:
-            if hasher(entry) != row["hash"]:
-                problems.append(f"{where}: hash does not match its content — row edited, or forged with a bad hash")
-        expected_seq = row["seq"] + 1 if isinstance(row["seq"], int) else expected_seq + 1
-        prev_hash, prev_where = row["hash"], where
-    return problems
 
 
 class Ledger:
@@ -230,7 +208,31 @@ class Ledger:
             raise ValueError(f"{self.path}: append() assigns seq/ts/prev_hash/hash; got an entry that already has "
                              f"seq={entry.seq!r}, ts={entry.ts!r} (site={entry.site!r}, round={entry.round})")
         with self._transaction("IMMEDIATE") as conn:
-            return _chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+            return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+
+    def append_decided(self, decide: Callable[[list[LedgerEntry]], LedgerEntry]) -> LedgerEntry:
+        """Append ``decide(rows)`` where ``rows`` is the verified ledger, in ONE write transaction.
+
+        The write lock is held from the read to the insert: no other writer (thread or process) can append in
+        between, so a decision (a budget check) and its row (a reservation, or a decline) cannot be separated.
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If the ledger fails verification (nothing is appended).
+        """
+        with self._transaction("IMMEDIATE") as conn:
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            rows = self._rows(conn)
+            problems = _meta_problems(meta) + chain_problems(rows)
+            if problems:
+                raise LedgerIntegrityError(
+                    f"{self.path}: refusing to decide from a ledger that fails verification "
+                    f"({len(problems)} problem(s)); first: {problems[0]}", problems=problems)
+            entry = decide([LedgerEntry(**r) for r in rows])
+            if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
+                raise ValueError(f"{self.path}: append_decided() assigns seq/ts/prev_hash/hash")
+            return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
 
     # ------------------------------------------------------------------ read
     def entries(self, *, site: str | None = None) -> list[LedgerEntry]:
@@ -248,7 +250,7 @@ class Ledger:
             try:
                 out.append(LedgerEntry(**row))
             except (TypeError, ValueError) as exc:
-                raise LedgerIntegrityError(f"{self.path}: {_where(row)} is not a valid ledger entry: {exc}") from exc
+                raise LedgerIntegrityError(f"{self.path}: {row_where(row)} is not a valid ledger entry: {exc}") from exc
         return out
 
     def head(self) -> tuple[int, str]:
@@ -263,13 +265,15 @@ class Ledger:
         Each problem names the row's seq, site and round.
         """
         meta, rows = self._snapshot()
-        return _meta_problems(meta) + _chain_problems(rows)
+        return _meta_problems(meta) + chain_problems(rows)
 
     # ------------------------------------------------------------ accounting
     def mechanism_history(self, *, site: str, dataset_id: str = "") -> list[Mechanism]:
         """The site's DP-SGD history ``[(σ, q, steps), ...]`` from its "reserve" rows, in seq order.
 
-        A reservation counts as spent whether or not it was confirmed (conservative).
+        A reservation counts as spent whether or not it was confirmed (conservative). A release
+        without DP (``mode=none``) is no mechanism: its ε is ∞, which no history can express, so
+        this raises rather than leave it out (check :meth:`released_without_dp` first).
         ``dataset_id=""`` means ALL of the site's reservations (never "only rows without an id");
         a non-empty ``dataset_id`` keeps only that dataset's. Runs and federations are not
         filtered: a dataset's budget spans all of them.
@@ -278,19 +282,22 @@ class Ledger:
         ------
         LedgerIntegrityError
             If :meth:`verify` finds any problem: ε from a tampered ledger could be too low.
+        ValueError
+            If the site released without DP (its ε is ∞).
         """
         meta, rows = self._snapshot()  # verify and account from the same snapshot
-        problems = _meta_problems(meta) + _chain_problems(rows)
+        problems = _meta_problems(meta) + chain_problems(rows)
         if problems:
             raise LedgerIntegrityError(
                 f"{self.path}: refusing to account from a ledger that fails verification "
                 f"({len(problems)} problem(s)); first: {problems[0]}", problems=problems)
-        history: list[Mechanism] = []
-        for row in rows:
-            if row["event"] != "reserve" or row["site"] != site or (dataset_id and row["dataset_id"] != dataset_id):
-                continue
-            history.append((float(row["noise_multiplier"]), float(row["sample_rate"]), int(row["steps"])))
-        return history
+        return mechanism_history_of([LedgerEntry(**row) for row in rows], site=site, dataset_id=dataset_id,
+                                    where=str(self.path))
+
+    def released_without_dp(self, *, site: str, entries: Sequence[LedgerEntry] | None = None) -> list[LedgerEntry]:
+        """The site's reserve rows of releases without DP (``mode=none``): after any of them its ε is ∞."""
+        rows = self.entries(site=site) if entries is None else [e for e in entries if e.site == site]
+        return [e for e in rows if e.event == "reserve" and statement_mode(e.reason) == NO_DP]
 
     def spent(self, *, site: str, delta: float, accountant: str = "prv", dataset_id: str = "") -> float:
         """ε the site has spent (all its reservations, or one dataset's) at ``delta`` by ``accountant``.
@@ -300,6 +307,8 @@ class Ledger:
         LedgerIntegrityError
             If the ledger fails verification.
         """
+        if self.released_without_dp(site=site):
+            return float("inf")
         history = self.mechanism_history(site=site, dataset_id=dataset_id)
         return epsilon_from_history(history, delta=delta, accountant=accountant)
 
@@ -314,7 +323,7 @@ class Ledger:
     def _append_head(self, conn: sqlite3.Connection, record: HeadRecord) -> HeadRecord:
         if record.seq is not None or record.ts or record.prev_hash or record.hash:
             raise ValueError(f"{self.path}: append_head() assigns seq/ts/prev_hash/hash (site={record.site!r})")
-        return _chain_append(conn, "heads", record, head_record_hash, _INSERT_HEAD, HEAD_FIELDS)
+        return chain_append(conn, "heads", record, head_record_hash, _INSERT_HEAD, HEAD_FIELDS)
 
     def append_head(self, record: HeadRecord) -> HeadRecord:
         """Append a signed head (e.g. one a site sent the server) to the ``heads`` table, atomically."""
@@ -376,5 +385,5 @@ class Ledger:
         """Problems of the ``heads`` table's own hash chain (not of the signatures: see the audit)."""
         with self._transaction("DEFERRED") as conn:
             rows = self._head_rows(conn)
-        return _chain_problems(rows, record=HeadRecord, hasher=head_record_hash, what="head record",
+        return chain_problems(rows, record=HeadRecord, hasher=head_record_hash, what="head record",
                                prefix="heads ")

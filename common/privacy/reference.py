@@ -42,7 +42,8 @@ import dp_accounting
 from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
-__all__ = ["PLD_VALUE_DISCRETIZATION_INTERVAL", "dp_event", "epsilon_dp_accounting_rdp", "epsilon_pld"]
+__all__ = ["PLD_VALUE_DISCRETIZATION_INTERVAL", "dp_event", "epsilon_dp_accounting_rdp", "epsilon_pld",
+           "epsilon_pld_bounds"]
 
 PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-3  # PLD grid; see module docstring for the precision/speed trade
 _RELATION = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE  # Opacus' relation
@@ -98,6 +99,43 @@ def epsilon_pld(
     accountant = PLDAccountant(_RELATION, value_discretization_interval=value_discretization_interval)
     accountant.compose(dp_event(history))
     return float(accountant.get_epsilon(delta))
+
+
+def epsilon_pld_bounds(history: Sequence[Sequence[Any]], *, delta: float,
+                       value_discretization_interval: float) -> tuple[float, float]:
+    """(optimistic, pessimistic) ε of ``history`` by dp_accounting's PLD on the given grid (add/remove).
+
+    The pessimistic estimate rounds every privacy loss UP to the grid (an upper bound of the true ε); the
+    optimistic one rounds DOWN (``pessimistic_estimate=False``; privacy-buckets discretisation): a lower bound.
+    A reported ε below the optimistic value is certainly under-reported; between the two the grid cannot tell.
+
+    Parameters
+    ----------
+    history : sequence of (noise_multiplier, sample_rate, num_steps)
+        Poisson-subsampled Gaussian steps; ``sample_rate = 1`` is a plain Gaussian release.
+    delta : float
+        In (0, 1).
+    value_discretization_interval : float
+        The grid; the two bounds close in as it shrinks (and the cost grows).
+    """
+    from dp_accounting.pld import privacy_loss_distribution as pld_lib
+
+    _check_delta(delta)
+    bounds = []
+    for pessimistic in (False, True):
+        total = None
+        for i, (sigma, q, steps) in enumerate(history):
+            if not (math.isfinite(sigma) and sigma > 0 and 0 < q <= 1 and int(steps) == steps >= 0):
+                raise ValueError(f"history[{i}] = {(sigma, q, steps)!r}: need σ > 0, 0 < q <= 1, integer steps >= 0")
+            if not steps:
+                continue
+            one = pld_lib.from_gaussian_mechanism(
+                standard_deviation=float(sigma), sampling_prob=float(q), pessimistic_estimate=pessimistic,
+                value_discretization_interval=value_discretization_interval, use_connect_dots=pessimistic,
+                neighboring_relation=_RELATION).self_compose(int(steps))
+            total = one if total is None else total.compose(one)
+        bounds.append(0.0 if total is None else max(0.0, float(total.get_epsilon_for_delta(delta))))
+    return bounds[0], bounds[1]
 
 
 def epsilon_dp_accounting_rdp(

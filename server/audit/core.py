@@ -37,6 +37,16 @@ from server.audit.recompute import MECHANISMS, recompute_site, thresholds
 __all__ = ["LEDGER_FILE", "SITE_KEY_PUB", "audit_compare", "audit_path"]
 
 LEDGER_FILE = "ledger.sqlite"  # in a run folder (server) and in a site's state folder
+#: what leaves a site, stated in every report (README "What leaves a site")
+RELEASED = ("What a site releases: its model update (after DP-SGD in sample mode, which the ε below covers; raw to a "
+            "trusted server that adds the noise in central mode; raw where its own file allowed a release without "
+            "DP, ε = ∞); evaluation metrics on its TEST rows (accuracy, balanced accuracy, AUC, loss, row and "
+            "positive counts), which are NOT privatised; and public facts: its privacy settings, its declared "
+            "max-records bound (the sample rate q = 1/ceil(max-records / batch size), the steps, the default δ and "
+            "its aggregation weight derive from it, never from the rows it holds), its ledger's ε and signed head, "
+            "and an HMAC of its dataset's fingerprint under a key it keeps. No training loss, no row count; a "
+            "failed reply carries a code from a closed list, never the error's text. Timing metrics (a side "
+            "channel of the row count) only where the site allows them (simulation, or report-timing = true).")
 SITE_KEY_PUB = "site_key.pub"  # beside a site's ledger: the public half of the key it signs with
 #: site ledgers under ``--sites DIR``: a simulation's ``<site>/ledger.sqlite``, a deployed site's
 #: ``SITE/state/ledger.sqlite`` (DEPLOY.md; the folder need not be named after the site: rows name it)
@@ -294,6 +304,7 @@ def _audit_site(report: AuditReport, site: str, *, ledger: Ledger | None, rows: 
         audit.remaining = audit.epsilon_budget - max(audit.spent_reported or 0.0, audit.spent_pld or 0.0)
     audit.secure_mode = _secure_mode(heads, summary)
     audit.noise_seed = str(summary.get("noise_seed", "not recorded"))
+    audit.max_records = int(summary["max_records"]) if summary.get("max_records") else None
     if audit.noise_seed == "run-seed":
         report.add([Finding(WARN, "noise", f"{site}: DP sampling and noise were derived from the run's seed "
                                            "(noise-seed = run-seed): the ε does not hold against anyone who knows "
@@ -347,8 +358,16 @@ def _statements(report: AuditReport) -> list[str]:
         dpa = "?"
     sites = sorted(report.sites.items())
     modes = sorted({m.strip() for _, a in sites for m in a.mode.split(",") if m.strip()}) or ["sample-level"]
-    out = [f"Neighbouring relation and mechanism ({m}): {MECHANISMS[m].relation}." if m in MECHANISMS
-           else f"Mechanism {m}: unknown to this audit." for m in modes]
+    out = [RELEASED]
+    out += [f"Neighbouring relation and mechanism ({m}): {MECHANISMS[m].relation}." if m in MECHANISMS
+            else f"Mechanism {m}: unknown to this audit." for m in modes]
+    out.append("max-records per site (PUBLIC, declared by the site; q, the steps, the default δ and its aggregation "
+               "weight derive from it): " + ("; ".join(f"{n} {a.max_records or 'not recorded'}" for n, a in sites)
+                                              or "n/a") + ". The guarantee holds for datasets within that bound.")
+    unbounded = [n for n, a in sites if a.released_without_dp]
+    if unbounded:
+        out.append("Released WITHOUT differential privacy (their own file allowed it; ε = ∞ from then on): "
+                   + ", ".join(unbounded) + ".")
     out.append("δ per site (every ε is (ε, δ)-DP at that δ): "
                + ("; ".join(f"{n} δ={', '.join(f'{d:g}' for d in a.deltas) or 'n/a'}" for n, a in sites) or "none"))
     out.append("Opacus secure_mode (cryptographically secure noise RNG): "
@@ -363,14 +382,15 @@ def _statements(report: AuditReport) -> list[str]:
                  "whose seeds were derived from the run's seed, central-mode rows, whose noise the server adds, or a "
                  "site's ledger audited without its run folder (a deployed site's own ledger counts as secret: its "
                  "config refuses anything else).")
-    out.append("The evaluation metrics each site released (accuracy, balanced accuracy, AUC, loss on its test rows) "
-               "are NOT privatised: ε covers the model updates sent from training only.")
     out.append(f"Reported ε comes from the accountant each row names (a site's: Opacus PRV, RDP beside it; central "
                f"rows: Flower's RdpAccountant). The audit recomputed every "
                f"value with Google's dp-accounting {dpa} (PLD: add/remove, the larger of both directions; and RDP), "
-               f"which the training never used. Under-reported: more than {report.thresholds['under_report_rtol']:.0%} "
-               f"below PLD (FAIL); conservative: more than {report.thresholds['conservative_rtol']:.0%} above RDP "
-               "(WARN).")
+               "which the training never used. Under-reported (FAIL): below dp-accounting's OPTIMISTIC PLD estimate "
+               "(a lower bound of the true ε) on the "
+               f"{report.thresholds['pld_value_discretization_interval']:g} grid, or, for a value between that "
+               f"grid's bounds, on the {report.thresholds.get('fine_pld_value_discretization_interval', 0):g} grid; "
+               "between the fine grid's optimistic and pessimistic estimates: WARN (the grid cannot tell); "
+               f"conservative: more than {report.thresholds['conservative_rtol']:.0%} above RDP (WARN).")
     out.append("Integrity: ledger rows are hash-chained; each site signs its ledger head (ECDSA P-384) after every "
                "round and the server records it; the server signs its own ledger. A signature shows which key vouched "
                "for a head, not that its holder is honest: compare the key fingerprints with the keys you trust.")

@@ -1,7 +1,7 @@
 """``fedfusion audit --html OUT``: one self-contained HTML file (plots inline as base64 PNG).
 
-It holds the verdict, what the numbers mean (δ, neighbouring relation, secure_mode,
-unprivatised evaluation metrics), the per-site budget table, a plot of cumulative ε per round
+It holds the verdict, what each site releases and under which relation (δ, the public max-records
+bound, secure_mode, unprivatised evaluation metrics), the per-site budget table, a plot of cumulative ε per round
 per site against each budget, the mechanism parameters of every ledger row beside the
 recomputed ε, and every finding.
 """
@@ -108,7 +108,8 @@ def render_html(report: AuditReport) -> str:
              f"<h1>Privacy audit</h1><p><code>{_e(report.target)}</code> ({_e(report.kind)})</p>",
              f"<p class='banner {'pass' if report.passed else 'fail'}'>Audit {'PASSED' if report.passed else 'FAILED'}"
              f": {report.count('FAIL')} failure(s), {report.count('WARN')} warning(s)</p>",
-             "<h2>What the numbers mean</h2><ul>" + "".join(f"<li>{_e(s)}</li>" for s in report.statements) + "</ul>"]
+             "<h2>What is released, under which relation, and what the numbers mean</h2><ul>"
+             + "".join(f"<li>{_e(s)}</li>" for s in report.statements) + "</ul>"]
     rows = site_rows(report)
     if rows:
         parts.append("<h2>Budgets</h2><table><tr>" + "".join(
@@ -152,7 +153,7 @@ def _mechanism_table(rows: list[RoundRow]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
     for r in rows:
         cls = ("FAIL" if r.status in ("under-reported", "over-budget")
-               else ("WARN" if r.status == "conservative" else ""))
+               else ("WARN" if r.status in ("conservative", "within-grid", "no-dp") else ""))
         cells = (r.seq, r.round, r.event, _n(r.noise_multiplier), _n(r.sample_rate), r.steps, _n(r.max_grad_norm, "g"),
                  _n(r.delta, "g"), r.accountant, _n(r.reported_epsilon), _n(r.reported_epsilon_rdp), _n(r.pld_epsilon),
                  _n(r.rdp_epsilon), _n(r.budget, "g"), r.status)

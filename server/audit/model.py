@@ -64,7 +64,7 @@ class RoundRow:
     pld_epsilon: float | None  # dp-accounting PLD over the history up to this row
     rdp_epsilon: float | None  # dp-accounting RDP over the same history
     budget: float | None  # lifetime budget in force (from the signed heads)
-    status: str  # ok | under-reported | conservative | over-budget | unchecked
+    status: str  # ok | within-grid | under-reported | conservative | over-budget | no-dp | unchecked
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -83,6 +83,8 @@ class SiteAudit:
     accountants: list[str] = field(default_factory=list)  # accountants of its reported ε
     secure_mode: str = "not recorded"  # on | off | mixed (...) | not recorded
     noise_seed: str = "not recorded"  # secret | run-seed (client/dp_random.py) | not recorded (runs before 2026-11-28)
+    max_records: int | None = None  # the site's declared PUBLIC bound on its training records (summary.json)
+    released_without_dp: bool = False  # a release without DP (mode=none) is in its history: ε = ∞
     target_epsilon: float | None = None
     epsilon_budget: float | None = None
     spent_reported: float | None = None  # the last reported cumulative ε

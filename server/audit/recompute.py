@@ -14,45 +14,37 @@ from nothing but the mechanism each ledger row logs:
 
 Checks (thresholds are module constants, shown in every report):
 
-* under-report, FAIL: reported ε more than ``UNDER_REPORT_RTOL`` (1 %) below the PLD value; a
-  suspected case is recomputed on a 10x finer PLD grid before it is called (the 1e-3 grid's
-  pessimistic rounding can exceed a tight PRV value at small ε);
+* under-report, FAIL: reported ε below dp-accounting's OPTIMISTIC PLD estimate (a lower bound of the true ε:
+  privacy losses rounded down to the grid), first on the 1e-3 grid, then on the 10x finer grid
+  (``FINE_PLD_DISCRETIZATION_INTERVAL``) when the value falls between the coarse bounds;
+* within the grid's uncertainty, WARN: reported ε between the fine grid's optimistic and pessimistic PLD (the
+  grid cannot tell whether it is below the true ε); at or above the pessimistic PLD (an upper bound): fine;
 * the RDP companion figure more than 1 % below dp-accounting's RDP (whose orders include
   Opacus'), FAIL; if dp-accounting had to exclude a fractional order that did not converge
   (its RDP is then larger than the full-order value) the figure is judged against PLD instead;
 * conservative, WARN: reported ε more than ``CONSERVATIVE_RTOL`` (2 %) above dp-accounting's RDP;
-* over budget, FAIL: reported ε above the budget in force, or PLD more than 1 % above it.
+* over budget, FAIL: reported ε above the budget in force, or PLD more than 1 % above it;
+* a release without DP (``mode=none``, allowed by the site's own file), WARN: ε = ∞ from that row on, reported
+  as ∞ (a later finite ε is under-reported); it is not counted as a budget excess, it is stated;
+* a central row whose stated sample is smaller than the federation (``sampled`` < ``available``), FAIL: with a
+  fixed sample of m < N sites, neighbouring federations can swap one site's term for another's (sensitivity
+  2C), which Flower's accounting (sensitivity C) does not cover.
 
-Mechanism families (``MECHANISMS``) map a row to a ``dp_accounting`` event:
-
-* ``"sample-level"``: DP-SGD at a site, Poisson-subsampled Gaussian, ``steps`` times;
-* ``"central"``: site-level DP by the server (Flower's fixed-clipping wrapper): one Gaussian
-  release per round, no amplification by sampling (the row's ``m/N`` sample rate is for the
-  record only). Such rows state their assumption in ``reason`` (``mode=central; ...;
-  sampling=no-amplification``, :func:`common.privacy.central.parse_assumption`).
-
-A row names its family in a ``mode`` field or in that statement; rows with neither are
-sample-level. An unknown family, or a central row claiming any sampling other than
-``no-amplification``, fails the audit rather than being guessed.
+Mechanism families (how a row becomes a ``dp_accounting`` event): :mod:`server.audit.mechanisms`; ε of a
+composed history and the verdict on a reported value: :mod:`server.audit.epsilons`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import logging
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import dp_accounting
-from dp_accounting.pld import PLDAccountant
-from dp_accounting.rdp import RdpAccountant
-
 from common.privacy.entry import LedgerEntry
-from common.privacy.reference import PLD_VALUE_DISCRETIZATION_INTERVAL, dp_event
+from common.privacy.reference import PLD_VALUE_DISCRETIZATION_INTERVAL
+from server.audit.epsilons import (FINE_PLD_DISCRETIZATION_INTERVAL, Step, cumulative_epsilons, judge_reported,
+                                   rdp_orders_excluded)
+from server.audit.mechanisms import MECHANISMS, MechanismFamily, fixed_sample, row_mode
 from server.audit.model import FAIL, WARN, Finding, RoundRow, SiteAudit
 
 __all__ = [
@@ -69,184 +61,16 @@ __all__ = [
     "thresholds",
 ]
 
-UNDER_REPORT_RTOL = 0.01  # reported ε more than 1 % below PLD: under-reported (FAIL)
+UNDER_REPORT_RTOL = 0.01  # the RDP companion figure more than 1 % below dp-accounting's RDP: under-reported
 CONSERVATIVE_RTOL = 0.02  # reported ε more than 2 % above dp-accounting RDP: conservative (WARN)
 BUDGET_RTOL = 0.01  # PLD more than 1 % above the budget: exceeded (reported ε: any amount)
-FINE_PLD_DISCRETIZATION_INTERVAL = PLD_VALUE_DISCRETIZATION_INTERVAL / 10  # confirms a suspected under-report
-_RELATION = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-_CACHE_SIZE = 4096  # memoised accountant states (by history prefix): re-audits and copies cost nothing
 
-
-@dataclass(frozen=True)
-class MechanismFamily:
-    """How the rows of one privacy mode become ``dp_accounting`` events, and what their ε means."""
-
-    name: str
-    relation: str  # neighbouring relation and sampling assumption, in words (printed in reports)
-    event: Callable[[Any], dp_accounting.DpEvent]  # ledger row -> the event of that row's mechanism
-
-
-def _dpsgd_event(row: Any) -> dp_accounting.DpEvent:
-    return dp_event([(float(row.noise_multiplier), float(row.sample_rate), int(row.steps))])
-
-
-def _central_event(row: Any) -> dp_accounting.DpEvent:
-    return dp_accounting.SelfComposedDpEvent(dp_accounting.GaussianDpEvent(float(row.noise_multiplier)),
-                                             int(row.steps))
-
-
-MECHANISMS: dict[str, MechanismFamily] = {
-    "sample-level": MechanismFamily(
-        "sample-level",
-        "sample-level DP of one site's dataset; neighbouring datasets differ by adding or removing one "
-        "record; DP-SGD with Poisson sampling at rate q (Opacus: q = 1/len(loader)), per-sample clipping "
-        "to C and Gaussian noise σ·C per step",
-        _dpsgd_event),
-    "central": MechanismFamily(
-        "central",
-        "site-level DP of the federation's training (server-side noise): neighbouring federations differ by "
-        "adding or removing ONE SITE with all its records; one Gaussian release per round, noise σ·C on the sum of "
-        "updates clipped to C, equal weights; no amplification by sampling is claimed; the server is trusted",
-        _central_event),
-}
-
-
-def row_mode(row: Any) -> str:
-    """The mechanism family of a row: its ``mode`` field, else the ``mode=`` of its stated assumption,
-    else sample-level. A central row that claims amplification by sampling is returned as
-    ``"central/<sampling>"``, which no family accounts (the audit fails rather than guess)."""
-    mode = str(getattr(row, "mode", "") or "")
-    reason = str(getattr(row, "reason", "") or "")
-    if not mode and reason.startswith("mode="):
-        from common.privacy.central import parse_assumption
-
-        stated = parse_assumption(reason)
-        mode = stated.get("mode", "")
-        if mode == "central" and stated.get("sampling", "no-amplification") != "no-amplification":
-            mode = f"central/{stated.get('sampling')}"
-    return mode or "sample-level"
 
 
 def thresholds() -> dict[str, float]:
     return {"under_report_rtol": UNDER_REPORT_RTOL, "conservative_rtol": CONSERVATIVE_RTOL,
-            "budget_rtol": BUDGET_RTOL, "pld_value_discretization_interval": PLD_VALUE_DISCRETIZATION_INTERVAL}
-
-
-# ------------------------------------------------------------------ memoised accountants
-Step = tuple[str, float, float, int]  # (mode, σ, q, steps): one composed row
-_STATES: OrderedDict[tuple[Step, ...], tuple[PLDAccountant, RdpAccountant, bool]] = OrderedDict()
-_EPS: OrderedDict[tuple[tuple[Step, ...], float], tuple[float, float]] = OrderedDict()
-
-
-def _remember(cache: OrderedDict, key: Any, value: Any) -> Any:
-    cache[key] = value
-    cache.move_to_end(key)
-    while len(cache) > _CACHE_SIZE:
-        cache.popitem(last=False)
-    return value
-
-
-class _Excluded(logging.Handler):
-    """Counts dp-accounting's "failed to converge ... Excluding this order" notes."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.count = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.count += "Excluding this order" in record.getMessage()
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-    """Silence dp-accounting's RDP notes about fractional orders it excludes, and count them.
-
-    An excluded order only makes dp-accounting's RDP ε larger; but then it may exceed Opacus'
-    RDP (which computes every order), so the RDP companion figure is judged against PLD instead.
-    """
-    absl = logging.getLogger("absl")
-    level, propagate, handler = absl.level, absl.propagate, _Excluded()
-    absl.setLevel(logging.WARNING)
-    absl.propagate = False
-    absl.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        absl.removeHandler(handler)
-        absl.setLevel(level)
-        absl.propagate = propagate
-
-
-def _event(step: Step) -> dp_accounting.DpEvent:
-    mode, sigma, q, steps = step
-    return MECHANISMS[mode].event(LedgerEntry(site="-", round=0, event="trained", noise_multiplier=sigma,
-                                              sample_rate=q, steps=steps))
-
-
-def _state(prefix: tuple[Step, ...]) -> tuple[PLDAccountant, RdpAccountant, bool]:
-    """PLD and RDP accountants that composed ``prefix`` (and whether RDP excluded an order), built on
-    the longest memoised prefix."""
-    if prefix in _STATES:
-        _STATES.move_to_end(prefix)
-        return _STATES[prefix]
-    known = next((i for i in range(len(prefix) - 1, -1, -1) if prefix[:i] in _STATES), 0)
-    if known:
-        pld, rdp, excluded = _STATES[prefix[:known]]
-        pld, rdp = copy.deepcopy(pld), copy.deepcopy(rdp)
-    else:
-        pld = PLDAccountant(_RELATION, value_discretization_interval=PLD_VALUE_DISCRETIZATION_INTERVAL)
-        rdp, excluded = RdpAccountant(neighboring_relation=_RELATION), False
-    for i in range(known, len(prefix)):
-        event = _event(prefix[i])
-        pld.compose(event)
-        with _quiet_absl() as notes:
-            rdp.compose(event)
-        excluded = excluded or notes.count > 0
-        _remember(_STATES, prefix[:i + 1], (pld, rdp, excluded))
-        if i + 1 < len(prefix):
-            pld, rdp = copy.deepcopy(pld), copy.deepcopy(rdp)
-    return _STATES[prefix]
-
-
-def cumulative_epsilons(prefix: Sequence[Step], delta: float) -> tuple[float, float]:
-    """(PLD ε, RDP ε) by ``dp_accounting`` of the composed ``prefix`` at ``delta`` (0, 0 when empty)."""
-    prefix = tuple(prefix)
-    if not prefix:
-        return 0.0, 0.0
-    key = (prefix, float(delta))
-    if key in _EPS:
-        return _EPS[key]
-    pld, rdp, _ = _state(prefix)
-    with _quiet_absl():
-        return _remember(_EPS, key, (float(pld.get_epsilon(delta)), float(rdp.get_epsilon(delta))))
-
-
-def rdp_orders_excluded(prefix: Sequence[Step]) -> bool:
-    """Whether dp-accounting's RDP had to exclude a fractional order while composing ``prefix``."""
-    return bool(prefix) and _state(tuple(prefix))[2]
-
-
-def _fine_pld(prefix: Sequence[Step], delta: float) -> float:
-    key = (("fine",), *prefix), float(delta)
-    if key not in _EPS:
-        acc = PLDAccountant(_RELATION, value_discretization_interval=FINE_PLD_DISCRETIZATION_INTERVAL)
-        for step in prefix:
-            acc.compose(_event(step))
-        _remember(_EPS, key, (float(acc.get_epsilon(delta)), math.nan))
-    return _EPS[key][0]
-
-
-def _confirmed_pld(reported: float, pld: float, prefix: Sequence[Step], delta: float) -> float:
-    """The PLD value to judge ``reported`` by, once it looks under-reported on the coarse grid.
-
-    The pessimistic grid overstates each composed privacy loss by less than one interval, so
-    the tight value is above ``pld - steps * interval``. If ``reported`` is under-reported even
-    against that floor, the coarse value stands; otherwise the 10x finer grid decides.
-    """
-    floor = pld - sum(step[3] for step in prefix) * PLD_VALUE_DISCRETIZATION_INTERVAL
-    if reported < floor * (1 - UNDER_REPORT_RTOL):
-        return pld
-    return _fine_pld(prefix, delta)
+            "budget_rtol": BUDGET_RTOL, "pld_value_discretization_interval": PLD_VALUE_DISCRETIZATION_INTERVAL,
+            "fine_pld_value_discretization_interval": FINE_PLD_DISCRETIZATION_INTERVAL}
 
 
 # ------------------------------------------------------------------------ per site
@@ -256,6 +80,72 @@ _SERVER_COMPOSE, _SERVER_STATES = ("trained",), ("trained", "declined")
 
 def _pct(a: float, b: float) -> str:
     return f"{abs(a - b) / b * 100:.1f}%" if b else "n/a"
+
+
+def _compose_row(row: LedgerEntry, mode: str, prefix: list[Step], composed: set[tuple[str, int]], server: bool,
+                 finding: Callable[[str, str, LedgerEntry, str], None]) -> bool:
+    """Add a spending row's mechanism to ``prefix``; True if the history can no longer be recomputed."""
+    if mode not in MECHANISMS:
+        finding(FAIL, "recompute", row, f"unknown mechanism mode {mode!r}: ε cannot be recomputed "
+                                        f"(known: {sorted(MECHANISMS)}); later rows are left unchecked")
+        return True
+    if mode == "none":
+        finding(WARN, "no-dp", row, "released WITHOUT differential privacy (mode=none; the site's own file allowed "
+                                    "it): ε = ∞ from this round on")
+    elif row.noise_multiplier is None or row.sample_rate is None:
+        finding(FAIL, "recompute", row, "trained without a logged DP mechanism (no σ or q, and no statement that "
+                                        "DP was off): no ε bounds it; later rows are left unchecked")
+        return True
+    fixed = fixed_sample(row) if mode == "central" else None
+    if fixed is not None:
+        finding(FAIL, "recompute", row, f"central release with a fixed sample of {fixed[0]} of {fixed[1]} sites: "
+                                        "neighbouring federations can swap one site's term for another's "
+                                        "(sensitivity 2C), which the accounted ε (sensitivity C) does not cover")
+    if server and (row.federation_id, row.round) in composed:  # a replayed round is spent once
+        return False
+    composed.add((row.federation_id, row.round))
+    if row.steps > 0 or mode == "none":
+        prefix.append((mode, float(row.noise_multiplier or 0.0), float(row.sample_rate or 1.0), max(1, row.steps)))
+    return False
+
+
+def _judge_row(row: LedgerEntry, prefix: list[Step], server: bool,
+               finding: Callable[[str, str, LedgerEntry, str], None]) -> tuple[str, float, float]:
+    """(status, PLD ε, RDP ε) of one row that states an ε, with its findings."""
+    pld, rdp = cumulative_epsilons(prefix, row.delta)
+    verdict, reference = ("no-dp", pld) if math.isinf(pld) and math.isinf(row.epsilon) else judge_reported(
+        row.epsilon, pld, prefix, row.delta)
+    status = {"uncertain": "within-grid"}.get(verdict, verdict)
+    if verdict == "under-reported":
+        finding(FAIL, "recompute", row,
+                f"UNDER-REPORTED: reported ε={row.epsilon:.4f} ({row.accountant or '?'}) is below dp-accounting's "
+                f"optimistic PLD ε={reference:.4f} (a lower bound of the true ε) at δ={row.delta:g} over "
+                f"{len(prefix)} logged mechanism(s)")
+    elif verdict == "uncertain":
+        finding(WARN, "recompute", row,
+                f"reported ε={row.epsilon:.4f} is below dp-accounting's pessimistic PLD ε={reference:.4f} on the "
+                f"fine grid but not below its optimistic value: the grid cannot tell whether it is under-reported")
+    if math.isinf(pld):
+        return status, pld, rdp
+    # the RDP figure: against dp-accounting's RDP (its orders include Opacus'), or against PLD when
+    # dp-accounting had to drop an order (its RDP may then exceed a correct Opacus value)
+    ref, ref_name = (pld, "PLD") if rdp_orders_excluded(prefix) else (rdp, "RDP")
+    if row.epsilon_rdp is not None and row.epsilon_rdp < ref * (1 - UNDER_REPORT_RTOL):
+        status = "under-reported"
+        finding(FAIL, "recompute", row,
+                f"UNDER-REPORTED RDP figure: ε_rdp={row.epsilon_rdp:.4f} is {_pct(row.epsilon_rdp, ref)} below "
+                f"dp-accounting {ref_name} ε={ref:.4f} at δ={row.delta:g}")
+    elif row.epsilon_rdp is not None and row.epsilon_rdp < rdp * (1 - UNDER_REPORT_RTOL):
+        finding(WARN, "recompute", row,
+                f"RDP figure ε_rdp={row.epsilon_rdp:.4f} is {_pct(row.epsilon_rdp, rdp)} below dp-accounting's "
+                f"RDP ε={rdp:.4f} (which dropped non-converging fractional orders, so it may be high), but not "
+                f"below PLD ε={pld:.4f}")
+    if status == "ok" and not server and row.epsilon > rdp * (1 + CONSERVATIVE_RTOL):
+        status = "conservative"
+        finding(WARN, "recompute", row,
+                f"conservative: reported ε={row.epsilon:.4f} is {_pct(row.epsilon, rdp)} above dp-accounting "
+                f"RDP ε={rdp:.4f} (more spent than the logged mechanisms explain)")
+    return status, pld, rdp
 
 
 def recompute_site(audit: SiteAudit, rows: Sequence[LedgerEntry], *, budget_for: Callable[[int], float | None],
@@ -290,18 +180,7 @@ def recompute_site(audit: SiteAudit, rows: Sequence[LedgerEntry], *, budget_for:
             continue
         mode = row_mode(row)
         if row.event in compose and not broken:
-            if mode not in MECHANISMS:
-                finding(FAIL, "recompute", row, f"unknown mechanism mode {mode!r}: ε cannot be recomputed "
-                                                f"(known: {sorted(MECHANISMS)}); later rows are left unchecked")
-                broken = True
-            elif row.noise_multiplier is None or row.sample_rate is None:
-                finding(FAIL, "recompute", row, "trained without a logged DP mechanism (no σ or q; DP off?): no "
-                                                "ε bounds it; later rows are left unchecked")
-                broken = True
-            elif not (server and (row.federation_id, row.round) in composed):  # a replayed round is spent once
-                composed.add((row.federation_id, row.round))
-                if row.steps > 0:
-                    prefix.append((mode, float(row.noise_multiplier), float(row.sample_rate), int(row.steps)))
+            broken = _compose_row(row, mode, prefix, composed, server, finding)
         rr = RoundRow(seq=int(row.seq or 0), round=row.round, federation_id=row.federation_id, run_id=row.run_id,
                       event=row.event, mode=mode, noise_multiplier=row.noise_multiplier, sample_rate=row.sample_rate,
                       steps=row.steps, max_grad_norm=row.max_grad_norm, delta=row.delta, accountant=row.accountant,
@@ -314,42 +193,18 @@ def recompute_site(audit: SiteAudit, rows: Sequence[LedgerEntry], *, budget_for:
                 finding(WARN, "recompute", row, "states no ε (or no δ): nothing to check it against")
             audit.rows.append(rr)
             continue
-        pld, rdp = cumulative_epsilons(prefix, row.delta)
-        status = "ok"
-        if row.epsilon < pld * (1 - UNDER_REPORT_RTOL):
-            pld = _confirmed_pld(row.epsilon, pld, prefix, row.delta)  # rule out the grid's pessimism first
-            if row.epsilon < pld * (1 - UNDER_REPORT_RTOL):
-                status = "under-reported"
-                finding(FAIL, "recompute", row,
-                        f"UNDER-REPORTED: reported ε={row.epsilon:.4f} ({row.accountant or '?'}) is "
-                        f"{_pct(row.epsilon, pld)} below dp-accounting PLD ε={pld:.4f} at δ={row.delta:g} "
-                        f"over {len(prefix)} logged mechanism(s)")
-        # the RDP figure: against dp-accounting's RDP (its orders include Opacus'), or against PLD when
-        # dp-accounting had to drop an order (its RDP may then exceed a correct Opacus value)
-        ref, ref_name = (pld, "PLD") if rdp_orders_excluded(prefix) else (rdp, "RDP")
-        if row.epsilon_rdp is not None and row.epsilon_rdp < ref * (1 - UNDER_REPORT_RTOL):
-            status = "under-reported"
-            finding(FAIL, "recompute", row,
-                    f"UNDER-REPORTED RDP figure: ε_rdp={row.epsilon_rdp:.4f} is {_pct(row.epsilon_rdp, ref)} below "
-                    f"dp-accounting {ref_name} ε={ref:.4f} at δ={row.delta:g}")
-        elif row.epsilon_rdp is not None and row.epsilon_rdp < rdp * (1 - UNDER_REPORT_RTOL):
-            finding(WARN, "recompute", row,
-                    f"RDP figure ε_rdp={row.epsilon_rdp:.4f} is {_pct(row.epsilon_rdp, rdp)} below dp-accounting's "
-                    f"RDP ε={rdp:.4f} (which dropped non-converging fractional orders, so it may be high), but not "
-                    f"below PLD ε={pld:.4f}")
-        if status == "ok" and not server and row.epsilon > rdp * (1 + CONSERVATIVE_RTOL):
-            status = "conservative"
-            finding(WARN, "recompute", row,
-                    f"conservative: reported ε={row.epsilon:.4f} is {_pct(row.epsilon, rdp)} above dp-accounting "
-                    f"RDP ε={rdp:.4f} (more spent than the logged mechanisms explain)")
+        status, pld, rdp = _judge_row(row, prefix, server, finding)
+        unbounded = math.isinf(pld)  # after a release without DP: stated, not a budget excess
         budget = rr.budget
-        if budget is not None and (row.epsilon > budget * (1 + 1e-9) or pld > budget * (1 + BUDGET_RTOL)):
+        if budget is not None and not unbounded and (row.epsilon > budget * (1 + 1e-9)
+                                                      or pld > budget * (1 + BUDGET_RTOL)):
             status = "over-budget"
             audit.ever_exceeded = True
             finding(FAIL, "budget", row, f"BUDGET EXCEEDED: ε={row.epsilon:.4f} reported, {pld:.4f} by PLD, "
                                          f"lifetime budget {budget:g}")
         audit.rows.append(_with(rr, pld_epsilon=pld, rdp_epsilon=rdp, status=status))
     _summarise(audit, rows, prefix, states)
+    audit.released_without_dp = any(step[0] == "none" for step in prefix)
     return findings
 
 

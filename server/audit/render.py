@@ -46,7 +46,8 @@ def site_rows(report: AuditReport) -> list[dict[str, str]]:
             anchor += f", {a.unanchored_rows} after"
         out.append({
             "site": name,
-            "ε reported": _f(a.spent_reported) + (f" ({'/'.join(a.accountants).upper()})" if a.accountants else ""),
+            "ε reported": _f(a.spent_reported) + (" (NO DP)" if a.released_without_dp else (
+                f" ({'/'.join(a.accountants).upper()})" if a.accountants else "")),
             "ε PLD": _f(a.spent_pld),
             "ε RDP": _f(a.spent_rdp),
             "target": _f(a.target_epsilon, "g"),
@@ -55,6 +56,7 @@ def site_rows(report: AuditReport) -> list[dict[str, str]]:
             "trained/declined": f"{a.rounds_trained}/{a.rounds_declined}",
             "exceeded": "YES" if a.ever_exceeded else "no",
             "δ": ", ".join(f"{d:.0e}" for d in a.deltas) or "n/a",
+            "max-records": str(a.max_records) if a.max_records else "n/a",
             "secure_mode": a.secure_mode,
             "signed up to": anchor,
             "verdict": report.site_verdict(name),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from client.dp_random import NOISE_SEED_SOURCES, dp_randomness
-from common.config import NOISE_SEEDS, ConfigError, app_defaults, load_site_file, parse_run_config
+from common.config import NOISE_SEEDS, ConfigError, app_defaults, load_site_file, parse_run_config, privacy_terms
 
 
 def _draw(rng) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +39,10 @@ def test_unknown_source_is_refused_by_name():
         dp_randomness("public", run_seed=0, site="x", server_round=1)
 
 
-def _train(make_job, initial_state, tmp_path, name: str, **settings) -> dict[str, torch.Tensor]:
-    job = make_job(round_=1, run_id=f"r-{name}", **{"site-state-root": str(tmp_path / name)} | settings)
+def _train(make_job, initial_state, tmp_path, name: str, site_privacy: dict | None = None,
+           **settings) -> dict[str, torch.Tensor]:
+    job = make_job(round_=1, run_id=f"r-{name}", site_privacy=site_privacy,
+                   **{"site-state-root": str(tmp_path / name)} | settings)
     out = job.train(initial_state(job))
     assert out.privacy["noise-seed"] == settings.get("noise-seed", "secret")
     return out.arrays
@@ -58,10 +60,12 @@ def test_the_same_public_inputs_give_different_updates_by_default(make_job, init
 
 
 def test_run_seed_makes_a_simulation_repeatable(make_job, initial_state, tmp_path):
+    # the site's own table must allow run-seed AND the run must ask for it (a request alone is refused)
+    allow = {"site_privacy": {"noise-seed": "run-seed"}, "noise-seed": "run-seed"}
     torch.manual_seed(1)  # the global RNG plays no part in DP sampling or noise
-    a = _train(make_job, initial_state, tmp_path, "a", **{"noise-seed": "run-seed"})
+    a = _train(make_job, initial_state, tmp_path, "a", **allow)
     torch.manual_seed(2)
-    b = _train(make_job, initial_state, tmp_path, "b", **{"noise-seed": "run-seed"})
+    b = _train(make_job, initial_state, tmp_path, "b", **allow)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -76,7 +80,10 @@ def _site_file(tmp_path, privacy: str = "") -> object:
 def test_a_deployed_site_never_takes_its_noise_seed_from_the_run(tmp_path):
     run = parse_run_config(app_defaults() | {"noise-seed": "run-seed"})
     assert run.privacy.noise_seed == "run-seed"
-    assert load_site_file(_site_file(tmp_path), run=run).privacy.noise_seed == "secret"
+    site = load_site_file(_site_file(tmp_path, "[privacy]\nmax-records = 400\n"), run=run)
+    assert site.privacy.noise_seed == "secret"
+    terms = privacy_terms(site.privacy, run)  # the run's request is refused, naming the setting
+    assert terms.refused and [r.key for r in terms.refusals] == ["noise-seed"]
 
 
 def test_a_deployed_site_config_asking_for_run_seed_is_refused(tmp_path):

@@ -30,6 +30,7 @@ source = "mapped"
 mapping = "mappings/uci-heart.toml"
 select = { hospital = "cleveland" }
 modalities = ["tabular"]
+privacy = { max-records = 250 }
 """
 
 

@@ -25,7 +25,11 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
     assert site.state_dir == config.parent / "state" and site.data_dir == config.parent / "data"
     assert site.privacy.target_epsilon == 4.0 and site.privacy.epsilon_budget == 8.0
     assert site.warm_start and site.feature_cache and site.privacy.noise_seed == "secret"
+    assert not site.report_timing  # a side channel of the row count: off unless the site chooses it
+    # the public bound is proposed from the rows its export holds (303, rounded up) and the file says PUBLIC
+    assert site.privacy.max_records == 310
     text = config.read_text()
+    assert "PUBLIC" in text.split("max-records = 310")[0].rsplit("[privacy]", 1)[1]
     assert "processed.cleveland.data" in text  # the data path of the tabular modality is named
     assert stat.S_IMODE(key_path(config).stat().st_mode) == 0o600
     assert stat.S_IMODE(key_path(config).parent.stat().st_mode) == 0o700
@@ -33,6 +37,12 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
     assert pub.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert (site.state_dir / "site_key").resolve() == key_path(config)
     assert (site.state_dir / "site_key.pub").resolve() == pub
+
+
+def test_the_proposed_bound_is_rounded_up_never_down():
+    from client.site_ops import propose_max_records
+
+    assert [propose_max_records(n) for n in (7, 86, 303, 310, 1234, 99_001)] == [7, 86, 310, 310, 1300, 100_000]
 
 
 def test_init_refuses_to_overwrite_and_refuses_new_keys_once_a_ledger_exists(cleveland):

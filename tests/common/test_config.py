@@ -81,3 +81,34 @@ def test_site_file_for_deployment(tmp_path):
     f.write_text('[site]\nname = "x"\nsource = "mapped"\nmodalities = ["tabular"]\n')
     with pytest.raises(ConfigError, match="'state-dir' .* is required"):
         load_site_file(f, run=run)
+
+
+def test_site_privacy_changes_every_sites_own_table_in_a_copy_and_the_run_asks_the_same(tmp_path, capsys):
+    from common.config import APP_DIR, write_with_site_privacy
+    from simulations.driver import SimulationRequest, _run_config, _site_privacy
+
+    source = APP_DIR / "simulations" / "scenarios" / "hospitals.toml"
+    before = source.read_text()
+    req = SimulationRequest(scenario="hospitals", out=tmp_path, site_privacy={"dp": False})
+    copy = _site_privacy(req, source, tmp_path)
+    assert copy != source and source.read_text() == before  # the packaged scenario is untouched
+    sites = load_scenario(copy).sites
+    assert [s.privacy_overrides["dp"] for s in sites] == [False] * 4
+    assert [s.privacy_overrides["max-records"] for s in sites] == [250, 250, 120, 160]  # the rest is kept
+    assert "SITE PRIVACY CHANGED FOR THIS RUN" in capsys.readouterr().err
+    assert _run_config(req, copy)["dp"] is False
+    with pytest.raises(ConfigError, match="unknown keys \\['epsilon'\\]"):
+        write_with_site_privacy(source, tmp_path / "x.toml", {"epsilon": 1.0})
+
+
+def test_a_site_file_may_declare_its_public_bound_and_timing_choice(tmp_path):
+    f = tmp_path / "site.toml"
+    f.write_text(f'[site]\nname = "c"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "cleveland" }}\nmodalities = ["tabular"]\n'
+                 f'state-dir = "{tmp_path / "state"}"\nreport-timing = true\n[privacy]\nmax-records = 250\n'
+                 'privacy-mode = "central"\n')
+    site = load_site_file(f, run=parse_run_config(app_defaults()))
+    assert (site.privacy.max_records, site.privacy.privacy_mode, site.report_timing) == (250, "central", True)
+    f.write_text(f.read_text().replace("max-records = 250", "max-records = 0"))
+    with pytest.raises(ConfigError, match="'max-records' must be >= 1"):
+        load_site_file(f, run=parse_run_config(app_defaults()))

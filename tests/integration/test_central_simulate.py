@@ -52,16 +52,24 @@ def test_central_run_on_20_virtual_sites_is_accounted_recorded_and_audited(tmp_p
     # one federation row per round, with the mechanism, the assumption, and Flower's ε = dp_accounting's
     ledger = Ledger(out / "ledger.sqlite")
     assert ledger.verify() == []
-    rows = ledger.entries()
+    rows = ledger.entries(site=FEDERATION_SITE)
     assert [(r.site, r.round, r.event) for r in rows] == [(FEDERATION_SITE, 1, "trained"), (FEDERATION_SITE, 2, "trained")]
     for row, eps in zip(rows, EPS, strict=True):
         assert (row.noise_multiplier, row.sample_rate, row.steps, row.max_grad_norm, row.delta) == (1.0, 1.0, 1, 1.0,
                                                                                                    1e-3)
         assert row.epsilon == pytest.approx(eps, rel=1e-12)
         assert parse_assumption(row.reason)["sampling"] == "no-amplification"
+        assert parse_assumption(row.reason)["relation"] == "zero-out-one-site"
     assert summary["central_dp"]["epsilon"] == pytest.approx(EPS[1], rel=1e-12)
-    # no site spent sample-level budget: no site ledger was written
-    assert not list((out / "sites").glob("*/ledger.sqlite"))
+    # every site recorded its participation in its OWN ledger first: record-level, the server's σ/2, q = 1
+    site_ledgers = sorted((out / "sites").glob("*/ledger.sqlite"))
+    assert len(site_ledgers) == 20
+    for path in site_ledgers:
+        reserves = [r for r in Ledger(path).entries() if r.event == "reserve"]
+        assert [(r.round, r.noise_multiplier, r.sample_rate, r.steps) for r in reserves] == [(1, 0.5, 1.0, 1),
+                                                                                             (2, 0.5, 1.0, 1)]
+    # and the server recorded each site's reply, as in sample mode
+    assert len([r for r in ledger.entries() if r.site != FEDERATION_SITE and r.event == "trained"]) == 40
     # the audit recomputes the site-level ε from the ledger fields and passes
     audit = subprocess.run([sys.executable, "-m", "simulations.cli", "audit", str(out)], capture_output=True,
                            text=True, timeout=300, cwd=ROOT)

@@ -30,6 +30,7 @@ source = "mapped"
 mapping = "mappings/uci-heart.toml"
 select = { hospital = "cleveland" }
 modalities = ["tabular", "text"]
+privacy = { max-records = 250 }
 
 [[sites]]
 name = "va_long_beach"
@@ -37,6 +38,7 @@ source = "mapped"
 mapping = "mappings/uci-heart.toml"
 select = { hospital = "va_long_beach" }
 modalities = ["tabular"]
+privacy = { max-records = 160 }
 """
 
 

@@ -50,7 +50,7 @@ def _strategy(tmp_path) -> CentralDPStrategy:
 def _reply(msg: Message, site: str, arrays: np.ndarray, *, weight: float = 1.0) -> Message:
     content = RecordDict({
         ARRAYS: ArrayRecord({"w": Array(arrays)}),
-        METRICS: MetricRecord({SITE_WEIGHT: weight, NUM_EXAMPLES: 30.0, "train-loss": 0.5}),
+        METRICS: MetricRecord({SITE_WEIGHT: weight}),  # what a site sends in central mode: nothing of its rows
         PRIVACY: ConfigRecord({"status": "trained", "site": site, "privacy-mode": "central"}),
     })
     return Message(content=content, reply_to=msg)
@@ -88,12 +88,32 @@ def test_rounds_are_clipped_noised_accounted_and_recorded(tmp_path):
     assert [(r.round, r.event, r.steps) for r in rows] == [(1, "trained", 1), (2, "failed", 0), (3, "trained", 1)]
     assert [r.epsilon for r in rows] == [pytest.approx(EPS_1, rel=1e-12), pytest.approx(EPS_1, rel=1e-12),
                                          pytest.approx(EPS_2, rel=1e-12)]
-    assert "1 failed" in rows[1].reason and parse_assumption(rows[1].reason)["sampling"] == "no-amplification"
+    assert "1 without a model" in rows[1].reason and parse_assumption(rows[1].reason)["sampling"] == "no-amplification"
     assert Ledger(tmp_path / "ledger.sqlite").verify() == []
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["central_dp"]["releases"] == 2
     assert summary["central_dp"]["epsilon_pld"] < summary["central_dp"]["epsilon"]
-    assert summary["sites"]["site-1"]["rounds_trained"] == 2 and summary["sites"]["site-2"]["rounds_failed"] == 1
+    # site-1 trained (and spent at the site) in all 3 rounds; the federation released 2 of them
+    assert summary["sites"]["site-1"]["rounds_trained"] == 3 and summary["sites"]["site-2"]["rounds_failed"] == 1
+
+
+def test_a_declining_site_means_no_release_not_a_crashed_federation(tmp_path):
+    """A site whose own file refuses central mode (or whose budget is spent) declines: a reply without a model.
+    Flower's FedAvg would raise InconsistentMessageReplies on it and end the ServerApp; the round releases
+    nothing instead (the noise is sized for every site), and the site's reply is recorded."""
+    strategy = _strategy(tmp_path)
+    g = np.zeros(4)
+    msgs = sorted(strategy.configure_train(1, ArrayRecord({"w": Array(g)}), ConfigRecord(), FakeGrid([1, 2, 3])),
+                  key=lambda m: m.metadata.dst_node_id)
+    declined = Message(RecordDict({METRICS: MetricRecord({NUM_EXAMPLES: 0.0}), PRIVACY: ConfigRecord(
+        {"status": "declined", "site": "site-3", "code": "privacy-request", "reason": "privacy-mode: ..."})}),
+        reply_to=msgs[2])
+    replies = [_reply(msgs[0], "site-1", g + 1), _reply(msgs[1], "site-2", g + 1), declined]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is None and strategy.accountant.num_releases == 0
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    assert [(r.site, r.event) for r in ledger.entries()] == [
+        ("site-1", "trained"), ("site-2", "trained"), ("site-3", "declined"), (FEDERATION_SITE, "failed")]
 
 
 def test_unequal_weights_are_refused_by_flowers_wrapper(tmp_path):

@@ -27,18 +27,21 @@ name = "north"
 source = "mapped"
 mapping = "north.toml"
 modalities = ["tabular"]
+privacy = {{ max-records = 200 }}
 
 [[sites]]
 name = "south"
 source = "mapped"
 mapping = "south.toml"
 modalities = ["tabular"]
+privacy = {{ max-records = 200 }}
 
 [[sites]]
 name = "east"
 source = "mapped"
 mapping = "east.toml"
 modalities = ["tabular"]
+privacy = {{ max-records = 200 }}
 """
 
 

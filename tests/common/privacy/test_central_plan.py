@@ -66,11 +66,18 @@ def test_epsilon_per_round_equals_dp_accounting_of_the_same_mechanism():
         assert exact <= planned <= 1.2 * exact
 
 
-def test_no_amplification_is_claimed_when_fewer_sites_are_sampled():
-    plan = _plan(fraction_train=0.5)
-    assert plan.sampled_sites == 10 and plan.sample_rate == 0.5
-    assert plan.planned_epsilon[-1] == pytest.approx(PINNED_RDP[-1][1], rel=1e-12)  # same ε as q = 1
-    assert parse_assumption(plan.assumption())["sampling"] == "no-amplification"
+def test_a_fixed_sample_smaller_than_the_federation_is_refused():
+    """Issue 10, finding 4. Before: N = 20, m = 10, σ = 1, 5 rounds was accepted as ε = 9.73 (sensitivity C), but
+    neighbouring federations can swap one sampled site's term for another's (sensitivity 2C): by dp-accounting's
+    PLD that is 23.1 without amplification (σ/2), and still 15.6 if amplification by m/N = 0.5 were claimed.
+    Every site must now take part in every round."""
+    with pytest.raises(ConfigError, match=r"every site must take part in every round .* sample 10 of 20 sites .*"
+                                          r"sensitivity 2C"):
+        _plan(fraction_train=0.5)
+    from common.privacy.reference import epsilon_pld
+
+    assert epsilon_pld([(0.5, 1.0, 5)], delta=1e-3) == pytest.approx(23.06, abs=0.01)  # what 2C costs
+    assert epsilon_pld([(0.5, 0.5, 5)], delta=1e-3) == pytest.approx(15.61, abs=0.01)  # even with amplification
 
 
 def test_calibrated_sigma_is_the_smallest_meeting_the_target():
@@ -90,7 +97,7 @@ def test_ledger_row_states_mechanism_and_sampling_assumption():
     assert (row.max_grad_norm, row.delta, row.accountant, row.epsilon) == (1.0, 1e-3, "rdp", PINNED_RDP[2][1])
     stated = parse_assumption(row.reason)
     assert tuple(stated) == ASSUMPTION_KEYS
-    assert stated["sampled"] == "20" and stated["available"] == "20" and stated["relation"] == "add-or-remove-one-site"
+    assert stated["sampled"] == "20" and stated["available"] == "20" and stated["relation"] == "zero-out-one-site"
     skipped = federation_row(plan, server_round=4, released=False, epsilon=row.epsilon, federation_id="f",
                              run_id="1", note="no release")
     assert skipped.event == "failed" and skipped.steps == 0 and parse_assumption(skipped.reason) == stated
@@ -104,8 +111,8 @@ def test_sample_size_follows_flower_fedavg():
 
 # ------------------------------------------------------------------------- refused settings
 @pytest.mark.parametrize("settings, match", [
-    ({"min_available_nodes": 2}, r"samples 20 of 20 sites when all are connected, but 2 when a round starts"),
-    ({"min_available_nodes": 10, "fraction_train": 0.5}, r"samples 10 of 20 sites .* but 5 when a round starts"),
+    ({"min_available_nodes": 2}, r"every site must take part .* min-available-nodes = 2"),
+    ({"min_available_nodes": 10, "fraction_train": 0.5}, r"every site must take part .* sample 10 of 20 sites"),
     ({"min_train_nodes": 21}, r"has 20 sites but min-train-nodes = 21"),
     ({"min_available_nodes": 25}, r"min-available-nodes = 25; Flower would wait"),
     ({"central_delta": 0.05}, r"central-delta = 0.05 is not below 1/20"),
@@ -123,13 +130,13 @@ def test_sites_with_different_modalities_are_refused():
         _plan(HOSPITALS, min_available_nodes=4)
 
 
-def test_per_site_privacy_overrides_are_refused(tmp_path):
+def test_sites_whose_own_file_does_not_allow_central_mode_are_refused_before_training(tmp_path):
     f = tmp_path / "s.toml"
     f.write_text("".join(f'[[sites]]\nname = "s{i}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
                          f'select = {{ hospital = "cleveland" }}\nmodalities = ["tabular"]\n'
-                         + ("privacy = { epsilon-budget = 1.0 }\n" if i == 1 else "") for i in range(20))
+                         + ('privacy = { privacy-mode = "central" }\n' if i != 1 else "") for i in range(20))
                  + SCENARIO_SCHEMA)
-    with pytest.raises(ConfigError, match=r"sites \['s1'\] .* override privacy settings"):
+    with pytest.raises(ConfigError, match=r"sites \['s1'\] .* do not allow it in their own privacy table"):
         _plan(f)
 
 

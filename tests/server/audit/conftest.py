@@ -36,7 +36,7 @@ def _privacy(site: str, budget: float, state: Path) -> Any:
     from client.privacy import SitePrivacy
 
     settings = PrivacySettings(enabled=True, target_epsilon=5.0, epsilon_budget=budget, delta=DELTA,
-                               max_grad_norm=1.0, accountant="prv", secure_mode=False)
+                               max_grad_norm=1.0, accountant="prv", secure_mode=False, max_records=1000)
     return SitePrivacy(site=site, dataset_id=f"{site}-data", settings=settings, num_examples=1000,
                        state_dir=state / site)
 
@@ -51,7 +51,7 @@ def _reply(site: str, sp: Any, event: str, rnd: int, eps: float, rdp: float, mec
                "epsilon-budget": sp.settings.epsilon_budget, "noise-multiplier": sigma, "sample-rate": q,
                "steps": steps if event == "reserve" else 0, "max-grad-norm": 1.0, "secure-mode": False,
                "noise-seed": "secret"} | head
-    return SiteReply(site, 1, privacy["status"], 100 if event == "reserve" else 0, privacy, {"train-loss": 0.5})
+    return SiteReply(site, 1, privacy["status"], 100 if event == "reserve" else 0, privacy, {"num-examples": 1000.0})
 
 
 def build_run(root: Path) -> Path:

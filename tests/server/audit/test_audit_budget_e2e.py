@@ -19,7 +19,7 @@ from server.strategy import SiteReply
 from tests.data.heart_schema import SCENARIO_SCHEMA
 
 ONE_SITE = ('[[sites]]\nname = "switzerland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
-            'select = { hospital = "switzerland" }\nmodalities = ["tabular", "text"]\n')
+            'select = { hospital = "switzerland" }\nmodalities = ["tabular", "text"]\nprivacy = { max-records = 100 }\n')
 
 
 def _job(tmp_path, rnd: int) -> SiteRound:

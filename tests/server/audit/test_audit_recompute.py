@@ -84,7 +84,7 @@ def test_epsilon_lowered_by_5_percent_is_under_reported(tmp_path):
     lowered = [(e * 0.95, r) for e, r in REAL_REPORTED]
     audit, findings = _recompute(_site_ledger(tmp_path / "l.sqlite", lowered))
     assert [(f.level, f.check, f.round) for f in findings] == [("FAIL", "recompute", r) for r in (1, 1, 2, 2)]
-    assert "UNDER-REPORTED" in findings[-1].message and "below dp-accounting PLD" in findings[-1].message
+    assert "UNDER-REPORTED" in findings[-1].message and "below dp-accounting's optimistic PLD" in findings[-1].message
     assert {r.status for r in audit.rows} == {"under-reported"}
 
 
@@ -153,3 +153,74 @@ def test_a_round_trained_without_dp_fails():
                               ledger_label="t")
     assert [(f.level, f.round) for f in findings] == [("FAIL", 1)] and "without a logged DP mechanism" in \
         findings[0].message
+
+
+# ------------------------------------------------- issue 10, finding 7: the tolerance is the PLD grid, not 1 %
+# REAL history (σ, q = 1/7, 7 steps, 2 rounds, δ = 4e-4), dp-accounting 0.6.0 PLD:
+#   1e-3 grid: optimistic 3.960556806600797, pessimistic 3.967559110652163
+#   1e-4 grid: optimistic 3.966855574315089, pessimistic 3.967555597307876
+REAL_OPTIMISTIC_COARSE, REAL_OPTIMISTIC_FINE, REAL_PESSIMISTIC_FINE = 3.9605568, 3.9668556, 3.9675556
+
+
+def test_the_pld_bounds_of_the_real_history_are_pinned():
+    from common.privacy.reference import epsilon_pld_bounds
+
+    history = [(REAL_SIGMA, 1 / 7, 7)] * 2
+    assert epsilon_pld_bounds(history, delta=REAL_DELTA, value_discretization_interval=1e-3) == pytest.approx(
+        (REAL_OPTIMISTIC_COARSE, REAL_PLD_AFTER_2), rel=1e-6)
+
+
+def test_a_value_within_1_percent_but_below_the_optimistic_pld_fails(tmp_path):
+    """Before: 3.93 is less than 1 % below the pessimistic PLD 3.9676 and passed, though it is certainly below the
+    true ε (the optimistic PLD, a lower bound, is 3.9606)."""
+    audit, findings = _recompute(_site_ledger(tmp_path / "l.sqlite", [REAL_REPORTED[0], (3.93, 4.9)]))
+    assert [(f.level, f.round) for f in findings] == [("FAIL", 2), ("FAIL", 2)]  # reserve and confirm rows
+    assert "optimistic PLD ε=3.9606" in findings[0].message
+    assert [r.status for r in audit.rows] == ["ok", "ok", "under-reported", "under-reported"]
+
+
+def test_between_the_coarse_bounds_the_fine_grid_decides(tmp_path):
+    # 3.964: above the coarse optimistic PLD, below the fine one -> certainly under-reported
+    _, findings = _recompute(_site_ledger(tmp_path / "a.sqlite", [REAL_REPORTED[0], (3.964, 4.9)]))
+    assert [f.level for f in findings] == ["FAIL", "FAIL"] and "ε=3.9669" in findings[0].message
+    # 3.9672: between the fine grid's optimistic and pessimistic estimates -> the grid cannot tell: a warning
+    audit, findings = _recompute(_site_ledger(tmp_path / "b.sqlite", [REAL_REPORTED[0], (3.9672, 4.9)]))
+    assert [f.level for f in findings] == ["WARN", "WARN"] and "cannot tell" in findings[0].message
+    assert [r.status for r in audit.rows][2:] == ["within-grid", "within-grid"]
+
+
+def test_a_half_percent_lowered_ledger_now_fails(run_copy, attacker):
+    """Before, only a cut of more than 1 % below the pessimistic PLD failed; alpha reports PLD + 0.005, so 0.5 %
+    less (2.8452, 3.5778, 4.1623) passed. Each is below the optimistic PLD (2.8495, 3.5807, 4.1632): it fails."""
+    attacker.rewrite(attacker.site_ledger(run_copy, "alpha"),
+                     lambda rows: [r | {"epsilon": r["epsilon"] * 0.995} for r in rows])
+    report = audit_path(run_copy)
+    under = [f for f in attacker.fails(report, check="recompute", site="alpha") if "UNDER-REPORTED" in f.message]
+    assert {f.round for f in under} == {1, 2, 3} and not report.passed
+
+
+def test_a_release_without_dp_is_reported_as_infinite_epsilon(tmp_path):
+    from common.privacy.entry import NO_DP_STATEMENT
+
+    ledger = _site_ledger(tmp_path / "l.sqlite", [REAL_REPORTED[0]])
+    common = dict(site="s", federation_id="f", steps=7, delta=REAL_DELTA, accountant="prv", target_epsilon=4.0)
+    ledger.append(LedgerEntry(round=2, event="reserve", epsilon=float("inf"), epsilon_rdp=float("inf"),
+                              reason=NO_DP_STATEMENT, **common))
+    audit, findings = _recompute(ledger, budget=8.0)
+    assert [(f.level, f.check, f.round) for f in findings] == [("WARN", "no-dp", 2)]
+    assert audit.released_without_dp and audit.spent_reported == float("inf") and not audit.ever_exceeded
+    # a later finite ε after it is an under-report: the true ε is infinite
+    ledger.append(LedgerEntry(round=3, event="decline", epsilon=4.0, epsilon_rdp=5.0, **common))
+    _, findings = _recompute(ledger, budget=8.0)
+    assert ("FAIL", 3) in [(f.level, f.round) for f in findings]
+
+
+def test_a_central_row_with_a_fixed_sample_smaller_than_the_federation_fails():
+    """Finding 4: with m < N, neighbouring federations can swap a term (sensitivity 2C); an old ledger says so."""
+    reason = ("mode=central; unit=site; relation=add-or-remove-one-site; sampling=no-amplification; sampled=10; "
+              "available=20")
+    row = LedgerEntry(site="*federation*", round=1, event="trained", noise_multiplier=1.0, sample_rate=0.5, steps=1,
+                      delta=1e-3, accountant="rdp", epsilon=3.54, epsilon_rdp=3.54, seq=1, reason=reason)
+    findings = recompute_site(SiteAudit(site="*federation*", source="server ledger"), [row],
+                              budget_for=lambda s: None, ledger_label="t")
+    assert any(f.level == "FAIL" and "fixed sample of 10 of 20 sites" in f.message for f in findings)
