@@ -16,7 +16,7 @@ from server.aggregation import check_aggregation
 from server.grid import PromptGrid
 from server.identity import resolve_registry, scenario_branches
 from server.recorder import RunRecorder
-from server.strategy import ModalityFedAvg
+from server.strategy import ModalityFedAvg, validation_kwargs
 
 __all__ = ["app"]
 
@@ -67,8 +67,7 @@ def main(grid: Grid, context: Context) -> None:
         recorder.restore()
         initial = ckpt.arrays
     strategy = ModalityFedAvg(
-        registry=registry, aggregation=run.aggregation, batch_size=run.train.batch_size,
-        local_epochs=run.train.local_epochs,
+        **validation_kwargs(run, registry),  # who each node is, and what its replies are checked against
         recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,

@@ -30,14 +30,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.config import AggregationSettings
+from common.config import AggregationSettings, RunConfig
 from common.privacy.accountant import Mechanism
 from common.records import ARRAYS, CONFIG, EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
 from server.aggregation import merge
 from server.identity import SiteRegistry
 from server.replies import ReadReply, ReplyRules, SiteEvaluation, SiteReply, read_evaluation, read_train_reply
 
-__all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
+__all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg", "validation_kwargs"]
 
 
 class RoundRecorder(Protocol):
@@ -71,6 +71,12 @@ def _failed(read: ReadReply, why: str) -> ReadReply:
     reply = SiteReply(r.site, r.node_id, STATUS_FAILED, 0.0, r.privacy, r.metrics, error=why, rejected=True,
                       digest=r.digest)
     return ReadReply(reply, None, read.evaluation)
+
+
+def validation_kwargs(run: RunConfig, registry: SiteRegistry) -> dict[str, Any]:
+    """What :class:`ModalityFedAvg` checks replies against, from the run's settings: pass as ``**kwargs``."""
+    return {"registry": registry, "aggregation": run.aggregation, "batch_size": run.train.batch_size,
+            "local_epochs": run.train.local_epochs}
 
 
 class ModalityFedAvg(FedAvg):
