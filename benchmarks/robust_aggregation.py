@@ -18,7 +18,7 @@ holders of every branch, and the text branch has 3 (Flower's Bulyan has the same
 
 Usage::
 
-    python -m benchmarks.robust_aggregation --seeds 3 --rounds 5 --out benchmarks/results/robust_aggregation.json
+    .venv/bin/python benchmarks/robust_aggregation.py --seeds 3 --rounds 8 --attacks none,flip,scale-unbounded --out benchmarks/results/robust_aggregation.json
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from flwr.supercore.task_identity import TaskIdentity
 __all__ = ["ATTACKS", "run_once", "main"]
 
 ATTACKER = "hungary"
-ATTACKS = ("none", "scale", "scale-unbounded", "claim", "flip")
-AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "bulyan")
+ATTACKS = ("none", "flip", "scale-unbounded", "scale", "claim")
+AGGREGATORS = ("weighted-mean", "median", "trimmed-mean", "krum", "multikrum", "bulyan")
 
 
 class _Grid:
@@ -156,12 +156,13 @@ def _table(results: dict) -> str:
         cells = []
         for attack in ATTACKS:
             accs = [r["accuracy"] for r in results.get(agg, {}).get(attack, []) if "accuracy" in r]
+            n = f" (n={len(accs)})" if accs else ""
             refused = any("refused" in r for r in results.get(agg, {}).get(attack, []))
             if refused:
                 cells.append("refused")
             elif accs:
                 sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
-                cells.append(f"{statistics.mean(accs):.3f} ± {sd:.3f}")
+                cells.append(f"{statistics.mean(accs):.3f} ± {sd:.3f}{n}")
             else:
                 cells.append("–")
         lines.append(f"| {agg} | " + " | ".join(cells) + " |")
@@ -171,7 +172,7 @@ def _table(results: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--aggregators", default=",".join(AGGREGATORS))
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/robust_aggregation.json"))
@@ -181,22 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     work = Path(tempfile.mkdtemp(prefix="robust-aggregation-"))
     results: dict = json.loads(a.out.read_text()) if a.out.exists() else {}
-    for agg in a.aggregators.split(","):
-        for attack in a.attacks.split(","):
-            done = results.setdefault(agg, {}).setdefault(attack, [])
-            for seed in range(len(done), a.seeds):
+    refused: set[str] = set()
+    for seed in range(a.seeds):  # seed outermost: every cell gets its first seed before any gets its second
+        for agg in a.aggregators.split(","):
+            for attack in a.attacks.split(","):
+                done = results.setdefault(agg, {}).setdefault(attack, [])
+                if agg in refused or any(r["seed"] == seed for r in done):
+                    continue
                 started = time.monotonic()
                 try:
                     r = run_once(aggregator=agg, attack=attack, seed=seed, rounds=a.rounds, work=work)
                 except ConfigError as err:
                     r = {"refused": str(err)}
-                r |= {"seed": seed, "seconds": round(time.monotonic() - started, 1)}
+                    refused.add(agg)
+                r |= {"seed": seed, "rounds": a.rounds, "seconds": round(time.monotonic() - started, 1)}
                 done.append(r)
                 print(agg, attack, r, flush=True)
                 a.out.parent.mkdir(parents=True, exist_ok=True)
                 a.out.write_text(json.dumps(results, indent=1))
-                if "refused" in r:
-                    break
     print(_table(results))
     return 0
 
