@@ -139,6 +139,8 @@ def test_case8_a_claim_of_1e12_examples_does_not_take_over_the_model(tmp_path, k
         return p, {NUM_EXAMPLES: 1e12}, {k: v + 5 for k, v in a.items()}
     merged, _ = _round(_strategy(tmp_path), keys, alter=alter)
     _assert_attacker_failed(tmp_path, merged, match="num-examples is 1000000000000.0")
+    # the attacker's round was spent at its site: its signed head, which verifies, is recorded all the same
+    assert {h.site for h in Ledger(tmp_path / "ledger.sqlite").heads()} == {"cleveland", "hungary", "va_long_beach"}
 
 
 @pytest.mark.parametrize("scale, match", [(1e6, "exceeds max-update-norm"), (3.4e38, "")])
