@@ -86,6 +86,16 @@ def test_case35_a_scenario_path_from_the_server_is_never_opened(tmp_path):
     assert _spent(tmp_path) == []
 
 
+def test_case35_a_valid_scenario_the_server_names_is_not_read_either(tmp_path):
+    """A copy of the very scenario the site accepts, at a path the server chose: still refused (before, the site
+    read and trained on whatever scenario file the run named)."""
+    copy = tmp_path / "server-chosen.toml"
+    copy.write_text(parse_run_config(app_defaults()).paths.scenario_file.read_text())
+    reply = _send(_site_file(tmp_path), **{"scenario-file": str(copy)})
+    assert dict(reply.content.config_records[PRIVACY])["code"] == "run-config"
+    assert _spent(tmp_path) == []
+
+
 def test_a_healthy_site_still_trains(tmp_path):
     reply = _send(_site_file(tmp_path))
     assert reply.content.config_records[PRIVACY]["status"] == "trained"
