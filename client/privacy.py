@@ -48,7 +48,8 @@ from common.privacy.accountant import (
 )
 from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT, LedgerEntry
 from common.privacy.ledger import Ledger, mechanism_history_of
-from common.privacy.ledger_guard import LEDGER_FILE, check_site_ledger, private_state_dir, write_signed_head
+from common.privacy.ledger_guard import (LEDGER_FILE, check_site_ledger, private_state_dir, site_lock,
+                                         write_signed_head)
 from common.privacy.signing import load_or_create_key
 from common.storage import atomic_write_text
 
@@ -118,8 +119,9 @@ class SitePrivacy:
                 "δ allows releasing a whole record. Use delta = 0 for the default (< 1/max-records)."
             )
         self.state_dir = private_state_dir(state_dir)  # 0700, in a simulation too
-        check_site_ledger(state_dir, site=site)  # fails closed: a ledger that lost history is never accounted from
-        self.ledger = Ledger(state_dir / LEDGER_FILE)  # 0600
+        with site_lock(state_dir):  # no other process creates the ledger while it is checked
+            check_site_ledger(state_dir, site=site)  # fails closed: a ledger that lost history is never used
+            self.ledger = Ledger(state_dir / LEDGER_FILE)  # 0600
         self.dataset_id = dataset_hmac(dataset_id, state_dir)
 
     @property

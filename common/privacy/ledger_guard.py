@@ -23,6 +23,7 @@ import contextlib
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,25 +51,50 @@ def private_state_dir(state_dir: Path) -> Path:
     return state_dir
 
 
+_HELD: dict[str, list] = {}  # lock file -> [this process's re-entrant lock, depth, descriptor]
+_GUARD = threading.Lock()
+
+
 @contextlib.contextmanager
 def site_lock(state_dir: Path, *, timeout: float = 900.0) -> Iterator[None]:
-    """Hold the site's exclusive ledger lock (``<state-dir>/ledger.lock``) for the block; wait up to ``timeout`` s."""
+    """Hold the site's exclusive ledger lock (``<state-dir>/ledger.lock``) for the block; wait up to ``timeout`` s.
+
+    Across processes: an exclusive ``flock``. Within a process: re-entrant for the thread that holds it (the
+    handler holds it for a round; the round's ``SitePrivacy`` takes it again to check and open the ledger), and
+    exclusive between threads.
+    """
     private_state_dir(state_dir)
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    path = str((state_dir / LOCK_FILE).resolve())
+    with _GUARD:
+        held = _HELD.setdefault(path, [threading.RLock(), 0, -1])
+    busy = LedgerBusy(f"{path}: another process has held this site's ledger for over {timeout:.0f}s (two "
+                      "SuperNodes or runs on one state folder?)")
+    if not held[0].acquire(timeout=timeout):
+        raise busy
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise LedgerBusy(f"{state_dir / LOCK_FILE}: another process has held this site's ledger for "
-                                     f"over {timeout:.0f}s (two SuperNodes or runs on one state folder?)") from None
-                time.sleep(0.1)
-        yield
+        if held[1] == 0:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        os.close(fd)
+                        raise busy from None
+                    time.sleep(0.1)
+            held[2] = fd
+        held[1] += 1
+        try:
+            yield
+        finally:
+            held[1] -= 1
+            if held[1] == 0:
+                os.close(held[2])  # closing the descriptor releases the lock
+                held[2] = -1
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        held[0].release()
 
 
 def history_evidence(state_dir: Path) -> list[str]:

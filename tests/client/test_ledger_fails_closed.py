@@ -113,10 +113,32 @@ def test_an_unreadable_last_signed_head_refuses_to_train(state):
         _privacy(state)
 
 
-def test_one_process_at_a_time_holds_a_sites_ledger(tmp_path):
-    with site_lock(tmp_path / "s"):
-        with pytest.raises(LedgerBusy, match="another process has held this site's ledger"):
+def test_one_holder_at_a_time_holds_a_sites_ledger(tmp_path):
+    """Another process (or thread) waits; the holder's own thread may take it again (the round, then its ledger)."""
+    import subprocess
+    import sys
+    import threading
+
+    errors: list[BaseException] = []
+
+    def other_thread() -> None:
+        try:
             with site_lock(tmp_path / "s", timeout=0.2):
                 pass
+        except LedgerBusy as err:
+            errors.append(err)
+
+    with site_lock(tmp_path / "s"):
+        with site_lock(tmp_path / "s", timeout=0.2):  # re-entrant in the holding thread
+            pass
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        code = ("import sys; from pathlib import Path; from common.privacy.ledger_guard import site_lock, LedgerBusy\n"
+                "try:\n    with site_lock(Path(sys.argv[1]), timeout=0.2): sys.exit(0)\n"
+                "except LedgerBusy: sys.exit(3)")
+        other = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], cwd=Path(__file__).parents[2])
+    assert len(errors) == 1 and "another process has held this site's ledger" in str(errors[0])
+    assert other.returncode == 3, other
     with site_lock(tmp_path / "s", timeout=0.2):  # released when the first block ends
         pass
