@@ -19,6 +19,7 @@ from client.errors import failure_code
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
 from client.timing import process_age_seconds
+from common.privacy.ledger_guard import site_lock
 from common.records import (ARRAYS, COMPUTE_SECONDS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES,
                             PRIVACY, SETUP_SECONDS, SITE, STARTUP_SECONDS, STATUS_FAILED)
 
@@ -82,12 +83,14 @@ def train(msg: Message, context: Context) -> Message:
     # Folded evaluation: the received global model's test metrics ride along (one message, one process).
     t0 = time.perf_counter()
     evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
-    # The same round sent again (server restart) is answered from the cache: no second spend.
+    # The same round sent again (server restart) is answered from the cache: no second spend. One process at a time
+    # per site (a file lock on its state folder): a second one waits, then finds the first one's reply.
     cache, digest = ReplayCache(job.site.state_dir, site=job.site.spec.name), state_digest(state)
-    outcome = cache.get(job.federation_id, job.server_round, digest, report=job.decline_report)
-    if outcome is None:
-        outcome = job.train(state)
-        cache.put(job.federation_id, job.server_round, digest, outcome)
+    with site_lock(job.site.state_dir):
+        outcome = cache.get(job.federation_id, job.server_round, digest, report=job.decline_report)
+        if outcome is None:
+            outcome = job.train(state)
+            cache.put(job.federation_id, job.server_round, digest, outcome)
     # the train reply's timing covers the whole handler (folded evaluation included); the server takes
     # round wall time minus the slowest site's compute as the round's overhead
     outcome.metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))

@@ -14,6 +14,7 @@ Order within a round (crash-safe, never under-counts):
    ε(history + this round) <= lifetime budget, and append "reserve" (or "decline"): two rounds at once can
    never both pass against the same history (:meth:`SitePrivacy.reserve`);
 3. run the DP steps; append "confirm".
+0. before anything: the ledger must not have lost history (``common.privacy.ledger_guard``: fails closed);
 4. after a confirm or a decline: sign the ledger's head with the site's key
    (``<state-dir>/site_key``; see :meth:`SitePrivacy.sign_head`) and report it to the server,
    which records it: a later truncation or rewrite of the ledger is then detectable.
@@ -47,6 +48,8 @@ from common.privacy.accountant import (
 )
 from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT, LedgerEntry
 from common.privacy.ledger import Ledger, mechanism_history_of
+from common.privacy.ledger_guard import (LEDGER_FILE, check_site_ledger, private_state_dir, site_lock,
+                                         write_signed_head)
 from common.privacy.signing import load_or_create_key
 from common.storage import atomic_write_text
 
@@ -115,10 +118,11 @@ class SitePrivacy:
                 f"site '{site}': delta={self.delta} is not below 1/max-records = {1 / self.max_records:.3g}; such a "
                 "δ allows releasing a whole record. Use delta = 0 for the default (< 1/max-records)."
             )
-        self.state_dir = state_dir
-        state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = private_state_dir(state_dir)  # 0700, in a simulation too
+        with site_lock(state_dir):  # no other process creates the ledger while it is checked
+            check_site_ledger(state_dir, site=site)  # fails closed: a ledger that lost history is never used
+            self.ledger = Ledger(state_dir / LEDGER_FILE)  # 0600
         self.dataset_id = dataset_hmac(dataset_id, state_dir)
-        self.ledger = Ledger(state_dir / "ledger.sqlite")
 
     @property
     def over_bound(self) -> bool:
@@ -290,5 +294,6 @@ class SitePrivacy:
         head = self.ledger.sign_head(key, site=self.site, round=round, run_id=run_id,
                                      secure_mode=self.settings.secure_mode,
                                      epsilon_budget=self.settings.epsilon_budget)
+        write_signed_head(self.state_dir, head)  # beside the ledger: a later, shorter ledger is refused
         return {"ledger-head-seq": head.head_seq, "ledger-head-hash": head.head_hash,
                 "ledger-head-signature": head.signature, "site-public-key": head.public_key}

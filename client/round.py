@@ -30,12 +30,12 @@ from client.train import evaluate, noise_generator_problem, resolve_device, trai
 from common.config import (ConfigError, PrivacySettings, PrivacyTerms, RunConfig, Scenario, SiteConfig, load_scenario,
                            parse_run_config, privacy_terms, resolve_site)
 from common.factory import build_model
-from common.models.params import freeze_branches, load_trainable, trainable_state
+from common.models.params import BRANCHES, freeze_branches, load_trainable, trainable_state
 from common.privacy.accountant import epsilon_from_history, plan_steps
 from common.records import (CENTRAL_NOISE_MULTIPLIER, NUM_EXAMPLES, STATUS_DECLINED, STATUS_TRAINED,
                             decline_code)
 
-__all__ = ["MessageError", "TrainOutcome", "SiteRound"]
+__all__ = ["MessageError", "TrainOutcome", "SiteRound", "check_global_values"]
 
 log = logging.getLogger("fedfusion.client")
 
@@ -83,7 +83,8 @@ class SiteRound:
     def from_flower(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any],
                     message_config: Mapping[str, Any], run_id: str) -> "SiteRound":
         run = parse_run_config(run_config)
-        return cls(run=run, scenario=load_scenario(run.paths.scenario_file), site=resolve_site(node_config, run),
+        site = resolve_site(node_config, run)  # deployment: the site's own file, then only the scenario it accepts
+        return cls(run=run, scenario=load_scenario(site.scenario_for(run)), site=site,
                    server_round=int(message_config.get("server-round", 0)),
                    federation_id=str(message_config.get("federation-id", f"run-{run_id}")), run_id=run_id,
                    message_config=message_config)
@@ -97,6 +98,12 @@ class SiteRound:
     def model(self, global_state: Mapping[str, torch.Tensor], data: SiteData) -> torch.nn.Module:
         with self.setup:
             model = build_model(self.run.model, scenario=self.scenario, seed=self.run.federation.seed)
+            expected = {k: v.shape for k, v in trainable_state(model, branches=BRANCHES).items()}
+            if {k: v.shape for k, v in global_state.items()} != expected:
+                wrong = sorted(set(expected) ^ set(global_state)) or sorted(
+                    k for k in expected if global_state[k].shape != expected[k])
+                raise MessageError(f"the server's arrays are not this model's trainable tensors (e.g. {wrong[:3]}); "
+                                   "nothing was trained or spent")
             load_trainable(model, global_state)
             # Branches this site has no data for get no gradient: freeze them so that Opacus neither
             # noises nor sends them, and the server keeps their global values.
@@ -122,6 +129,7 @@ class SiteRound:
 
     # ------------------------------------------------------------------ train
     def train(self, global_state: Mapping[str, torch.Tensor]) -> TrainOutcome:
+        check_global_values(global_state)  # before anything is spent: what the server sent must be usable
         data = self.data()
         terms = self.terms()
         sp = self.privacy(data, self.site.privacy if terms.refused else terms.settings)  # a refusal: own terms
@@ -148,11 +156,11 @@ class SiteRound:
         problems = [code for check in PREFLIGHT if (code := check(sp.settings, rng, device))]
         if problems:  # nothing reserved: a round that must fail is never spent
             return self._decline(sp, plan, problems[0])
+        model = self.model(global_state, data)  # the server's arrays fit this model: checked before any spend
         plan = sp.reserve(plan, **self._ids())  # budget re-checked and reserved in one ledger transaction
         if not plan.allowed:  # another process spent in between: the reservation became a decline
             return TrainOutcome(None, {NUM_EXAMPLES: 0.0}, self._report(sp, plan, STATUS_DECLINED, plan.reason,
                                                                        "budget"))
-        model = self.model(global_state, data)
         accountant = sp.accountant(plan.history)  # history BEFORE this round; Opacus appends this round's steps
         res = train_dp(model, data.train, plan=steps, lr=t.learning_rate, momentum=t.momentum,
                        noise_multiplier=plan.noise_multiplier, max_grad_norm=sp.settings.max_grad_norm,
@@ -177,11 +185,11 @@ class SiteRound:
         plan = sp.plan_central(server_noise_multiplier=float(sigma))
         if not plan.allowed:
             return self._decline(sp, plan, "budget")
+        model = self.model(global_state, data)
         plan = sp.reserve(plan, **self._ids())
         if not plan.allowed:
             return TrainOutcome(None, {NUM_EXAMPLES: 0.0}, self._report(sp, plan, STATUS_DECLINED, plan.reason,
                                                                        "budget"))
-        model = self.model(global_state, data)
         arrays, metrics, loss = central_update(model, data.train, global_state=global_state, train=self.run.train,
                                                device=resolve_device(self.site.device), seed=self._seed(),
                                                site=self.site.spec.name, branches=(*self.scenario.modalities, "head"))
@@ -194,8 +202,8 @@ class SiteRound:
                           global_state: Mapping[str, torch.Tensor]) -> TrainOutcome:
         t = self.run.train
         steps = plan_steps(max_records=sp.max_records, batch_size=t.batch_size, epochs=t.local_epochs)
-        plan = sp.release_without_dp(steps=steps.steps, **self._ids())  # recorded before anything leaves
         model = self.model(global_state, data)
+        plan = sp.release_without_dp(steps=steps.steps, **self._ids())  # recorded before anything leaves
         res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
                           momentum=t.momentum, modality_dropout=t.modality_dropout,
                           device=resolve_device(self.site.device), seed=self._seed())
@@ -288,6 +296,21 @@ _TRAIN_MODES: dict[str, Callable[[SiteRound, SiteData, SitePrivacy, Mapping[str,
     "central": SiteRound._train_central,
     "none": SiteRound._train_without_dp,
 }
+
+
+def check_global_values(state: Mapping[str, torch.Tensor]) -> None:
+    """Every tensor the server sent is float32 and finite (case 36: NaN weights were trained on, ε spent).
+
+    Raises
+    ------
+    MessageError
+        Naming the first tensor that is not; nothing has been spent.
+    """
+    for name, value in state.items():
+        if value.dtype != torch.float32:
+            raise MessageError(f"the server's tensor {name!r} is {value.dtype}, not float32; nothing was spent")
+        if not bool(torch.isfinite(value).all()):
+            raise MessageError(f"the server's tensor {name!r} holds NaN or inf; nothing was trained or spent")
 
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

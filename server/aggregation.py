@@ -1,61 +1,185 @@
-"""Modality-aware weighted averaging: pure numpy, no Flower.
+"""Modality-aware aggregation: each branch combined over the sites that hold it, by Flower's own functions.
 
-Sites hold different modalities, so each reply carries only the tensors of the branches
-that site trained. Each tensor is averaged over the sites that sent it, weighted by their
-example counts, and merged into the current global arrays: a tensor nobody trained this
-round keeps its global value (a hospital without notes neither dilutes nor erases the text
-branch).
+Sites hold different modalities, so each update carries only the tensors of the branches that site trained
+(:func:`common.models.params.branch_of`: a modality's encoder, projection and late head, or the shared head).
+Each branch is combined over the sites that sent it and merged into the current global arrays; a branch nobody
+trained this round keeps its global value (a hospital without notes neither dilutes nor erases the text branch).
+
+How a branch's holders are combined is the run setting ``aggregator`` (:data:`AGGREGATORS`). Each calls the
+functions Flower's strategies of the same name use (``flwr.serverapp.strategy``), on the branch's tensors only:
+
+* ``weighted-mean``: ``strategy_utils.aggregate_arrayrecords`` (FedAvg), weighted by the weight the server gave
+  each update (a site's registered max-records, or 1);
+* ``trimmed-mean``: ``fedtrimmedavg.trim_mean`` (FedTrimmedAvg), cutting ``f`` values per coordinate on each
+  side (cut fraction ``(f + 1/4) / n``, so that Flower's ``int(cut * n)`` is ``f``); needs ``n >= 2f + 1``;
+* ``median``: ``np.median(np.stack(layers), axis=0)``, FedMedian's own expression (Flower has no function for it);
+* ``krum`` / ``multikrum``: ``multikrum.select_multikrum`` (Krum, MultiKrum) over whole-branch updates, keeping 1
+  / ``n - f`` of them, then ``aggregate_arrayrecords`` of those;
+* ``bulyan``: ``select_multikrum`` keeping ``n - 2f``, the coordinate-wise median of those, then
+  ``bulyan.aggregate_n_closest_weights`` of the ``n - 4f`` closest (Bulyan); needs ``n >= 4f + 3``, as Flower's.
+
+A branch with too few holders for its aggregator keeps its global value that round (Flower's Bulyan skips the
+round likewise); :func:`minimum_holders` lets the ServerApp refuse a federation that could never aggregate.
+The updates reaching this module were validated first (``server/replies.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
+from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.bulyan import aggregate_n_closest_weights
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-__all__ = ["Update", "UpdateError", "check_update", "merge_weighted"]
+from common.config import ConfigError
+from common.models.params import branch_of
+
+__all__ = ["AGGREGATORS", "Merge", "Update", "check_aggregation", "merge", "merge_weighted", "minimum_holders"]
+
+_WEIGHT = "num-examples"  # the MetricRecord key Flower's functions weight by
 
 
 @dataclass(frozen=True)
 class Update:
-    site: str  # who sent it (for error messages)
-    arrays: Mapping[str, np.ndarray]  # the tensors it trained
-    weight: float  # number of training examples
+    site: str  # who sent it (for log lines)
+    arrays: Mapping[str, np.ndarray]  # the tensors it trained (validated: float32, global shapes, whole branches)
+    weight: float  # the weight the server gives it (registered max-records, or 1)
 
 
-class UpdateError(ValueError):
-    """An update that cannot be merged (unknown tensor, wrong shape, bad weight)."""
+@dataclass(frozen=True)
+class Merge:
+    arrays: dict[str, np.ndarray]  # the new global arrays (every global tensor)
+    used: dict[str, list[str]] = field(default_factory=dict)  # branch -> sites whose update went into it
+    skipped: dict[str, str] = field(default_factory=dict)  # branch -> why it kept its global value
 
 
-def check_update(global_arrays: Mapping[str, np.ndarray], update: Update) -> None:
-    """Raise :class:`UpdateError` naming the site and tensor if ``update`` does not fit."""
-    if not (update.weight > 0 and np.isfinite(update.weight)):
-        raise UpdateError(f"site '{update.site}': weight must be a positive number of examples, got {update.weight}")
-    for key, arr in update.arrays.items():
-        if key not in global_arrays:
-            raise UpdateError(f"site '{update.site}': tensor '{key}' is not part of the global model")
-        if arr.shape != global_arrays[key].shape:
-            raise UpdateError(f"site '{update.site}': tensor '{key}' has shape {arr.shape}, "
-                              f"the global model has {global_arrays[key].shape}")
-        if not np.all(np.isfinite(arr)):
-            raise UpdateError(f"site '{update.site}': tensor '{key}' contains NaN or inf")
+Group = list[dict[str, np.ndarray]]  # one branch: each holder's tensors of it
+
+
+def _records(group: Group, weights: Sequence[float]) -> list[RecordDict]:
+    return [RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                        "metrics": MetricRecord({_WEIGHT: float(w)})}) for arrays, w in zip(group, weights)]
+
+
+def _numpy(record: RecordDict) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in record["arrays"].items()}
+
+
+def _weighted_mean(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    record = aggregate_arrayrecords(_records(group, weights), _WEIGHT)
+    return {k: v.numpy() for k, v in record.items()}, list(range(len(group)))
+
+
+def _coordinatewise(reduce: Callable[[np.ndarray], np.ndarray]):
+    def aggregate(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+        return {k: np.asarray(reduce(np.stack([g[k] for g in group]))) for k in group[0]}, list(range(len(group)))
+    return aggregate
+
+
+def _trimmed(f: int, n: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda stack: trim_mean(stack, (f + 0.25) / n)
+
+
+def _trimmed_mean(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    return _coordinatewise(_trimmed(f, len(group)))(group, weights, f)
+
+
+def _krum(keep: Callable[[int, int], int]):
+    def aggregate(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+        records = _records(group, weights)
+        chosen = select_multikrum(records, num_malicious_nodes=f, num_nodes_to_select=keep(len(group), f))
+        record = aggregate_arrayrecords(chosen, _WEIGHT)
+        return {k: v.numpy() for k, v in record.items()}, [next(i for i, r in enumerate(records) if r is c)
+                                                           for c in chosen]
+    return aggregate
+
+
+def _bulyan(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    records = _records(group, weights)
+    theta = len(group) - 2 * f
+    chosen = select_multikrum(records, num_malicious_nodes=f, num_nodes_to_select=theta)
+    keys = list(group[0])
+    selected = [[_numpy(c)[k] for k in keys] for c in chosen]
+    median = [np.median(np.stack(layer), axis=0) for layer in zip(*selected, strict=True)]
+    merged = aggregate_n_closest_weights(median, selected, theta - 2 * f)
+    return dict(zip(keys, merged, strict=True)), [next(i for i, r in enumerate(records) if r is c) for c in chosen]
+
+
+#: aggregator -> (function, least number of holders a branch needs for it given f)
+AGGREGATORS: dict[str, tuple[Callable[[Group, Sequence[float], int], tuple[dict[str, np.ndarray], list[int]]],
+                             Callable[[int], int]]] = {
+    "weighted-mean": (_weighted_mean, lambda f: 1),
+    "trimmed-mean": (_trimmed_mean, lambda f: 2 * f + 1),
+    "median": (_coordinatewise(lambda stack: np.median(stack, axis=0)), lambda f: 1),
+    "krum": (_krum(lambda n, f: 1), lambda f: 1),
+    "multikrum": (_krum(lambda n, f: max(1, n - f)), lambda f: 1),
+    "bulyan": (_bulyan, lambda f: 4 * f + 3),
+}
+
+
+def minimum_holders(aggregator: str, f: int) -> int:
+    """The least number of sites a branch needs for ``aggregator`` to combine it, tolerating ``f``."""
+    return AGGREGATORS[aggregator][1](f)
+
+
+def check_aggregation(aggregator: str, f: int, holders: Mapping[str, int]) -> None:
+    """Refuse an aggregator that could never combine some branch: ``holders`` = branch -> sites that may train it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the branch, its holders and what the aggregator needs.
+    """
+    need = minimum_holders(aggregator, f)
+    short = {b: n for b, n in holders.items() if n < need}
+    if short:
+        raise ConfigError(f"run config: aggregator '{aggregator}' with num-malicious-sites={f} needs at least {need} "
+                          f"sites holding each branch; this federation has " +
+                          ", ".join(f"{n} for the {b} branch" for b, n in sorted(short.items())) +
+                          " (lower num-malicious-sites, or choose another aggregator)")
+
+
+def merge(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update], *, aggregator: str = "weighted-mean",
+          num_malicious: int = 0) -> Merge:
+    """Each branch combined over the updates that carry it (by ``aggregator``); other tensors stay global.
+
+    Parameters
+    ----------
+    global_arrays
+        The current global model (every trainable tensor).
+    updates
+        Validated updates (``server/replies.py``): whole branches of float32 tensors of the global shapes.
+    aggregator
+        A key of :data:`AGGREGATORS`.
+    num_malicious
+        ``f``: the sites the robust aggregators tolerate.
+    """
+    function, least = AGGREGATORS[aggregator]
+    merged = {k: np.array(v, copy=True) for k, v in global_arrays.items()}
+    used: dict[str, list[str]] = {}
+    skipped: dict[str, str] = {}
+    branches = sorted({branch_of(k) for k in global_arrays})
+    for branch in branches:
+        keys = [k for k in global_arrays if branch_of(k) == branch]
+        holders = [u for u in updates if keys[0] in u.arrays]
+        if not holders:
+            continue
+        if len(holders) < least(num_malicious):
+            skipped[branch] = (f"{aggregator} with f={num_malicious} needs {least(num_malicious)} sites holding it; "
+                               f"{len(holders)} sent it")
+            continue
+        group = [{k: np.asarray(u.arrays[k]) for k in keys} for u in holders]
+        values, chosen = function(group, [u.weight for u in holders], num_malicious)
+        for k in keys:
+            merged[k] = np.asarray(values[k]).astype(global_arrays[k].dtype, copy=False).reshape(global_arrays[k].shape)
+        used[branch] = [holders[i].site for i in chosen]
+    return Merge(merged, used, skipped)
 
 
 def merge_weighted(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update]) -> dict[str, np.ndarray]:
-    """Per-tensor weighted mean over the updates that carry it; other tensors stay global.
-
-    Call :func:`check_update` on each update first (invalid ones are dropped by the caller).
-    """
-    merged: dict[str, np.ndarray] = {}
-    for key, current in global_arrays.items():
-        holders = [u for u in updates if key in u.arrays]
-        if not holders:
-            merged[key] = np.array(current, copy=True)
-            continue
-        total = sum(u.weight for u in holders)
-        acc = np.zeros(current.shape, dtype=np.float64)
-        for u in holders:
-            acc += np.asarray(u.arrays[key], dtype=np.float64) * (u.weight / total)
-        merged[key] = acc.astype(current.dtype)
-    return merged
+    """Per-branch weighted mean over the updates that carry it (FedAvg's arithmetic); other tensors stay global."""
+    return merge(global_arrays, updates).arrays

@@ -12,9 +12,11 @@ from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state, scenario_schema
 from common.storage import atomic_write_bytes
 from server.checkpoint import load_checkpoint
+from server.aggregation import check_aggregation
 from server.grid import PromptGrid
+from server.identity import resolve_registry, scenario_branches
 from server.recorder import RunRecorder
-from server.strategy import ModalityFedAvg
+from server.strategy import ModalityFedAvg, validation_kwargs
 
 __all__ = ["app"]
 
@@ -25,11 +27,13 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
-    grid = PromptGrid(grid, poll_s=run.federation.reply_poll_interval)  # replies checked every 0.2 s, not 3 s
     if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)
         from server.central import run_central
 
-        return run_central(grid, context, run=run, scenario=scenario)
+        return run_central(PromptGrid(grid, poll_s=run.federation.reply_poll_interval), context, run=run,
+                           scenario=scenario)
+    registry = resolve_registry(grid, run, scenario)  # who each node is: the scenario, or the operator's registration
+    grid = PromptGrid(grid, poll_s=run.federation.reply_poll_interval)  # replies checked every 0.2 s, not 3 s
     federation_id = run.federation.federation_id or f"run-{context.run_id}"
     model = build_model(run.model, scenario=scenario, seed=run.federation.seed)
     initial = initial_trainable_state(model)
@@ -38,8 +42,12 @@ def main(grid: Grid, context: Context) -> None:
     ckpt = load_checkpoint(run.paths.out_dir, federation_id=federation_id) if run.paths.out_dir else None
     done = ckpt.round if ckpt else 0
 
+    # a robust aggregator that could never combine some branch with the federation's sites is refused before round 1
+    check_aggregation(run.aggregation.aggregator, run.aggregation.num_malicious_sites,
+                      {b: len(registry.holders(b)) for b in scenario_branches(scenario)})
     recorder = RunRecorder(
         out_dir=run.paths.out_dir, federation_id=federation_id, run_id=str(context.run_id),
+        registered_keys={s.name: s.public_key for s in registry.declared if s.public_key},
         run_info={
             "scenario": scenario.name, "scenario_description": scenario.description,
             "modalities": list(scenario.modalities), "num_rounds": run.federation.num_rounds,
@@ -50,12 +58,16 @@ def main(grid: Grid, context: Context) -> None:
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
             "data_note": " ".join(scenario_schema(scenario).note.split()) or scenario.description,
             "schema": scenario_schema(scenario).name,
+            "aggregation": {"aggregator": run.aggregation.aggregator, "weighting": run.aggregation.weighting,
+                            "num_malicious_sites": run.aggregation.num_malicious_sites,
+                            "max_update_norm": run.aggregation.max_update_norm, "sites_bound_by": registry.source},
         },
     )
     if ckpt:
         recorder.restore()
         initial = ckpt.arrays
     strategy = ModalityFedAvg(
+        **validation_kwargs(run, registry),  # who each node is, and what its replies are checked against
         recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,

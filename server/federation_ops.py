@@ -9,7 +9,8 @@ Everything lives in one folder the operator chooses (``DIR``)::
     DIR/certs/server.pem|.key  SuperLink certificate (SAN: localhost, 127.0.0.1, host) and key (0600)
     DIR/flwr-home/config.toml  `[superlink.<name>]` connection, so `FLWR_HOME=DIR/flwr-home flwr run . <name>` works
     DIR/state.db               the SuperLink's database (registered sites, runs, messages)
-    DIR/registered-sites.json  site name -> SuperNode ID and key fingerprint (`flwr supernode list` shows IDs only)
+    DIR/registered-sites.json  site name -> SuperNode ID, registered public key, modalities and max-records: who each
+                               node is, for the ServerApp (server/identity.py; `flwr supernode list` shows IDs only)
     DIR/logs/superlink.log     the SuperLink's log;  DIR/superlink.pid while started with --detach
 
 Two addresses (:mod:`server.superlink_listeners` runs Flower's SuperLink on both): the sites' address
@@ -292,7 +293,8 @@ def stop_federation(folder: Path) -> bool:
     return stop_pidfile(load_federation(folder).layout.pidfile)
 
 
-def register_site(folder: Path, public_key: Path, *, name: str, timeout: float = 60.0) -> int:
+def register_site(folder: Path, public_key: Path, *, name: str, modalities: tuple[str, ...] = (),
+                  max_records: int | None = None, timeout: float = 60.0) -> int:
     """Register a site's public key with the running SuperLink (``flwr supernode register``).
 
     Parameters
@@ -303,6 +305,10 @@ def register_site(folder: Path, public_key: Path, *, name: str, timeout: float =
         The site's ``.pub`` file (OpenSSH ECDSA, as written by ``fedfusion site init``).
     name
         The site's name, shown by ``flwr supernode list``.
+    modalities
+        The modalities the site holds (its ``site.toml`` ``modalities``): the branches its replies may carry.
+    max_records
+        The site's declared, public ``max-records`` (its ``site.toml`` ``[privacy]``): the weight of its update.
     timeout
         Seconds before giving up on the SuperLink.
 
@@ -317,6 +323,12 @@ def register_site(folder: Path, public_key: Path, *, name: str, timeout: float =
         raise FederationError(f"public key {key} not found (the site's keys/<name>.pub from `fedfusion site init`)")
     if not _NAME.match(name):
         raise FederationError(f"--name must be letters, digits, '-' or '_' (got {name!r})")
+    if not modalities or "tabular" not in modalities or any(m not in ("tabular", "text", "image") for m in modalities):
+        raise FederationError(f"--modalities must list the site's modalities, with tabular, e.g. tabular,text "
+                              f"(its site.toml 'modalities'); got {','.join(modalities)!r}")
+    if max_records is None or max_records < 1:
+        raise FederationError(f"--max-records must be the site's declared max-records (its site.toml [privacy], a "
+                              f"whole number >= 1); got {max_records!r}")
     cmd = [_bin("flwr"), "supernode", "register", str(key), fed.name, "--name", name]
     try:
         done = subprocess.run(cmd, env=flower_env(fed.layout.flwr_home), capture_output=True, text=True,
@@ -328,13 +340,16 @@ def register_site(folder: Path, public_key: Path, *, name: str, timeout: float =
     sys.stderr.write(done.stderr)
     if done.returncode == 0 and (m := re.search(r"SuperNode (\d+) registered", done.stdout)):
         record = fed.layout.root / "registered-sites.json"
-        _record_site(record, name=name, node_id=int(m.group(1)), key=key)
+        _record_site(record, name=name, node_id=int(m.group(1)), key=key, modalities=modalities,
+                     max_records=max_records)
         print(f"site {name} = SuperNode {m.group(1)} (recorded in {record})")
     return done.returncode
 
 
-def _record_site(path: Path, *, name: str, node_id: int, key: Path) -> None:
-    """Keep the operator's map from site name to SuperNode ID (Flower 1.42's list shows IDs, not names)."""
+def _record_site(path: Path, *, name: str, node_id: int, key: Path, modalities: tuple[str, ...],
+                 max_records: int) -> None:
+    """Keep the operator's map from site name to SuperNode ID (Flower 1.42's list shows IDs, not names), with what
+    the server binds to that node: the registered key, the site's modalities and its public max-records."""
     import hashlib
     from datetime import datetime, timezone
 
@@ -343,5 +358,7 @@ def _record_site(path: Path, *, name: str, node_id: int, key: Path) -> None:
     sites = json.loads(path.read_text()) if path.is_file() else {}
     sites[name] = {"node-id": node_id, "public-key": str(key),
                    "key-sha256": hashlib.sha256(key.read_bytes()).hexdigest(),
+                   "public-key-line": " ".join(key.read_text().split()[:2]),
+                   "modalities": list(modalities), "max-records": int(max_records),
                    "registered-at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(path, json.dumps(sites, indent=2, sort_keys=True) + "\n")

@@ -7,13 +7,18 @@
   in its own log (it is computed from the training rows outside the DP mechanism).
 * ``summary.json``: the latest privacy state and metrics of every site.
 
-Every file is written atomically; the ledger rows are appended as the replies arrive.
+Every file is written atomically. A round's ledger rows are written once, after every reply of the round was
+validated (``server/replies.py``), in ONE transaction with the round's signed heads: never partially, and a reply
+the server failed still gets its row (its reason: why the server failed it; the site's claims kept as evidence)
+and, if its signed head verifies, its head: a round that sites spent is never missing. A trained row's reason ends
+with ``update-sha256=<digest>`` of the update accepted: a reply for that (site, round) sent again after a restart
+must carry the same update (``server/strategy.py``), and is then not recorded twice.
 
-Signed heads: each site signs its own ledger's head after every round and sends it in its
-PRIVACY record; the server keeps each one in the ``heads`` table of ``ledger.sqlite``
-(append-only, hash-chained; recorded as received, a bad signature is logged and kept as
-evidence). After every event the server signs the heads of both of its tables with its own
-key (``server_key`` in the run folder) into ``ledger-head.json``. ``fedfusion audit`` checks
+Signed heads: each site signs its own ledger's head after every round and sends it in its PRIVACY record; the
+server keeps each one that verifies for that site, with the key the operator registered (deployment) or the key
+the site first used here (simulation), in the ``heads`` table of ``ledger.sqlite`` (append-only, hash-chained);
+one that does not verify is logged and not recorded. After every event the server signs the heads of both of its
+tables with its own key (``server_key`` in the run folder) into ``ledger-head.json``. ``fedfusion audit`` checks
 every ledger against these.
 """
 
@@ -29,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from common.privacy.accountant import Mechanism
+from common.privacy.entry import NO_DP, statement_mode
 from common.privacy.ledger import Ledger, LedgerEntry
 from common.privacy.signing import (
     SERVER_HEAD_FILE,
@@ -41,13 +48,14 @@ from common.privacy.signing import (
 from common.records import COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS, TIMING_KEYS
 from common.storage import arrays_digest, atomic_write_text
 from server.checkpoint import Checkpoint, save_checkpoint
-from server.strategy import SiteEvaluation, SiteReply
+from server.replies import SiteEvaluation, SiteReply
 
 __all__ = ["RunRecorder"]
 
 log = logging.getLogger(__name__)
 
 _EVAL_KEYS = ("accuracy", "balanced-accuracy", "auc", "loss", "num-examples")
+_DIGEST = "update-sha256="  # a trained row's reason ends with the sha256 of the update the server accepted
 CSV_FIELDS = ("round", "site", "status", "mode", "accuracy", "balanced-accuracy", "auc", "eval-loss",
               "eval-examples", "epsilon", "epsilon-rdp", "noise-multiplier", "sample-rate", "steps")
 
@@ -69,23 +77,49 @@ def _eps(v: Any) -> float | None:
     return None if math.isnan(f) or f < 0 else f
 
 
-def _reason(p: dict[str, Any], error: str) -> str:
-    """What the server's row says about why: the site's statement or decline reason, or its failure code."""
-    reason = str(p.get("reason", "")) or error
-    return f"[{p['code']}] {reason}" if p.get("code") and p.get("status") == "failed" else reason
+def _int(v: Any, *, strict: bool = False) -> int:
+    """A whole number a site reported (0 for anything else; ``strict``: ValueError instead)."""
+    if isinstance(v, bool) or not isinstance(v, int):
+        if strict:
+            raise ValueError(f"not a whole number: {v!r}")
+        return 0
+    return v
+
+
+def _site_summary(p: dict[str, Any]) -> dict[str, Any]:
+    """The latest privacy state of a site in ``summary.json``, from a reply the server accepted."""
+    out = {
+        "epsilon": _num(p.get("epsilon")), "epsilon_rdp": _num(p.get("epsilon-rdp")),
+        "target_epsilon": _num(p.get("target-epsilon")), "epsilon_budget": _num(p.get("epsilon-budget")),
+        "delta": _num(p.get("delta")), "noise_multiplier": _num(p.get("noise-multiplier")),
+        "sample_rate": _num(p.get("sample-rate")), "steps": _int(p.get("total-steps")),
+        "max_grad_norm": _num(p.get("max-grad-norm")), "accountant": str(p.get("accountant", "")),
+        "lifetime_rounds_trained": _int(p.get("rounds-trained")),
+        "secure_mode": p.get("secure-mode") is True, "dataset_id": str(p.get("dataset-id", "")),
+        "noise_seed": str(p.get("noise-seed", "not recorded")), "mode": str(p.get("mode", "sample")),
+        "max_records": _num(p.get("max-records")),
+    }
+    if p.get("mode") == "none":
+        out["released_without_dp"] = True
+    return out
 
 
 class RunRecorder:
     """Implements :class:`server.strategy.RoundRecorder`; writes under ``out_dir``."""
 
-    def __init__(self, *, out_dir: Path | None, federation_id: str, run_id: str, run_info: dict[str, Any]) -> None:
+    def __init__(self, *, out_dir: Path | None, federation_id: str, run_id: str, run_info: dict[str, Any],
+                 registered_keys: dict[str, str] | None = None) -> None:
         self.out_dir, self.federation_id, self.run_id = out_dir, federation_id, run_id
+        self.registered_keys = dict(registered_keys or {})  # deployment: site -> the public key the operator registered
+        self._trained: dict[str, list[tuple[str, int, Mechanism | None, str]]] = {}  # site -> (fed, round, σqs, digest)
+        self._keys: dict[str, str] = {}  # site -> the key of its first recorded head (pinned)
         self.ledger = Ledger(out_dir / "ledger.sqlite") if out_dir else None
         self.key = load_or_create_key(out_dir / SERVER_KEY_FILE, comment="fedfusion-server") if out_dir else None
         self.run_info = run_info
         self.rows: dict[tuple[int, str], dict[str, Any]] = {}
         self.sites: dict[str, dict[str, Any]] = {}
         self.rounds: dict[int, dict[str, Any]] = {}
+        self._load_index()
 
     def _row(self, rnd: int, site: str) -> dict[str, Any]:
         return self.rows.setdefault((rnd, site), {"round": rnd, "site": site})
@@ -94,78 +128,118 @@ class RunRecorder:
         return self.sites.setdefault(site, {"rounds_trained": 0, "rounds_declined": 0, "rounds_failed": 0})
 
     # ------------------------------------------------------------------ train
-    def _already_recorded(self, site: str, server_round: int) -> bool:
-        """After a restart a site may replay a round the server already logged: log each round once."""
+    def _load_index(self) -> None:
+        """What this server recorded before (a resumed run): each site's trained rows and its first signing key."""
         if self.ledger is None:
-            return False
-        return any(e.round == server_round and e.federation_id == self.federation_id and e.event == "trained"
-                   for e in self.ledger.entries(site=site))
+            return
+        for e in self.ledger.entries():
+            if e.event == "trained":
+                self._index(e.site, e.federation_id, e.round, e.noise_multiplier, e.sample_rate, e.steps, e.reason)
+        for h in self.ledger.heads():
+            self._keys.setdefault(h.site, h.public_key)
+
+    def _index(self, site: str, federation_id: str, rnd: int, sigma: float | None, q: float | None, steps: int,
+               reason: str) -> None:
+        mechanism = None if statement_mode(reason) == NO_DP or sigma is None or q is None else (sigma, q, steps)
+        digest = next((part.split("=", 1)[1] for part in reason.split(" | ") if part.startswith(_DIGEST)), "")
+        self._trained.setdefault(site, []).append((federation_id, rnd, mechanism, digest))
+
+    def history(self, site: str, *, before_round: int) -> list[Mechanism] | None:
+        """The (σ, q, steps) of every round this server recorded as trained for ``site`` (any federation), except
+        this federation's rounds from ``before_round`` on; None if one of them was a release without DP."""
+        rows = [m for fed, rnd, m, _ in self._trained.get(site, [])
+                if fed != self.federation_id or rnd < before_round]
+        return None if any(m is None for m in rows) else [m for m in rows if m is not None]
+
+    def recorded_digest(self, site: str, server_round: int) -> str | None:
+        """The update digest this server recorded for ``site`` in ``server_round`` of this federation, if any."""
+        return next((d for fed, rnd, _, d in self._trained.get(site, [])
+                     if fed == self.federation_id and rnd == server_round and d), None)
+
+    def pinned_key(self, site: str) -> str:
+        """The public key of the first signed head this server recorded for ``site`` ("" if none yet)."""
+        return self._keys.get(site, "")
 
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None:
+        """Record the round: every reply's row and each signed head that verifies, in ONE ledger transaction."""
+        entries, heads = [], []
         for r in replies:
-            p = r.privacy
             event = {"trained": "trained", "replayed": "trained", "declined": "declined"}.get(r.status, "failed")
-            if r.status == "replayed" and self._already_recorded(r.site, server_round):
-                continue  # the same spend, reported again: neither counted nor logged twice
+            if event == "trained" and self.recorded_digest(r.site, server_round) is not None:
+                continue  # the same update, sent again after a restart: neither counted nor logged twice
+            p = {} if r.rejected else r.privacy  # what the server failed is evidence in its ledger row, not a fact
             s = self._site(r.site)
             s[f"rounds_{event}"] += 1
             if p:
-                s.update({
-                    "epsilon": _num(p.get("epsilon")), "epsilon_rdp": _num(p.get("epsilon-rdp")),
-                    "target_epsilon": _num(p.get("target-epsilon")), "epsilon_budget": _num(p.get("epsilon-budget")),
-                    "delta": _num(p.get("delta")), "noise_multiplier": _num(p.get("noise-multiplier")),
-                    "sample_rate": _num(p.get("sample-rate")), "steps": int(p.get("total-steps", 0)),
-                    "max_grad_norm": _num(p.get("max-grad-norm")), "accountant": p.get("accountant", ""),
-                    "lifetime_rounds_trained": int(p.get("rounds-trained", 0)),
-                    "secure_mode": bool(p.get("secure-mode", False)), "dataset_id": p.get("dataset-id", ""),
-                    "noise_seed": str(p.get("noise-seed", "not recorded")), "mode": str(p.get("mode", "sample")),
-                    "max_records": _num(p.get("max-records")),
-                })
-                if p.get("mode") == "none":
-                    s["released_without_dp"] = True
+                s.update(_site_summary(p))
                 if r.status == "declined":
-                    s["last_decline_reason"] = p.get("reason", "")
+                    s["last_decline_reason"] = str(p.get("reason", ""))
             if r.status == "failed":
                 s["last_error"] = r.error
-            row = self._row(server_round, r.site)
-            row.update({"status": r.status, "mode": p.get("mode", ""),
-                        "epsilon": _num(p.get("epsilon")), "epsilon-rdp": _num(p.get("epsilon-rdp")),
-                        "noise-multiplier": _num(p.get("noise-multiplier")),
-                        "sample-rate": _num(p.get("sample-rate")), "steps": p.get("steps", 0)})
-            if self.ledger is not None:
-                self.ledger.append(LedgerEntry(
-                    site=r.site, round=server_round, event=event, federation_id=self.federation_id,
-                    run_id=self.run_id, dataset_id=str(p.get("dataset-id", "")),
-                    noise_multiplier=_num(p.get("noise-multiplier")), sample_rate=_num(p.get("sample-rate")),
-                    steps=int(p.get("steps", 0)) if event == "trained" else 0,
-                    max_grad_norm=_num(p.get("max-grad-norm")), delta=_num(p.get("delta")),
-                    accountant=str(p.get("accountant", "")), epsilon=_eps(p.get("epsilon")),
-                    epsilon_rdp=_eps(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
-                    reason=_reason(p, r.error),
-                ))
-                self._record_head(server_round, r.site, p)
+            self._row(server_round, r.site).update({
+                "status": r.status, "mode": str(p.get("mode", "")), "epsilon": _num(p.get("epsilon")),
+                "epsilon-rdp": _num(p.get("epsilon-rdp")), "noise-multiplier": _num(p.get("noise-multiplier")),
+                "sample-rate": _num(p.get("sample-rate")), "steps": _int(p.get("steps"))})
+            entry = self._entry(server_round, r, event)
+            entries.append(entry)
+            if event == "trained":
+                self._index(r.site, self.federation_id, server_round, entry.noise_multiplier, entry.sample_rate,
+                            entry.steps, entry.reason)
+            head = self._head(server_round, r)
+            if head is not None:
+                heads.append(head)
+                self._keys.setdefault(r.site, head.public_key)
+        if self.ledger is not None and (entries or heads):
+            self.ledger.append_round(entries, heads)
         self.flush()
 
-    def _record_head(self, server_round: int, site: str, p: dict[str, Any]) -> None:
-        """Keep the signed ledger head a site sent (if any) in the ledger file's ``heads`` table."""
-        if self.ledger is None or not p.get("ledger-head-signature"):
-            return
+    def _entry(self, server_round: int, r: SiteReply, event: str) -> LedgerEntry:
+        """The server's row of one reply: the site's reported mechanism and ε, or only why it failed."""
+        p = r.privacy
+        if r.rejected:
+            reason = f"rejected by the server: {r.error}"
+        elif r.status == "failed":
+            reason = r.error
+        else:
+            reason = str(p.get("reason", ""))
+            if r.digest:
+                reason = " | ".join(x for x in (reason, f"{_DIGEST}{r.digest}") if x)
+        ids = dict(site=r.site, round=server_round, event=event, federation_id=self.federation_id,
+                   run_id=self.run_id, reason=reason[:2000])
+        try:
+            return LedgerEntry(**ids, dataset_id=str(p.get("dataset-id", "")),
+                               noise_multiplier=_num(p.get("noise-multiplier")), sample_rate=_num(p.get("sample-rate")),
+                               steps=_int(p.get("steps")) if event == "trained" else 0,
+                               max_grad_norm=_num(p.get("max-grad-norm")), delta=_num(p.get("delta")),
+                               accountant=str(p.get("accountant", "")), epsilon=_eps(p.get("epsilon")),
+                               epsilon_rdp=_eps(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")))
+        except (TypeError, ValueError):  # a failed reply's values that no row can hold: its reason only
+            return LedgerEntry(**ids)
+
+    def _head(self, server_round: int, r: SiteReply) -> HeadRecord | None:
+        """The signed ledger head a reply carries, if it verifies for its site (failed replies included)."""
+        p = r.privacy
+        if not p.get("ledger-head-signature"):
+            return None
         try:
             record = HeadRecord(
-                kind="site-ledger", site=site, round=server_round, run_id=self.run_id,
-                head_seq=int(p["ledger-head-seq"]), head_hash=str(p.get("ledger-head-hash", "")),
+                kind="site-ledger", site=r.site, round=server_round, run_id=self.run_id,
+                head_seq=_int(p["ledger-head-seq"], strict=True), head_hash=str(p.get("ledger-head-hash", "")),
                 public_key=str(p.get("site-public-key", "")), signature=str(p["ledger-head-signature"]),
-                secure_mode=bool(p["secure-mode"]) if "secure-mode" in p else None,
+                secure_mode=p["secure-mode"] if isinstance(p.get("secure-mode"), bool) else None,
                 epsilon_budget=_num(p.get("epsilon-budget")))
-        except (KeyError, TypeError, ValueError) as err:
-            log.warning("round %d: site %s sent a malformed signed ledger head (%s); not recorded",
-                        server_round, site, err)
-            return
-        if not verify_head(record.public_key, record.signature, kind=record.kind, site=site,
-                           seq=record.head_seq, head_hash=record.head_hash):
-            log.warning("round %d: the signed ledger head site %s sent does not verify; recorded as evidence",
-                        server_round, site)
-        self.ledger.append_head(record)
+            ok = verify_head(record.public_key, record.signature, kind=record.kind, site=r.site,
+                             seq=record.head_seq, head_hash=record.head_hash)
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        expected = self.registered_keys.get(r.site) or self.pinned_key(r.site)
+        if ok and expected and record.public_key.split()[:2] != expected.split()[:2]:
+            ok = False
+        if not ok:
+            log.warning("round %d: the signed ledger head site %s sent does not verify (or is signed with another "
+                        "key); not recorded", server_round, r.site)
+            return None
+        return record
 
     def _sign_state(self) -> None:
         """Sign the heads of this server's ledger tables into ``ledger-head.json`` (atomic)."""

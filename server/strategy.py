@@ -1,22 +1,28 @@
-"""FedAvg that knows which site holds which modality branch.
+"""FedAvg that knows which site holds which modality branch, and takes no site's word for what it can check.
 
-Flower's stock ``FedAvg.aggregate_train`` rejects replies whose array keys differ and
-replaces the global model with whatever it returns (keys nobody sent vanish). This
-subclass keeps Flower's loop (``Strategy.start``), sampling and message construction, and
-changes only what aggregation means:
+Flower's stock ``FedAvg.aggregate_train`` rejects replies whose array keys differ, weights whole replies by what
+they claim, and replaces the global model with whatever it returns. This subclass keeps Flower's loop
+(``Strategy.start``), sampling and message construction, and changes only what aggregation means. Each round:
 
-* each tensor is averaged over the sites that trained it, weighted by their examples, and
-  merged into the current global arrays (``server/aggregation.py``);
-* sites that declined (privacy budget) or failed are skipped, and every reply — trained,
-  declined or failed — is handed to the :class:`RoundRecorder` (server ledger, metrics).
+1. every reply is read defensively (``server/replies.py``): bound to a site by its node (``server/identity.py``),
+   its status from a closed set, its arrays, weight and privacy record checked; anything malformed fails that
+   reply, with a logged reason, and the round goes on;
+2. a reply for a (site, round) this server already recorded must carry the update it recorded (same digest);
+3. the round is recorded once, after validation (``server/recorder.py``: one ledger transaction for all replies,
+   failed ones included, with each signed ledger head that verifies);
+4. each branch is combined over the sites that sent it by the ``aggregator`` setting (``server/aggregation.py``,
+   Flower's own functions) and merged into the global arrays, which ``aggregate_train`` returns.
+
+Flower's FedOpt family (FedAdam, ...) applies its server step to what ``FedAvg.aggregate_train`` returns: composed
+with this class (``ModalityFedAvg`` first in the MRO), it steps on the merged arrays, whatever the aggregator.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from logging import INFO, WARNING
-from typing import Any, Iterable, Protocol
+from collections.abc import Iterable, Mapping
+from logging import ERROR, INFO, WARNING
+from typing import Any, Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -24,29 +30,14 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
-from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
-                            STATUS_DECLINED, STATUS_FAILED, TIMING_KEYS)
-from server.aggregation import Update, UpdateError, check_update, merge_weighted
+from common.config import AggregationSettings, RunConfig
+from common.privacy.accountant import Mechanism
+from common.records import ARRAYS, CONFIG, EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
+from server.aggregation import merge
+from server.identity import SiteRegistry
+from server.replies import ReadReply, ReplyRules, SiteEvaluation, SiteReply, read_evaluation, read_train_reply
 
-__all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
-
-
-@dataclass(frozen=True)
-class SiteReply:
-    site: str  # site name (from its privacy record), or "node-<id>" if unknown
-    node_id: int
-    status: str  # trained | declined | replayed | failed
-    num_examples: int
-    privacy: dict[str, Any] = field(default_factory=dict)  # the site's PRIVACY ConfigRecord
-    metrics: dict[str, float] = field(default_factory=dict)  # its train MetricRecord
-    error: str = ""  # why it failed
-
-
-@dataclass(frozen=True)
-class SiteEvaluation:
-    site: str
-    node_id: int
-    metrics: dict[str, float]
+__all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg", "validation_kwargs"]
 
 
 class RoundRecorder(Protocol):
@@ -54,6 +45,9 @@ class RoundRecorder(Protocol):
     def on_aggregated(self, server_round: int, arrays: dict[str, np.ndarray]) -> None: ...
     def on_timing(self, server_round: int, phase: str, wall_s: float, sites: list[dict[str, float]]) -> None: ...
     def on_evaluate(self, server_round: int, evaluations: list[SiteEvaluation]) -> None: ...
+    def history(self, site: str, *, before_round: int) -> list[Mechanism] | None: ...
+    def recorded_digest(self, site: str, server_round: int) -> str | None: ...
+    def pinned_key(self, site: str) -> str: ...
 
 
 def _timing(metrics: dict[str, float]) -> dict[str, float]:
@@ -72,19 +66,52 @@ def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, floa
     return out
 
 
-class ModalityFedAvg(FedAvg):
-    """FedAvg with per-tensor, per-modality aggregation and a recorder for every reply."""
+def _failed(read: ReadReply, why: str) -> ReadReply:
+    r = read.reply
+    reply = SiteReply(r.site, r.node_id, STATUS_FAILED, 0.0, r.privacy, r.metrics, error=why, rejected=True,
+                      digest=r.digest)
+    return ReadReply(reply, None, read.evaluation)
 
-    def __init__(self, *, recorder: RoundRecorder | None = None, round_offset: int = 0, fold_evaluation: bool = False,
-                 **fedavg_kwargs: Any) -> None:
+
+def validation_kwargs(run: RunConfig, registry: SiteRegistry) -> dict[str, Any]:
+    """What :class:`ModalityFedAvg` checks replies against, from the run's settings: pass as ``**kwargs``."""
+    return {"registry": registry, "aggregation": run.aggregation, "batch_size": run.train.batch_size,
+            "local_epochs": run.train.local_epochs}
+
+
+class ModalityFedAvg(FedAvg):
+    """FedAvg with validated replies, per-branch robust aggregation and a recorder for every reply.
+
+    Parameters
+    ----------
+    registry : SiteRegistry
+        Who each node is, its modalities and max-records (never taken from a reply).
+    aggregation : AggregationSettings
+        The aggregator, f, the weighting and the update-norm bound.
+    batch_size, local_epochs : int
+        The run's settings: with a site's max-records they fix its sample rate and steps (checked in replies).
+    recorder : RoundRecorder | None
+        Where every reply, the merged arrays, timing and evaluations go.
+    round_offset : int
+        Rounds completed before a restart: round r of the loop is r + offset.
+    fold_evaluation : bool
+        Sites evaluate the received global model inside the train reply.
+    **fedavg_kwargs
+        Flower's FedAvg sampling settings.
+    """
+
+    def __init__(self, *, registry: SiteRegistry, aggregation: AggregationSettings, batch_size: int,
+                 local_epochs: int, recorder: RoundRecorder | None = None, round_offset: int = 0,
+                 fold_evaluation: bool = False, **fedavg_kwargs: Any) -> None:
         if fold_evaluation:  # sites evaluate inside the train reply; no separate evaluate messages per round
             fedavg_kwargs["fraction_evaluate"] = 0.0
         super().__init__(**fedavg_kwargs)
+        self.registry, self.aggregation = registry, aggregation
+        self.batch_size, self.local_epochs = batch_size, local_epochs
         self.recorder = recorder
         self.fold_evaluation = fold_evaluation
-        self.round_offset = round_offset  # rounds completed before a restart: round r of the loop is r + offset
+        self.round_offset = round_offset
         self._global: ArrayRecord | None = None
-        self._sites: dict[int, str] = {}  # node id -> site name, learnt from replies
 
     # The loop hands us the current global arrays here; keep them to merge into.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -100,29 +127,29 @@ class ModalityFedAvg(FedAvg):
         self._evaluate_started = time.monotonic()
         return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
-    def _site_of(self, node_id: int) -> str:
-        return self._sites.get(node_id, f"node-{node_id}")
+    def _rules(self, global_np: Mapping[str, np.ndarray], server_round: int) -> ReplyRules:
+        rec = self.recorder
+        return ReplyRules(
+            registry=self.registry, global_arrays=global_np, max_update_norm=self.aggregation.max_update_norm,
+            weighting=self.aggregation.weighting, batch_size=self.batch_size, local_epochs=self.local_epochs,
+            history=(lambda site: rec.history(site, before_round=server_round)) if rec else (lambda site: []),
+            pinned_key=rec.pinned_key if rec else (lambda site: ""))
 
-    def _read_reply(self, msg: Message) -> tuple[SiteReply, Update | None]:
-        node = msg.metadata.src_node_id
-        if msg.has_error():
-            return SiteReply(self._site_of(node), node, "failed", 0, error=str(msg.error.reason)), None
-        content = msg.content
-        privacy = dict(content.config_records[PRIVACY]) if PRIVACY in content.config_records else {}
-        site = str(privacy.get("site") or self._site_of(node))
-        self._sites[node] = site
-        metrics = dict(content.metric_records[METRICS]) if METRICS in content.metric_records else {}
-        n = int(metrics.get(NUM_EXAMPLES, 0))
-        status = str(privacy.get("status", "failed" if not privacy else ""))
-        if status == STATUS_DECLINED:
-            return SiteReply(site, node, status, 0, privacy, metrics), None
-        if status == STATUS_FAILED:  # the site caught its own error and said why
-            return SiteReply(site, node, status, 0, privacy, metrics, error=str(privacy.get("reason", ""))), None
-        if ARRAYS not in content.array_records or n <= 0:
-            return SiteReply(site, node, "failed", n, privacy, metrics,
-                             error="reply carries no arrays or no example count"), None
-        arrays = {k: v.numpy() for k, v in content.array_records[ARRAYS].items()}
-        return SiteReply(site, node, status or "trained", n, privacy, metrics), Update(site, arrays, float(n))
+    def _check_round(self, server_round: int, read: list[ReadReply]) -> list[ReadReply]:
+        """One accepted update per site, and a reply for a round already recorded carries the recorded update."""
+        seen: set[str] = set()
+        out = []
+        for r in read:
+            if r.update is not None:
+                recorded = self.recorder.recorded_digest(r.reply.site, server_round) if self.recorder else None
+                if r.reply.site in seen:
+                    r = _failed(r, f"a second update from site '{r.reply.site}' in round {server_round}")
+                elif recorded is not None and recorded != r.reply.digest:
+                    r = _failed(r, f"a {r.reply.status} reply for round {server_round}, which this server already "
+                                   f"recorded for site '{r.reply.site}' with another update (sha256 {recorded[:12]})")
+                seen.add(r.reply.site)
+            out.append(r)
+        return out
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
@@ -130,38 +157,41 @@ class ModalityFedAvg(FedAvg):
             raise RuntimeError("aggregate_train called before configure_train")
         server_round += self.round_offset
         global_np = {k: v.numpy() for k, v in self._global.items()}
-        site_replies, updates, folded = [], [], []
-        for msg in replies:
-            reply, update = self._read_reply(msg)
-            if not msg.has_error() and EVALUATION in msg.content.metric_records:
-                folded.append(SiteEvaluation(reply.site, reply.node_id,
-                                             {k: float(v) for k, v in msg.content.metric_records[EVALUATION].items()}))
-            if update is not None:
-                try:
-                    check_update(global_np, update)
-                    updates.append(update)
-                except UpdateError as err:  # a malformed update never crashes the federation
-                    log(WARNING, "round %d: dropping update: %s", server_round, err)
-                    reply = SiteReply(reply.site, reply.node_id, "failed", reply.num_examples, reply.privacy,
-                                      reply.metrics, error=str(err))
-            site_replies.append(reply)
+        rules = self._rules(global_np, server_round)
+        read = self._check_round(server_round, [read_train_reply(m, rules) for m in replies])
+        site_replies = [r.reply for r in read]
+        for r in site_replies:
+            if r.status == STATUS_FAILED:
+                log(WARNING, "round %d: site %s failed%s: %s", server_round, r.site,
+                    " (rejected by the server)" if r.rejected else "", r.error)
         counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+        updates = [r.update for r in read if r.update is not None]
         if self.recorder:
             self.recorder.on_timing(server_round, "train", time.monotonic() - self._round_started,
                                     [_timing(r.metrics) for r in site_replies])
+            folded = [r.evaluation for r in read if r.evaluation is not None]
             if folded:  # metrics of the model the sites received = the previous round's global model
                 self.recorder.on_evaluate(server_round - 1, folded)
-            self.recorder.on_train(server_round, site_replies)
-        if not updates:
-            if self.recorder:
-                self.recorder.on_aggregated(server_round, global_np)
-            return None, None  # the loop keeps the current global arrays
-        merged = merge_weighted(global_np, updates)
+            self.recorder.on_train(server_round, site_replies)  # the round's ledger rows: once, after validation
+        merged = None
+        if updates:
+            try:
+                result = merge(global_np, updates, aggregator=self.aggregation.aggregator,
+                               num_malicious=self.aggregation.num_malicious_sites)
+                merged = result.arrays
+                for branch, why in result.skipped.items():
+                    log(WARNING, "round %d: the %s branch keeps its global value: %s", server_round, branch, why)
+                log(INFO, "round %d: %s", server_round, "; ".join(
+                    f"{b} <- {', '.join(s)}" for b, s in result.used.items()))
+            except Exception as err:  # noqa: BLE001 - the ledger is written; the model stays as it was
+                log(ERROR, "round %d: aggregation failed (%s: %s); the global model keeps its value", server_round,
+                    type(err).__name__, err)
         if self.recorder:
-            self.recorder.on_aggregated(server_round, merged)
-        metrics = _weighted_mean([(r.metrics, r.num_examples) for r in site_replies if r.num_examples > 0
-                                  and r.status != "failed"])
+            self.recorder.on_aggregated(server_round, merged if merged is not None else global_np)
+        if merged is None:
+            return None, None  # the loop keeps the current global arrays
+        metrics = _weighted_mean([(r.metrics, r.num_examples) for r in site_replies if r.num_examples > 0])
         metrics[NUM_EXAMPLES] = float(sum(u.weight for u in updates))
         return ArrayRecord({k: Array(v) for k, v in merged.items()}), MetricRecord(metrics)
 
@@ -180,23 +210,14 @@ class ModalityFedAvg(FedAvg):
         replies = list(replies)
         if not replies:
             return None
-        evaluations = []
         started = getattr(self, "_evaluate_started", None)
+        evaluations = []
         for msg in replies:
-            node = msg.metadata.src_node_id
-            if msg.has_error():
-                log(WARNING, "round %d: evaluation failed at %s: %s", server_round, self._site_of(node),
-                    msg.error.reason)
-                continue
-            content = msg.content
-            if PRIVACY in content.config_records and content.config_records[PRIVACY].get("status") == STATUS_FAILED:
-                log(WARNING, "round %d: evaluation failed at %s: %s", server_round,
-                    content.config_records[PRIVACY].get("site"), content.config_records[PRIVACY].get("reason"))
-                continue
-            site = str(content.config_records[SITE]["name"]) if SITE in content.config_records else self._site_of(node)
-            self._sites[node] = site
-            metrics = {k: float(v) for k, v in content.metric_records.get(METRICS, {}).items()}
-            evaluations.append(SiteEvaluation(site, node, metrics))
+            evaluation = read_evaluation(msg, self.registry)
+            if evaluation is None:
+                log(WARNING, "round %d: no usable evaluation from node %s", server_round, msg.metadata.src_node_id)
+            else:
+                evaluations.append(evaluation)
         if self.recorder:
             self.recorder.on_evaluate(server_round, evaluations)
             if started is not None:

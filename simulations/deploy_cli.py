@@ -63,7 +63,8 @@ def _federation_register(a: argparse.Namespace) -> int:
     from server.federation_ops import FederationError, register_site
 
     try:
-        return register_site(a.dir, a.public_key, name=a.name)
+        return register_site(a.dir, a.public_key, name=a.name, max_records=a.max_records,
+                             modalities=tuple(m.strip() for m in a.modalities.split(",") if m.strip()))
     except FederationError as err:
         return _fail("federation register", err)
 
@@ -148,6 +149,10 @@ def add_deploy_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dir", type=Path)
     p.add_argument("public_key", type=Path, help="the site's keys/site_ecdsa.pub")
     p.add_argument("--name", required=True, help="the site's name")
+    p.add_argument("--modalities", required=True,
+                   help="the modalities the site holds, e.g. tabular,text (its site.toml 'modalities')")
+    p.add_argument("--max-records", type=int, required=True,
+                   help="the site's declared max-records (its site.toml [privacy]): the weight of its update")
     p.set_defaults(func=_federation_register)
 
     site = sub.add_parser("site", help="partner site: config and key pair, data check, join / stop")

@@ -10,8 +10,8 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
-    "CentralSettings", "PRIVACY_MODES", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES",
-    "app_defaults", "parse_run_config",
+    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "RunConfig", "APP_DIR",
+    "PACKAGED_SCENARIOS", "MODALITIES", "app_defaults", "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
@@ -28,6 +28,10 @@ DEVICES = ("auto", "cpu", "cuda")
 NOISE_SEEDS = ("secret", "run-seed")
 MODALITIES = ("tabular", "text", "image")
 PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site-level DP by Flower's wrapper
+#: how the holders of a branch are combined (server/aggregation.py: Flower's own functions, per branch)
+AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "bulyan")
+#: the weight of a site's update: its registered, public max-records, or 1 for every site
+WEIGHTINGS = ("max-records", "equal")
 
 
 class ConfigError(ValueError):
@@ -97,6 +101,9 @@ class PathSettings:
     data_dir: Path | None  # data folder (absolute); None = the scenario's own (sites.scenario_data_dir)
     out_dir: Path | None  # server artefacts; None = write none
     site_state_root: Path | None  # parent of sites/<site>/ in simulation; None = <out_dir>/sites
+    # deployment: the operator's registered-sites.json (node id <-> key <-> name, modalities, max-records);
+    # None = the registered-sites.json found in out-dir or the nearest folder above it (server/identity.py)
+    site_registry: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +117,16 @@ class CentralSettings:
 
 
 @dataclass(frozen=True)
+class AggregationSettings:
+    """How the server combines the updates it accepted (``server/aggregation.py``, ``server/replies.py``)."""
+
+    aggregator: str  # AGGREGATORS: combines the holders of each branch
+    num_malicious_sites: int  # f: sites the robust aggregators must tolerate (trim, Krum scores, Bulyan)
+    weighting: str  # WEIGHTINGS: the registered max-records of each site, or equal weights; never a reply's claim
+    max_update_norm: float  # L2 bound of one reply's update (new - global); a reply beyond it fails; 0 = none
+
+
+@dataclass(frozen=True)
 class RunConfig:
     federation: FederationSettings
     model: ModelSettings
@@ -118,6 +135,7 @@ class RunConfig:
     paths: PathSettings
     privacy_mode: str  # sample | central (PRIVACY_MODES)
     central: CentralSettings  # read in both modes, used in central mode only
+    aggregation: AggregationSettings  # sample mode: how accepted updates are combined
 
 
 # ------------------------------------------------------------------------------ readers
@@ -256,6 +274,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         data_dir=r.path("data-dir"),
         out_dir=r.path("out-dir"),
         site_state_root=r.path("site-state-root"),
+        site_registry=r.path("site-registry"),
     )
     central = CentralSettings(
         target_epsilon=r.number("central-target-epsilon", low=0.0, low_open=True),
@@ -263,5 +282,11 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         clipping_norm=r.number("central-clipping-norm", low=0.0, low_open=True),
         delta=r.number("central-delta", low=0.0, high=0.1, low_open=True),
     )
+    aggregation = AggregationSettings(
+        aggregator=r.choice("aggregator", AGGREGATORS),
+        num_malicious_sites=r.integer("num-malicious-sites", low=0),
+        weighting=r.choice("weighting", WEIGHTINGS),
+        max_update_norm=r.number("max-update-norm", low=0.0),
+    )
     return RunConfig(federation=fed, model=model, train=train, privacy=_privacy(r), paths=paths,
-                     privacy_mode=r.choice("privacy-mode", PRIVACY_MODES), central=central)
+                     privacy_mode=r.choice("privacy-mode", PRIVACY_MODES), central=central, aggregation=aggregation)

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.config.settings import (APP_DIR, DEVICES, MODALITIES, ConfigError, PrivacySettings, RunConfig,
-                                    _privacy, _Reader, app_defaults)
+from common.config.settings import (APP_DIR, DEVICES, MODALITIES, PACKAGED_SCENARIOS, ConfigError, PrivacySettings,
+                                    RunConfig, _privacy, _Reader, app_defaults)
 
 __all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file",
            "scenario_data_dir", "site_privacy", "write_with_site_privacy"]
@@ -55,6 +55,22 @@ class SiteConfig:
     # send the per-message timing split (compute/setup/startup seconds) in replies: a side channel of the number of
     # rows and the Poisson batch sizes. Simulation: True; a deployed site: its site.toml's `report-timing` (false)
     report_timing: bool = True
+    # deployment: the federation's scenario this site accepts (site.toml [site] scenario; default the packaged
+    # hospitals scenario); a run naming any other file is refused before any file is opened. None in simulation
+    scenario_file: Path | None = None
+
+    def scenario_for(self, run: RunConfig) -> Path:
+        """The scenario file this site reads for ``run``: in deployment only its own (``scenario_file``).
+
+        The run's ``scenario-file`` is compared as a string with the site's own and never opened otherwise, so no
+        error a server can provoke tells it which files exist on the site's machine (issue 12, case 35).
+        """
+        if self.scenario_file is None:
+            return run.paths.scenario_file
+        if run.paths.scenario_file != self.scenario_file:
+            raise ConfigError("run config: 'scenario-file' is not the scenario this site accepts (its site.toml "
+                              "[site] scenario); a deployed site reads no file a run names")
+        return self.scenario_file
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -177,13 +193,14 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
     if "privacy" in raw:
         site["privacy"] = raw["privacy"]
     state_dir, data_dir = site.pop("state-dir", None), site.pop("data-dir", None)
+    scenario = site.pop("scenario", "")
     device = site.pop("device", run.train.device)
     flags = _Reader({"feature-cache": site.pop("feature-cache", True), "warm-start": site.pop("warm-start", True),
                      "report-timing": site.pop("report-timing", False)}, f"{path} [site]")
     feature_cache, warm_start = flags.boolean("feature-cache"), flags.boolean("warm-start")
     report_timing = flags.boolean("report-timing")
     spec = _site_spec(site, f"{path} [site]")
-    r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or ""}, f"{path} [site]")
+    r = _Reader({"state-dir": state_dir or "", "data-dir": data_dir or "", "scenario": scenario}, f"{path} [site]")
     sd = r.path("state-dir")
     if sd is None:
         raise ConfigError(f"{path} [site]: 'state-dir' (absolute) is required: it holds the site's privacy ledger")
@@ -194,7 +211,8 @@ def load_site_file(path: Path, *, run: RunConfig) -> SiteConfig:
     return SiteConfig(spec=spec, privacy=privacy,
                       data_dir=r.path("data-dir") or _repo_data_dir(), state_dir=sd,
                       device=_Reader({"device": device}, str(path)).choice("device", DEVICES),
-                      feature_cache=feature_cache, warm_start=warm_start, report_timing=report_timing)
+                      feature_cache=feature_cache, warm_start=warm_start, report_timing=report_timing,
+                      scenario_file=r.path("scenario") or PACKAGED_SCENARIOS / "hospitals.toml")
 
 
 def _repo_data_dir() -> Path:

@@ -7,11 +7,11 @@ format for what sites reported. Rows are :class:`~common.privacy.entry.LedgerEnt
 Guarantees
 ----------
 * Append-only: this module issues no UPDATE or DELETE, and triggers in the file refuse them.
-* Atomic appends: one ``BEGIN IMMEDIATE`` transaction reads the chain head and inserts the
-  row; concurrent writers (threads or processes) wait up to ``BUSY_TIMEOUT_S`` for the lock
-  and each gets its own ``seq``. :meth:`Ledger.append_decided` reads the whole ledger and
-  appends what a decision over it returns in that same transaction: a site's budget check and
-  its reservation are one step, so two rounds at once can never both pass against one history.
+* Atomic appends: one ``BEGIN IMMEDIATE`` transaction reads the chain head and inserts the row (a server's
+  whole round, rows and heads: :meth:`Ledger.append_round`); concurrent writers wait up to ``BUSY_TIMEOUT_S``
+  for the lock. :meth:`Ledger.append_decided` reads the whole ledger and appends what a decision over it
+  returns in that same transaction: a site's budget check and its reservation are one step.
+* Private: the file is created, and kept, mode 0600 (a site's ledger in a simulation too).
 * Hash chain: row ``seq`` stores ``prev_hash`` = hash of row ``seq-1`` (``GENESIS_HASH`` for
   the first) and ``hash`` = sha256 over the canonical JSON of all its other fields (see
   :mod:`common.privacy.entry`). :meth:`Ledger.verify` detects an edited field, a deleted or
@@ -22,9 +22,8 @@ Guarantees
   second table, ``heads`` (append-only, with a hash chain of its own); the server records
   the heads sites send it in the same table of its ledger file (:meth:`Ledger.append_head`).
   ``fedfusion audit`` (``server/audit.py``) checks a ledger against those heads.
-* The ``heads`` table was added without changing the ``entries`` schema or its hashing:
-  a file written before it gains an empty table when first opened for writing, and older
-  code ignores the table. ``Ledger(path, read_only=True)`` (the audit) never writes.
+* A file written before the ``heads`` table gains an empty one when first opened for writing.
+  ``Ledger(path, read_only=True)`` (the audit) never writes.
 
 Accounting from the ledger (:meth:`Ledger.mechanism_history`, :meth:`Ledger.spent`) refuses
 a ledger that fails :meth:`Ledger.verify`: an ε computed from tampered rows could be too low.
@@ -36,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sqlite3
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
@@ -148,6 +148,8 @@ class Ledger:
                 raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # created private (a new file: 0600)
+        os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644)
         with self._transaction() as conn:
             for statement in (*_SCHEMA, *_HEADS_SCHEMA):  # idempotent
                 conn.execute(statement)
@@ -233,6 +235,16 @@ class Ledger:
             if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
                 raise ValueError(f"{self.path}: append_decided() assigns seq/ts/prev_hash/hash")
             return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+
+    def append_round(self, entries: Sequence[LedgerEntry], heads: Sequence[HeadRecord] = ()) -> None:
+        """Append ``entries``, then ``heads``, in ONE write transaction: a round is recorded whole or not at all."""
+        with self._transaction("IMMEDIATE") as conn:
+            for entry in entries:
+                if entry.seq is not None or entry.hash:
+                    raise ValueError(f"{self.path}: append_round() assigns seq/ts/prev_hash/hash (site={entry.site!r})")
+                chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+            for record in heads:
+                self._append_head(conn, record)
 
     # ------------------------------------------------------------------ read
     def entries(self, *, site: str | None = None) -> list[LedgerEntry]:
@@ -361,13 +373,8 @@ class Ledger:
                 SignedHead.sign(key, kind="server-heads", site=signer, seq=h_seq, head_hash=h_hash))
 
     def heads(self, *, site: str | None = None) -> list[HeadRecord]:
-        """Rows of the ``heads`` table in seq order (only ``site``'s if given); not verified.
-
-        Raises
-        ------
-        LedgerIntegrityError
-            If a row is not a valid head record.
-        """
+        """Rows of the ``heads`` table in seq order (only ``site``'s if given); not verified (LedgerIntegrityError:
+        a row that is not a valid head record)."""
         with self._transaction("DEFERRED") as conn:
             rows = self._head_rows(conn, site)
         try:

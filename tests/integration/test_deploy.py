@@ -24,6 +24,7 @@ import os
 import signal
 import subprocess
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,13 @@ VICTIM = "switzerland"  # killed mid-run
 COLD = "va_long_beach"  # warm-start = false: every message through Flower's own flwr-clientapp (behind the gate)
 ROUNDS = 2
 REFUSED = "not served on the Fleet address"  # the sites' port answers anything but the Fleet API with this
+
+
+def _declared(site_toml: Path) -> list[str]:
+    """What the operator registers with a site's key: its modalities and public max-records (from its site.toml)."""
+    cfg = tomllib.loads(site_toml.read_text())
+    return ["--modalities", ",".join(cfg["site"].get("modalities", ["tabular", "text"])),
+            "--max-records", str(cfg["privacy"]["max-records"])]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +70,7 @@ def deployment(tmp_path_factory, kit):
                                                                                "warm-start = false"))
             ok(dep.cli("site", "check", str(dep.sites[name])))
             ok(dep.cli("federation", "register", str(dep.op), str(tmp / "sites" / name / "keys" / "site_ecdsa.pub"),
-                       "--name", name))
+                       "--name", name, *_declared(dep.sites[name])))
             dep.joins[name] = dep.join(name)
         deadline = time.monotonic() + 120
         while dep.online() < 4:
@@ -227,7 +235,7 @@ def test_a_stopped_site_can_join_again_at_once(deployment, kit):
     config = site / "site.toml"
     config.write_text(config.read_text().replace("warm-start = true", "warm-start = false"))  # lean
     kit.ok(dep.cli("federation", "register", str(dep.op), str(site / "keys" / "site_ecdsa.pub"), "--name",
-             "rejoiner"))
+             "rejoiner", *_declared(config)))
     join = ["site", "join", str(config), "--superlink", f"127.0.0.1:{dep.port}", "--root-cert",
             str(dep.op / "certs" / "ca.crt"), "--detach"]
     try:

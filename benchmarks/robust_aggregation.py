@@ -1,0 +1,208 @@
+"""Robust aggregation on the hospitals federation: accuracy with and without one attacker (issue 12).
+
+Each run is a whole federation in one process, with the production parts and without Flower's runtime: the real
+ClientApp handler (``client.app.app``: data, DP-SGD, ledger, reply) for each of the four hospitals, and the real
+``ModalityFedAvg`` (reply validation, per-branch aggregation) with its ``RunRecorder``. Messages are Flower
+``Message`` objects, passed by function call instead of through a SuperLink. The attacker is Hungary (250
+records, holds notes); its attack is CONSTRUCTED here:
+
+* ``none``: no attacker;
+* ``scale``: its update (new - global) times 1e6 (the default ``max-update-norm`` = 100 fails the reply);
+* ``scale-unbounded``: the same with ``max-update-norm = 0``: the update reaches the aggregator;
+* ``claim``: ``num-examples = 1e12`` (fails: a trained reply states the site's registered max-records);
+* ``flip``: label flipping: Hungary trains on 1 - y (its replies are well-formed: only the aggregator can help).
+
+Accuracy: the final global model evaluated by every site on its test rows (the sites' evaluate handler), pooled
+(sum of correct / sum of test rows). ``bulyan`` is listed but refused on this federation: it needs 4f + 3 = 7
+holders of every branch, and the text branch has 3 (Flower's Bulyan has the same requirement).
+
+Usage::
+
+    .venv/bin/python benchmarks/robust_aggregation.py --seeds 3 --rounds 8 --attacks none,flip,scale-unbounded --out benchmarks/results/robust_aggregation.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+__all__ = ["ATTACKS", "run_once", "main"]
+
+ATTACKER = "hungary"
+ATTACKS = ("none", "flip", "scale-unbounded", "scale", "claim")
+AGGREGATORS = ("weighted-mean", "median", "trimmed-mean", "krum", "multikrum", "bulyan")
+
+
+class _Grid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def _poison(attack: str, msg: Message, reply: Message) -> Message:
+    if attack in ("scale", "scale-unbounded") and "arrays" in reply.content.array_records:
+        sent, got = msg.content.array_records["arrays"], reply.content.array_records["arrays"]
+        reply.content.array_records["arrays"] = ArrayRecord({
+            k: Array((sent[k].numpy() + np.float32(1e6) * (v.numpy() - sent[k].numpy())).astype(np.float32))
+            for k, v in got.items()})
+    if attack == "claim" and "metrics" in reply.content.metric_records:
+        reply.content.metric_records["metrics"]["num-examples"] = 1e12
+    return reply
+
+
+def _flip_labels() -> None:
+    """Make the attacker's SiteRound train on flipped labels (test rows untouched)."""
+    from client.round import SiteRound
+    from client.train import LABEL, TensorDictDataset
+
+    original = SiteRound.data
+    if getattr(original, "_flipped", False):
+        return
+
+    def data(self):
+        d = original(self)
+        if self.site.spec.name != ATTACKER:
+            return d
+        tensors = dict(d.train.tensors)
+        tensors[LABEL] = 1 - tensors[LABEL]
+        return replace(d, train=TensorDictDataset(tensors))
+
+    data._flipped = True
+    SiteRound.data = data
+
+
+def _fresh_sites(root: Path) -> None:
+    """New site state for a new federation, keeping each site's text-feature cache (``cache/``: features of its
+    notes by the frozen encoder, the same in every run) so that runs do not re-encode the notes."""
+    import shutil
+
+    for site in root.glob("*"):
+        for part in site.iterdir():
+            if part.name != "cache":
+                shutil.rmtree(part) if part.is_dir() else part.unlink()
+
+
+def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path) -> dict[str, float]:
+    """One federation; returns the pooled test accuracy of the final global model and how many replies failed."""
+    from client.app import app
+    from common.config import AggregationSettings, app_defaults, load_scenario, parse_run_config
+    from common.factory import build_model, initial_trainable_state
+    from common.records import METRICS
+    from server.aggregation import check_aggregation
+    from server.identity import SiteRegistry, registry_from_scenario, scenario_branches
+    from server.recorder import RunRecorder
+    from server.strategy import ModalityFedAvg
+
+    cfg = app_defaults() | {
+        "num-server-rounds": rounds, "seed": seed, "site-state-root": str(work / "sites"),
+        "aggregator": aggregator, "max-update-norm": 0.0 if attack == "scale-unbounded" else 100.0,
+        "fold-evaluation": False, "federation-id": f"bench-{seed}"}
+    _fresh_sites(work / "sites")
+    run = parse_run_config(cfg)
+    scenario = load_scenario(run.paths.scenario_file)
+    order = registry_from_scenario(scenario, discover=lambda: [])
+    registry = SiteRegistry(order.declared, source="benchmark", nodes={i + 1: s.name
+                                                                        for i, s in enumerate(order.declared)})
+    check_aggregation(aggregator, run.aggregation.num_malicious_sites,
+                      {b: len(registry.holders(b)) for b in scenario_branches(scenario)})
+    if attack == "flip":
+        _flip_labels()
+    nodes = list(range(1, len(registry.declared) + 1))
+    strategy = ModalityFedAvg(
+        registry=registry, aggregation=run.aggregation, batch_size=run.train.batch_size,
+        local_epochs=run.train.local_epochs, fraction_train=1.0, min_train_nodes=len(nodes),
+        min_available_nodes=len(nodes), fraction_evaluate=1.0, min_evaluate_nodes=len(nodes),
+        recorder=RunRecorder(out_dir=work / "out" / f"{aggregator}-{attack}-{seed}", federation_id=f"bench-{seed}", run_id="1", run_info={}))
+    contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": n - 1, "num-partitions": len(nodes)},
+                           state=RecordDict(), run_config=cfg) for n in nodes}
+    attacker = next(n for n, name in registry._nodes.items() if name == ATTACKER)
+    arrays = ArrayRecord(initial_trainable_state(build_model(run.model, scenario=scenario, seed=seed)))
+    for rnd in range(1, rounds + 1):
+        replies = []
+        for msg in strategy.configure_train(rnd, arrays, ConfigRecord(), _Grid(nodes)):
+            node = msg.metadata.dst_node_id
+            TaskIdentity.node_id = node
+            reply = app(msg, contexts[node])
+            replies.append(_poison(attack, msg, reply) if node == attacker else reply)
+        merged, _ = strategy.aggregate_train(rnd, replies)
+        arrays = merged if merged is not None else arrays
+    correct = total = 0.0
+    for msg in strategy.configure_evaluate(rounds, arrays, ConfigRecord(), _Grid(nodes)):
+        TaskIdentity.node_id = msg.metadata.dst_node_id
+        reply = app(msg, contexts[msg.metadata.dst_node_id])
+        m = reply.content.metric_records[METRICS]
+        correct += float(m["accuracy"]) * float(m["num-examples"])
+        total += float(m["num-examples"])
+    rows = {(e.site, e.round): e.event for e in strategy.recorder.ledger.entries()}
+    rejected = sum(1 for (site, _), event in rows.items() if site == ATTACKER and event == "failed")
+    return {"accuracy": correct / total, "attacker_failed_rounds": rejected}
+
+
+def _table(results: dict) -> str:
+    lines = ["| aggregator | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
+    for agg in AGGREGATORS:
+        cells = []
+        for attack in ATTACKS:
+            accs = [r["accuracy"] for r in results.get(agg, {}).get(attack, []) if "accuracy" in r]
+            n = f" (n={len(accs)})" if accs else ""
+            refused = any("refused" in r for r in results.get(agg, {}).get(attack, []))
+            if refused:
+                cells.append("refused")
+            elif accs:
+                sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
+                cells.append(f"{statistics.mean(accs):.3f} ± {sd:.3f}{n}")
+            else:
+                cells.append("–")
+        lines.append(f"| {agg} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--aggregators", default=",".join(AGGREGATORS))
+    p.add_argument("--attacks", default=",".join(ATTACKS))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/robust_aggregation.json"))
+    a = p.parse_args(argv)
+    from common.config import ConfigError
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    work = Path(tempfile.mkdtemp(prefix="robust-aggregation-"))
+    results: dict = json.loads(a.out.read_text()) if a.out.exists() else {}
+    refused: set[str] = set()
+    for seed in range(a.seeds):  # seed outermost: every cell gets its first seed before any gets its second
+        for agg in a.aggregators.split(","):
+            for attack in a.attacks.split(","):
+                done = results.setdefault(agg, {}).setdefault(attack, [])
+                if agg in refused or any(r["seed"] == seed for r in done):
+                    continue
+                started = time.monotonic()
+                try:
+                    r = run_once(aggregator=agg, attack=attack, seed=seed, rounds=a.rounds, work=work)
+                except ConfigError as err:
+                    r = {"refused": str(err)}
+                    refused.add(agg)
+                r |= {"seed": seed, "rounds": a.rounds, "seconds": round(time.monotonic() - started, 1)}
+                done.append(r)
+                print(agg, attack, r, flush=True)
+                a.out.parent.mkdir(parents=True, exist_ok=True)
+                a.out.write_text(json.dumps(results, indent=1))
+    print(_table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

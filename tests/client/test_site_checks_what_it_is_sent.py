@@ -1,0 +1,102 @@
+"""Issue 12: a deployed site checks what the server sends before it spends (case 36), and no error tells the server
+which files exist on the site's machine (case 35). Through the real ClientApp handler, with a real site file and
+the UCI heart data that ships with the repository."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import app
+from common.config import app_defaults, load_scenario, parse_run_config
+from common.factory import build_model, initial_trainable_state
+from common.privacy.ledger import Ledger
+from common.records import ARRAYS, CONFIG, PRIVACY, STATUS_FAILED
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _flower_task_identity():
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+def _site_file(tmp_path: Path) -> Path:
+    f = tmp_path / "site.toml"
+    f.write_text(f'[site]\nname = "switzerland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "switzerland" }}\n'
+                 f'data-dir = "{ROOT / "data"}"\nstate-dir = "{tmp_path / "state"}"\nmodalities = ["tabular"]\n'
+                 f'[privacy]\nmax-records = 120\n')
+    return f
+
+
+def _send(site_file: Path, *, change=None, **run_settings) -> Message:
+    run_config = app_defaults() | {"num-server-rounds": 1} | run_settings
+    run = parse_run_config(app_defaults())
+    state = {k: v.numpy().copy() for k, v in initial_trainable_state(
+        build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)).items()}
+    if change is not None:
+        state = change(state)
+    msg = Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
+                                      CONFIG: ConfigRecord({"server-round": 1, "federation-id": "fed-checks"})}),
+                  dst_node_id=7, message_type=MessageType.TRAIN)
+    context = Context(run_id=1, node_id=7, node_config={"site-config": str(site_file)}, state=RecordDict(),
+                      run_config=run_config)
+    return app(msg, context)
+
+
+def _spent(tmp_path: Path) -> list[str]:
+    path = tmp_path / "state" / "ledger.sqlite"
+    return [e.event for e in Ledger(path).entries()] if path.exists() else []
+
+
+def _first(state: dict) -> str:
+    return next(k for k in state if k.startswith("head"))
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda s: s | {_first(s): np.full_like(s[_first(s)], np.nan)}, "NaN"),  # case 36
+    (lambda s: s | {_first(s): np.full_like(s[_first(s)], np.inf)}, "inf"),
+    (lambda s: s | {_first(s): s[_first(s)].astype(np.float64)}, "float64"),
+    (lambda s: s | {_first(s): np.zeros(3, dtype=np.float32)}, "shape"),
+    (lambda s: {k: v for k, v in s.items() if k != _first(s)}, "missing tensor"),
+])
+def test_case36_unusable_global_weights_fail_before_anything_is_spent(tmp_path, change, what):
+    reply = _send(_site_file(tmp_path), change=change)
+    privacy = reply.content.config_records[PRIVACY]
+    assert privacy["status"] == STATUS_FAILED and privacy["code"] == "message", (what, dict(privacy))
+    assert ARRAYS not in reply.content.array_records
+    assert not any(e in ("reserve", "confirm", "release") for e in _spent(tmp_path)), _spent(tmp_path)
+
+
+def test_case35_a_scenario_path_from_the_server_is_never_opened(tmp_path):
+    """/etc/passwd exists, the other path does not: the site answers both the same way, without opening either."""
+    site = _site_file(tmp_path)
+    replies = [_send(site, **{"scenario-file": p}) for p in ("/etc/passwd", str(tmp_path / "no-such-file.toml"))]
+    said = [dict(r.content.config_records[PRIVACY]) for r in replies]
+    assert said[0] == said[1]
+    assert said[0]["status"] == STATUS_FAILED and said[0]["code"] == "run-config"
+    assert _spent(tmp_path) == []
+
+
+def test_case35_a_valid_scenario_the_server_names_is_not_read_either(tmp_path):
+    """A copy of the very scenario the site accepts, at a path the server chose: still refused (before, the site
+    read and trained on whatever scenario file the run named)."""
+    copy = tmp_path / "server-chosen.toml"
+    copy.write_text(parse_run_config(app_defaults()).paths.scenario_file.read_text())
+    reply = _send(_site_file(tmp_path), **{"scenario-file": str(copy)})
+    assert dict(reply.content.config_records[PRIVACY])["code"] == "run-config"
+    assert _spent(tmp_path) == []
+
+
+def test_a_healthy_site_still_trains(tmp_path):
+    reply = _send(_site_file(tmp_path))
+    assert reply.content.config_records[PRIVACY]["status"] == "trained"
+    assert _spent(tmp_path)[:2] == ["reserve", "confirm"]
