@@ -14,7 +14,7 @@ from common.storage import atomic_write_bytes
 from server.checkpoint import load_checkpoint
 from server.grid import PromptGrid
 from server.recorder import RunRecorder
-from server.strategy import ModalityFedAvg
+from server.optimizers import build_strategy
 
 __all__ = ["app"]
 
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
             "scenario": scenario.name, "scenario_description": scenario.description,
             "modalities": list(scenario.modalities), "num_rounds": run.federation.num_rounds,
             "fusion": run.model.fusion, "text_encoder": run.model.text_encoder,
-            "modality_dropout": run.train.modality_dropout,
+            "modality_dropout": run.train.modality_dropout, "strategy": run.strategy.name,
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
@@ -55,8 +55,8 @@ def main(grid: Grid, context: Context) -> None:
     if ckpt:
         recorder.restore()
         initial = ckpt.arrays
-    strategy = ModalityFedAvg(
-        recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
+    strategy = build_strategy(  # `strategy` setting: Flower's FedProx / FedOpt on the modality-aware merge
+        run.strategy, recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,
         fraction_evaluate=run.federation.fraction_evaluate,
