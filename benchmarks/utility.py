@@ -81,13 +81,25 @@ METRICS: dict[str, Callable[[FederationResult], float]] = {
 }
 
 
-def run_row(row: Row, *, seed: int, rounds: int, work: Path) -> dict[str, Any]:
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings -> run settings, each converted to its default's type."""
+    defaults, out = app_defaults(), {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with KEY one of the run settings")
+        d = defaults[key]
+        out[key] = (value.lower() == "true") if isinstance(d, bool) else type(d)(value)
+    return out
+
+
+def run_row(row: Row, *, seed: int, rounds: int, work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
     """One federation of ``row`` at ``seed``: its summary metrics and per-site metrics."""
     scenario = write_with_site_privacy(SCENARIO, work / f"{_slug(row.name)}.toml", row.site_privacy)
     state = work / "state"  # shared: feature caches stay, ledgers are removed before each run
     fresh_ledgers(state)
     config = {**app_defaults(), "scenario-file": str(scenario), "site-state-root": str(state), "seed": seed,
-              "num-server-rounds": rounds, **row.settings}
+              "num-server-rounds": rounds, **overrides, **row.settings}
     result = run_federation(config, run_id=f"utility-{_slug(row.name)}")
     return {"summary": {k: f(result) for k, f in METRICS.items()},
             "sites": {n: {"epsilon": s.epsilon, "delta": s.delta, **s.metrics} for n, s in result.sites.items()}}
@@ -105,10 +117,12 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in name).strip("-")
 
 
-def write_table(results: dict[str, list[dict[str, Any]]], path: Path, *, seeds: int, rounds: int) -> None:
+def write_table(results: dict[str, list[dict[str, Any]]], path: Path, *, seeds: int, rounds: int,
+                overrides: dict[str, Any]) -> None:
     cols = list(METRICS)
+    changed = ", ".join(f"{k} = {v!r}" for k, v in overrides.items()) or "none"
     lines = [f"Hospitals scenario (920 patients, 4 sites), {rounds} rounds, mean ± sd over {seeds} seeds "
-             "(test-row-weighted over sites).", "",
+             f"(test-row-weighted over sites); settings changed from the defaults: {changed}.", "",
              "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, runs in results.items():
         lines.append(f"| {name} | " + " | ".join(summarise([r["summary"][c] for r in runs]) for c in cols) + " |")
@@ -149,27 +163,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=int(app_defaults()["num-server-rounds"]))
     p.add_argument("--epsilons", default="0.5,1,2,4,8")
     p.add_argument("--rows", default="", help="row names to run, separated by ; (default: all)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a run setting for every row, e.g. fusion=late (repeatable; recorded in utility.json)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "utility")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # every site logs each round; the table is the output
     args.out.mkdir(parents=True, exist_ok=True)
     selected = [r for r in rows([float(e) for e in args.epsilons.split(",")])
                 if not args.rows or r.name in args.rows.split(";")]
+    overrides = parse_sets(args.set)
     results: dict[str, list[dict[str, Any]]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
         for row in selected:
             for seed in range(args.seeds):
                 t = time.monotonic()
-                results.setdefault(row.name, []).append(run_row(row, seed=seed, rounds=args.rounds, work=Path(tmp)))
+                results.setdefault(row.name, []).append(run_row(row, seed=seed, rounds=args.rounds, work=Path(tmp),
+                                                                       overrides=overrides))
                 s = results[row.name][-1]["summary"]
                 print(f"{row.name:>18} seed {seed}: bacc {s['balanced-accuracy']:.3f} "
                       f"text-only {s['notes-sites bacc only-text']:.3f} eps {s['max site epsilon']:.2f} "
                       f"({time.monotonic() - t:.0f} s)", flush=True)
     elapsed = time.monotonic() - started
-    (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds,
+    (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds, "settings": overrides,
                                                        "seconds": elapsed, "rows": results}, indent=1))
-    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds)
+    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides)
     write_plot(results, args.out / "privacy-utility.png")
     print((args.out / "utility.md").read_text())
     print(f"{elapsed:.0f} s in all; {args.out}")
