@@ -10,8 +10,10 @@ run on top of our per-tensor merge (``server/strategy.py``), and none of their l
 in a round where every site holding notes declined) keeps its value: its merged delta is 0, but Adam's and Yogi's
 first moment still carries earlier rounds and would move it. After Flower's step, such tensors are put back to the
 global value and their moments to what they were before the round (the moments of a tensor advance only in the
-rounds it was trained, as in a lazy/sparse Adam). ``ModalityFedAvg.trained_keys`` says which tensors were merged
-from at least one accepted update.
+rounds it was trained, as in torch's SparseAdam). "Nobody trained it" is read from the merge itself: the merged
+tensor equals the global one exactly (delta exactly 0), whatever the aggregator decided (no update for the branch,
+or a robust aggregator that kept the global value). A tensor trained by sites but merged to exactly its old value
+is treated the same way: it has no step to take.
 
 The server step is post-processing of what the sites released: it costs no privacy. Its moments live in this
 process only: a resumed run (``server/checkpoint.py``) restarts them at 0.
@@ -59,30 +61,39 @@ _FEDAVG_KEYS = frozenset(inspect.signature(FedAvg.__init__).parameters) - {"self
 
 
 class _ModalityBase(ModalityFedAvg):
-    """Where Flower's chain of ``__init__`` calls reaches ``FedAvg``: adds ModalityFedAvg's own arguments."""
+    """Where Flower's chains of calls reach ``FedAvg``: adds ModalityFedAvg's own arguments, keeps the merge."""
 
     _modality_kwargs: dict[str, Any]
+    merged_arrays: dict[str, np.ndarray] | None = None  # the per-tensor merge of the last round, before any step
 
     def __init__(self, **fedavg_kwargs: Any) -> None:
         super().__init__(**self._modality_kwargs, **fedavg_kwargs)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        self.merged_arrays = None if arrays is None else {k: v.numpy() for k, v in arrays.items()}
+        return arrays, metrics
 
 
 class _OwnedStrategySettings:
     """Mixin before a FedOpt class: tensors nobody trained this round keep their value and their moments."""
 
     current_arrays: dict[str, np.ndarray] | None
+    merged_arrays: dict[str, np.ndarray] | None
     m_t: dict[str, np.ndarray] | None
     v_t: dict[str, np.ndarray] | None
-    trained_keys: frozenset[str]
+    untouched_keys: frozenset[str] = frozenset()  # tensors the last round's merge left exactly as they were
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         moments = {name: _copy(getattr(self, name, None)) for name in ("m_t", "v_t")}
         arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
-        if arrays is None or self.current_arrays is None:
+        if arrays is None or self.current_arrays is None or self.merged_arrays is None:
             return arrays, metrics
-        untouched = [k for k in self.current_arrays if k not in self.trained_keys]
-        for key in untouched:
+        self.untouched_keys = frozenset(k for k, v in self.current_arrays.items()
+                                        if np.array_equal(self.merged_arrays[k], v))
+        for key in self.untouched_keys:
             arrays[key] = Array(np.asarray(self.current_arrays[key]))
             for name, before in moments.items():
                 after = getattr(self, name, None)

@@ -85,7 +85,6 @@ class ModalityFedAvg(FedAvg):
         self.round_offset = round_offset  # rounds completed before a restart: round r of the loop is r + offset
         self._global: ArrayRecord | None = None
         self._sites: dict[int, str] = {}  # node id -> site name, learnt from replies
-        self.trained_keys: frozenset[str] = frozenset()  # tensors merged from an accepted update in the last round
 
     # The loop hands us the current global arrays here; keep them to merge into.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -146,7 +145,6 @@ class ModalityFedAvg(FedAvg):
                     reply = SiteReply(reply.site, reply.node_id, "failed", reply.num_examples, reply.privacy,
                                       reply.metrics, error=str(err))
             site_replies.append(reply)
-        self.trained_keys = frozenset(k for u in updates for k in u.arrays)  # server/optimizers.py keeps the rest
         counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
         if self.recorder:

@@ -105,7 +105,7 @@ def test_a_tensor_nobody_trained_does_not_move_under_the_server_step(name):
     np.testing.assert_array_equal(strategy.m_t[TEXT], m_text)  # moments advance only in rounds it was trained
     np.testing.assert_array_equal(strategy.v_t[TEXT], v_text)
     assert not np.allclose(g2[TAB], g1[TAB])  # the trained tensor still takes the server step
-    assert strategy.trained_keys == frozenset({TAB})
+    assert strategy.untouched_keys == frozenset({TEXT})
 
 
 def test_without_the_ownership_rule_flowers_step_would_drift_the_untrained_tensor():
