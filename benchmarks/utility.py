@@ -138,7 +138,8 @@ def write_plot(results: dict[str, list[dict[str, Any]]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     points = {k: v for k, v in results.items() if all(math.isfinite(r["summary"]["max site epsilon"]) for r in v)}
-    for key, label in (("balanced-accuracy", "fused, all sites"), ("notes-sites bacc only-text", "text only (notes sites)"),
+    for key, label in (("balanced-accuracy", "fused, all sites"),
+                       ("notes-sites bacc only-text", "text only (notes sites)"),
                        ("notes-sites bacc only-tabular", "tabular only (notes sites)")):
         xs = [statistics.fmean(r["summary"]["max site epsilon"] for r in v) for v in points.values()]
         ys = [statistics.fmean(r["summary"][key] for r in v) for v in points.values()]
@@ -180,12 +181,17 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 results.setdefault(row.name, []).append(run_row(row, seed=seed, rounds=args.rounds, work=Path(tmp),
                                                                        overrides=overrides))
+                # written after every run: an interrupted grid keeps its finished rows
+                (args.out / "utility.json").write_text(json.dumps(
+                    {"seeds": args.seeds, "rounds": args.rounds, "settings": overrides, "complete": False,
+                     "rows": results}, indent=1))
                 s = results[row.name][-1]["summary"]
                 print(f"{row.name:>18} seed {seed}: bacc {s['balanced-accuracy']:.3f} "
                       f"text-only {s['notes-sites bacc only-text']:.3f} eps {s['max site epsilon']:.2f} "
                       f"({time.monotonic() - t:.0f} s)", flush=True)
     elapsed = time.monotonic() - started
-    (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds, "settings": overrides,
+    (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds,
+                                                       "settings": overrides, "complete": True,
                                                        "seconds": elapsed, "rows": results}, indent=1))
     write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides)
     write_plot(results, args.out / "privacy-utility.png")

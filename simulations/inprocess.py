@@ -51,7 +51,7 @@ class _Grid:
 class SiteResult:
     site: str
     metrics: dict[str, float]  # SiteRound.evaluate of the final global model (test rows; ablations included)
-    epsilon: float  # the site's cumulative ε after its last reply (its own report: PRV; inf after a release without DP)
+    epsilon: float  # cumulative ε in the site's last reply (its own report: PRV; inf after a release without DP)
     delta: float
     rounds_trained: int  # rounds in which the site trained and released an update in this run
 

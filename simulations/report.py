@@ -143,7 +143,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
             console.print(f"[red]{n} failed in {s['rounds_failed']} round(s): {s.get('last_error', '')}[/red]")
     if out_dir is not None:  # only what is there: a deployed run's site ledgers live at the sites
         names = [n for n in ("summary.json", "metrics.csv", "ledger.sqlite", "ledger-head.json", "model.safetensors",
-                             "checkpoint.safetensors", "rounds.png", "privacy-utility.png", "server_key.pub", "server_key")
+                             "checkpoint.safetensors", "rounds.png", "privacy-utility.png", "server_key.pub",
+                             "server_key")
                  if (out_dir / n).exists()]
         names = [n + " (private, 0600)" if n == "server_key" else n for n in names]
         if (out_dir / "sites").is_dir():
