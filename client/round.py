@@ -200,8 +200,7 @@ class SiteRound:
         model = self.model(global_state, data)
         res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
                           momentum=t.momentum, modality_dropout=t.modality_dropout,
-                          device=resolve_device(self.site.device), seed=self._seed(), proximal_mu=self.proximal_mu(),
-                          clip_norm=sp.settings.max_grad_norm)
+                          device=resolve_device(self.site.device), seed=self._seed(), proximal_mu=self.proximal_mu())
         log.warning("site %s round %d: released WITHOUT DP (its own file allows dp = false): epsilon is infinite; "
                     "local only: loss %.4f", self.site.spec.name, self.server_round, res.loss)
         return TrainOutcome(_cpu(trainable_state(model, branches=(*data.modalities, "head"))),

@@ -143,12 +143,10 @@ def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: flo
 
 
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, epochs: int,
-               device: torch.device, modality_dropout: float, seed: int,
-               clip_norm: float | None = None) -> tuple[list[float], int]:
+               device: torch.device, modality_dropout: float, seed: int) -> tuple[list[float], int]:
     """The one training loop (plain, DP, canary-audited): losses of non-empty batches, and the step count.
 
     An empty Poisson batch still takes a step (noise only, under DP): it counts as a step, not as a loss.
-    ``clip_norm`` (non-private training only): the batch gradient's norm is clipped to it before each step.
     """
     gen = torch.Generator().manual_seed(seed + 1)  # modality dropout draws
     losses, steps = [], 0
@@ -158,8 +156,6 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
             optimizer.zero_grad(set_to_none=True)
             loss = nn.functional.cross_entropy(model(inputs, mask), y)
             loss.backward()
-            if clip_norm is not None:
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_norm)
             optimizer.step()
             steps += 1
             if len(y):
@@ -228,14 +224,8 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
 
 
 def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
-                modality_dropout: float, device: torch.device, seed: int, proximal_mu: float = 0.0,
-                clip_norm: float | None = None) -> TrainResult:
-    """Non-private SGD: baselines and benchmarks only.
-
-    ``clip_norm``: clip each batch gradient's norm (no noise, no per-sample clipping). A site releasing without DP
-    passes its ``max-grad-norm``, so the step sizes the run's ``learning-rate`` was chosen for (clipped mean
-    gradients) hold for the non-private baseline too (issue 14, finding 3: unclipped, lr 1.0 overshoots).
-    """
+                modality_dropout: float, device: torch.device, seed: int, proximal_mu: float = 0.0) -> TrainResult:
+    """Non-private SGD: baselines and benchmarks only."""
     torch.manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -243,7 +233,7 @@ def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: 
     add_proximal_term(optimizer, params, mu=proximal_mu)
     loader = make_loader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed, clip_norm=clip_norm)
+                               modality_dropout=modality_dropout, seed=seed)
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=0.0)
 
