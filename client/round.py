@@ -27,12 +27,12 @@ from client.privacy import RoundPlan, SitePrivacy
 from client.site_data import SiteData, load_site
 from client.timing import Stopwatch
 from client.train import evaluate, noise_generator_problem, resolve_device, train_dp, train_plain
-from common.config import (ConfigError, PrivacySettings, PrivacyTerms, RunConfig, Scenario, SiteConfig, load_scenario,
-                           parse_run_config, privacy_terms, resolve_site)
+from common.config import (MAX_PROXIMAL_MU, ConfigError, PrivacySettings, PrivacyTerms, RunConfig, Scenario,
+                           SiteConfig, load_scenario, parse_run_config, privacy_terms, resolve_site)
 from common.factory import build_model
 from common.models.params import BRANCHES, freeze_branches, load_trainable, trainable_state
 from common.privacy.accountant import epsilon_from_history, plan_steps
-from common.records import (CENTRAL_NOISE_MULTIPLIER, NUM_EXAMPLES, STATUS_DECLINED, STATUS_TRAINED,
+from common.records import (CENTRAL_NOISE_MULTIPLIER, NUM_EXAMPLES, PROXIMAL_MU, STATUS_DECLINED, STATUS_TRAINED,
                             decline_code)
 
 __all__ = ["MessageError", "TrainOutcome", "SiteRound", "check_global_values"]
@@ -130,6 +130,7 @@ class SiteRound:
     # ------------------------------------------------------------------ train
     def train(self, global_state: Mapping[str, torch.Tensor]) -> TrainOutcome:
         check_global_values(global_state)  # before anything is spent: what the server sent must be usable
+        self.proximal_mu()  # a bad message fails here, before anything is reserved
         data = self.data()
         terms = self.terms()
         sp = self.privacy(data, self.site.privacy if terms.refused else terms.settings)  # a refusal: own terms
@@ -165,7 +166,8 @@ class SiteRound:
         res = train_dp(model, data.train, plan=steps, lr=t.learning_rate, momentum=t.momentum,
                        noise_multiplier=plan.noise_multiplier, max_grad_norm=sp.settings.max_grad_norm,
                        accountant=accountant, secure_mode=sp.settings.secure_mode,
-                       modality_dropout=t.modality_dropout, device=device, seed=self._seed(), rng=rng)
+                       modality_dropout=t.modality_dropout, device=device, seed=self._seed(), rng=rng,
+                       proximal_mu=self.proximal_mu())
         self._check_accountant(sp, plan, accountant, res.steps, res.sample_rate)
         sp.confirm(plan, **self._ids())
         log.info("site %s round %d: %d DP-SGD steps at q=1/%d (max-records %d), sigma %.4f, C %g -> epsilon %.3f "
@@ -206,12 +208,20 @@ class SiteRound:
         plan = sp.release_without_dp(steps=steps.steps, **self._ids())  # recorded before anything leaves
         res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
                           momentum=t.momentum, modality_dropout=t.modality_dropout,
-                          device=resolve_device(self.site.device), seed=self._seed())
+                          device=resolve_device(self.site.device), seed=self._seed(), proximal_mu=self.proximal_mu())
         log.warning("site %s round %d: released WITHOUT DP (its own file allows dp = false): epsilon is infinite; "
                     "local only: loss %.4f", self.site.spec.name, self.server_round, res.loss)
         return TrainOutcome(_cpu(trainable_state(model, branches=(*data.modalities, "head"))),
                             {NUM_EXAMPLES: float(sp.max_records)},
                             self._report(sp, plan, STATUS_TRAINED, plan.statement, "", "none"))
+
+    def proximal_mu(self) -> float:
+        """FedProx's μ from the train message (Flower's FedProx sets it), checked: 0 when absent."""
+        mu = self.message_config.get(PROXIMAL_MU, 0.0)
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not 0.0 <= mu <= MAX_PROXIMAL_MU:
+            raise MessageError(f"the train message's '{PROXIMAL_MU}' is {mu!r}: expected a number in "
+                               f"[0, {MAX_PROXIMAL_MU:g}] (FedProx's proximal term)")
+        return float(mu)
 
     def _seed(self) -> int:
         return self.run.federation.seed * 1000 + self.server_round

@@ -8,6 +8,12 @@ The round runs exactly the steps the ledger reserved: the Poisson loader is buil
 plan (``common.privacy.accountant.plan_steps``: q = 1/k, k batches per epoch, k from the site's
 public ``max-records``), not by Opacus from ``len(loader)`` (whose ``int(1/q)`` is k - 1 for some
 k). The mean-gradient normaliser is the plan's public ``max_records x q`` too, never ``n x q``.
+
+FedProx's proximal term μ/2 ||w - w_global||² (``proximal_mu`` > 0) is not part of the loss: its gradient
+μ (w - w_global) depends on no record, so it is added to the gradient the optimizer steps with, AFTER Opacus has
+clipped the per-sample gradients and added the noise (a step pre-hook of the inner optimizer). Inside the loss it
+would be clipped with every sample and distorted; added after the noise it is post-processing of the DP release and
+costs no privacy. The non-private path adds it the same way.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from common.privacy.accountant import StepPlan
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader", "poisson_loader",
     "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate", "noise_generator_problem",
+    "add_proximal_term",
 ]
 
 LABEL, MODALITY_MASK = "label", "modality_mask"
@@ -156,14 +163,38 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
     return losses, steps
 
 
+def add_proximal_term(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], *, mu: float):
+    """Add FedProx's μ (w - w_start) to each parameter's gradient just before ``optimizer`` steps.
+
+    ``w_start`` is each parameter's value now (the global model the round starts from). Register it on the
+    optimizer that applies the update (under Opacus: the one passed to ``make_private``, whose ``step`` the
+    DP optimizer calls after clipping and noise). Returns the hook handle (``.remove()``), or None for μ = 0.
+    """
+    if mu == 0.0:
+        return None
+    if not (mu > 0.0 and math.isfinite(mu)):
+        raise ValueError(f"proximal mu must be a finite number >= 0, got {mu!r}")
+    anchors = [p.detach().clone() for p in params]
+
+    def pre_step(opt: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:  # noqa: ARG001 (torch's hook)
+        with torch.no_grad():
+            for p, anchor in zip(params, anchors, strict=True):
+                if p.grad is not None:
+                    p.grad.add_(p.detach() - anchor, alpha=mu)
+
+    return optimizer.register_step_pre_hook(pre_step)
+
+
 def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
-             modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness) -> TrainResult:
+             modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness,
+             proximal_mu: float = 0.0) -> TrainResult:
     """Run ``plan.steps`` DP-SGD steps (Poisson sampling at ``plan.sample_rate``) with ``accountant`` holding the
     history.
 
     Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
     ``rng`` (``client.dp_random``); ``seed`` only fixes the public rest (modality-dropout draws).
+    ``proximal_mu``: FedProx's term, added after the noise (:func:`add_proximal_term`).
     """
     from opacus import PrivacyEngine  # heavy import: only where DP training runs
 
@@ -171,6 +202,7 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    add_proximal_term(optimizer, params, mu=proximal_mu)  # runs inside the DP optimizer's step, after the noise
     engine = PrivacyEngine(accountant=_accountant_name(accountant), secure_mode=secure_mode)
     engine.accountant = accountant  # restored history: ε continues, never resets
     # secure_mode: Opacus swaps in its CSPRNG for the sampling (switch_generator) and the noise
@@ -192,11 +224,13 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
 
 
 def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
-                modality_dropout: float, device: torch.device, seed: int) -> TrainResult:
+                modality_dropout: float, device: torch.device, seed: int, proximal_mu: float = 0.0) -> TrainResult:
     """Non-private SGD: baselines and benchmarks only."""
     torch.manual_seed(seed)
     model.to(device).train()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=momentum)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    add_proximal_term(optimizer, params, mu=proximal_mu)
     loader = make_loader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
     losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)

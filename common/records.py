@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ARRAYS", "CONFIG", "METRICS", "PRIVACY", "SITE", "EVALUATION", "EVALUATE_GLOBAL", "NUM_EXAMPLES", "SITE_WEIGHT",
-    "COMPUTE_SECONDS", "SETUP_SECONDS", "STARTUP_SECONDS", "TIMING_KEYS", "CENTRAL_NOISE_MULTIPLIER",
+    "COMPUTE_SECONDS", "SETUP_SECONDS", "STARTUP_SECONDS", "TIMING_KEYS", "CENTRAL_NOISE_MULTIPLIER", "PROXIMAL_MU",
     "STATUS_TRAINED", "STATUS_DECLINED", "STATUS_REPLAYED", "STATUS_FAILED", "PRIVACY_FIELDS", "FAILED_FIELDS",
     "TRAIN_METRIC_KEYS", "ReplyCode", "ERRORS", "DECLINES", "error_code", "decline_code",
 ]
@@ -45,6 +45,8 @@ TIMING_KEYS = (COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS)
 SITE_WEIGHT = "site-weight"  # privacy-mode "central": weighting key; every site sends 1.0 (equal weights)
 #: CONFIG key (privacy-mode "central"): the σ the server's DP wrapper adds; a site records its release with it
 CENTRAL_NOISE_MULTIPLIER = "central-noise-multiplier"
+#: CONFIG key (strategy "fedprox", set by Flower's FedProx): μ of the proximal term the site adds to its gradient
+PROXIMAL_MU = "proximal-mu"
 #: every METRICS key a train reply may carry (the message inspector test holds replies to this list)
 TRAIN_METRIC_KEYS = (NUM_EXAMPLES, SITE_WEIGHT, *TIMING_KEYS)
 

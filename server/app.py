@@ -16,7 +16,8 @@ from server.aggregation import check_aggregation
 from server.grid import PromptGrid
 from server.identity import resolve_registry, scenario_branches
 from server.recorder import RunRecorder
-from server.strategy import ModalityFedAvg, validation_kwargs
+from server.optimizers import build_strategy
+from server.strategy import validation_kwargs
 
 __all__ = ["app"]
 
@@ -52,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
             "scenario": scenario.name, "scenario_description": scenario.description,
             "modalities": list(scenario.modalities), "num_rounds": run.federation.num_rounds,
             "fusion": run.model.fusion, "text_encoder": run.model.text_encoder,
-            "modality_dropout": run.train.modality_dropout,
+            "modality_dropout": run.train.modality_dropout, "strategy": run.strategy.name,
             "accountant_note": (f"epsilon = {run.privacy.accountant.upper()} accountant (Opacus), used for "
                                 "calibration, enforcement and reporting; epsilon_rdp = RDP, a conservative figure; "
                                 "add/remove-one-record neighbouring relation, per site (sample-level DP)"),
@@ -66,8 +67,8 @@ def main(grid: Grid, context: Context) -> None:
     if ckpt:
         recorder.restore()
         initial = ckpt.arrays
-    strategy = ModalityFedAvg(
-        **validation_kwargs(run, registry),  # who each node is, and what its replies are checked against
+    strategy = build_strategy(  # `strategy` setting: Flower's FedProx / FedOpt on the modality-aware merge
+        run.strategy, **validation_kwargs(run, registry),  # who each node is, what its replies are checked against
         recorder=recorder, round_offset=done, fold_evaluation=run.federation.fold_evaluation,
         fraction_train=run.federation.fraction_train,
         min_train_nodes=run.federation.min_train_nodes,

@@ -30,7 +30,7 @@ def _parse_set(values: list[str]) -> dict[str, object]:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from common.config import ConfigError
     from simulations.driver import SimulationError, SimulationRequest, simulate
-    from simulations.report import plot_rounds, print_report
+    from simulations.report import plot_privacy_utility, plot_rounds, print_report
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or Path("runs") / f"{args.scenario}-{stamp}").resolve()
@@ -43,14 +43,17 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         return 1
     budgets = {n: s.get("epsilon_budget") for n, s in summary.get("sites", {}).items()}
     plot_rounds(out / "metrics.csv", out / "rounds.png", budgets=budgets)
+    plot_privacy_utility(out / "metrics.csv", out / "privacy-utility.png")
     print_report(summary, out)
     return 0
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from simulations.report import print_report
+    from simulations.report import plot_privacy_utility, print_report
 
     summary = json.loads((Path(args.run) / "summary.json").read_text())
+    if (Path(args.run) / "metrics.csv").exists():  # the run's privacy-utility curve, redrawn from its metrics
+        plot_privacy_utility(Path(args.run) / "metrics.csv", Path(args.run) / "privacy-utility.png")
     print_report(summary, Path(args.run))
     return 0
 

@@ -8,7 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["site_table", "modality_table", "print_report", "plot_rounds"]
+__all__ = ["site_table", "modality_table", "print_report", "plot_rounds", "plot_privacy_utility"]
 
 
 def _f(v: Any, fmt: str = ".3f") -> str:
@@ -143,7 +143,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
             console.print(f"[red]{n} failed in {s['rounds_failed']} round(s): {s.get('last_error', '')}[/red]")
     if out_dir is not None:  # only what is there: a deployed run's site ledgers live at the sites
         names = [n for n in ("summary.json", "metrics.csv", "ledger.sqlite", "ledger-head.json", "model.safetensors",
-                             "checkpoint.safetensors", "rounds.png", "server_key.pub", "server_key")
+                             "checkpoint.safetensors", "rounds.png", "privacy-utility.png", "server_key.pub",
+                             "server_key")
                  if (out_dir / n).exists()]
         names = [n + " (private, 0600)" if n == "server_key" else n for n in names]
         if (out_dir / "sites").is_dir():
@@ -183,3 +184,46 @@ def plot_rounds(metrics_csv: Path, png: Path, *, budgets: dict[str, float] | Non
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
+
+
+def _series(metrics_csv: Path, keys: tuple[str, ...]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    with metrics_csv.open() as fh:
+        for row in csv.DictReader(fh):
+            s = series.setdefault(row["site"], {k: [] for k in keys})
+            for k in keys:
+                if row.get(k):
+                    s[k].append((int(row["round"]), float(row[k])))
+    return series
+
+
+def plot_privacy_utility(metrics_csv: Path, png: Path) -> bool:
+    """Balanced accuracy against cumulative ε, one line per site through the rounds (a run's privacy-utility curve).
+
+    Only rounds that report both are drawn (a release without DP has ε = inf: no point). Returns whether a PNG was
+    written (False: no round had both).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = _series(metrics_csv, ("balanced-accuracy", "epsilon"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    drawn = False
+    for i, (site, s) in enumerate(sorted(series.items())):
+        eps = dict(s["epsilon"])
+        points = sorted((eps[r], v) for r, v in s["balanced-accuracy"] if r in eps and math.isfinite(eps[r]))
+        if points:
+            ax.plot(*zip(*points), marker="o", color=f"C{i}", label=site)
+            drawn = True
+    if drawn:
+        ax.set(title="privacy-utility: balanced accuracy vs cumulative ε (PRV), by round", xlabel="ε spent",
+               ylabel="balanced accuracy (test)", ylim=(0, 1))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return drawn

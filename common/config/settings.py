@@ -10,8 +10,9 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
-    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "RunConfig", "APP_DIR",
-    "PACKAGED_SCENARIOS", "MODALITIES", "app_defaults", "parse_run_config",
+    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "STRATEGIES",
+    "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU", "app_defaults",
+    "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
@@ -32,6 +33,11 @@ PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site
 AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "bulyan")
 #: the weight of a site's update: its registered, public max-records, or 1 for every site
 WEIGHTINGS = ("max-records", "equal")
+#: server strategies (server/optimizers.py: Flower's class of each, composed with the modality-aware merge)
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+MAX_PROXIMAL_MU = 100.0  # a larger μ pins every site to the global model (also the site's check of a message's μ)
 
 
 class ConfigError(ValueError):
@@ -127,6 +133,18 @@ class AggregationSettings:
 
 
 @dataclass(frozen=True)
+class StrategySettings:
+    """The server strategy and its optimiser (``server/optimizers.py``); sample-level mode only."""
+
+    name: str  # fedavg | fedprox | fedadam | fedyogi | fedadagrad (STRATEGIES)
+    learning_rate: float  # server-learning-rate: η of FedAdam / FedYogi / FedAdagrad
+    beta_1: float  # server-beta-1: first-moment decay of the FedOpt family
+    beta_2: float  # server-beta-2: second-moment decay (FedAdam, FedYogi)
+    tau: float  # server-tau: added to sqrt(v); larger = closer to server SGD with rate η/τ
+    proximal_mu: float  # proximal-mu: FedProx's μ (the sites add μ/2 ||w - w_global||² to their loss)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     federation: FederationSettings
     model: ModelSettings
@@ -136,6 +154,7 @@ class RunConfig:
     privacy_mode: str  # sample | central (PRIVACY_MODES)
     central: CentralSettings  # read in both modes, used in central mode only
     aggregation: AggregationSettings  # sample mode: how accepted updates are combined
+    strategy: StrategySettings  # sample-level mode only (central mode runs Flower's DP wrapper around FedAvg)
 
 
 # ------------------------------------------------------------------------------ readers
@@ -288,5 +307,19 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         weighting=r.choice("weighting", WEIGHTINGS),
         max_update_norm=r.number("max-update-norm", low=0.0),
     )
+    strategy = StrategySettings(
+        name=r.choice("strategy", STRATEGIES),
+        learning_rate=r.number("server-learning-rate", low=0.0, low_open=True),
+        beta_1=r.number("server-beta-1", low=0.0, high=0.999),
+        beta_2=r.number("server-beta-2", low=0.0, high=0.9999),
+        tau=r.number("server-tau", low=0.0, low_open=True),
+        proximal_mu=r.number("proximal-mu", low=0.0, high=MAX_PROXIMAL_MU),
+    )
+    privacy_mode = r.choice("privacy-mode", PRIVACY_MODES)
+    if privacy_mode == "central" and strategy.name != "fedavg":
+        raise ConfigError(f"{r.source}: strategy = {strategy.name!r} with privacy-mode = \"central\": central mode "
+                          "runs Flower's DP wrapper around a plain FedAvg, the mechanism its accountant covers (the "
+                          "wrapper refuses any other aggregation); use strategy = \"fedavg\"")
     return RunConfig(federation=fed, model=model, train=train, privacy=_privacy(r), paths=paths,
-                     privacy_mode=r.choice("privacy-mode", PRIVACY_MODES), central=central, aggregation=aggregation)
+                     privacy_mode=privacy_mode, central=central, aggregation=aggregation,
+                     strategy=strategy)
