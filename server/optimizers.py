@@ -77,7 +77,8 @@ class _ModalityBase(ModalityFedAvg):
 
 
 class _OwnedStrategySettings:
-    """Mixin before a FedOpt class: tensors nobody trained this round keep their value and their moments."""
+    """Mixin before a FedOpt class: tensors nobody trained this round keep their value and their moments; every
+    tensor keeps the global model's dtype (Flower's step returns float64; the reply checks want exactly it)."""
 
     current_arrays: dict[str, np.ndarray] | None
     merged_arrays: dict[str, np.ndarray] | None
@@ -93,8 +94,13 @@ class _OwnedStrategySettings:
             return arrays, metrics
         self.untouched_keys = frozenset(k for k, v in self.current_arrays.items()
                                         if np.array_equal(self.merged_arrays[k], v))
+        for key, current in self.current_arrays.items():
+            if key in self.untouched_keys:
+                arrays[key] = Array(np.asarray(current))
+                continue
+            if arrays[key].numpy().dtype != current.dtype:  # Flower's step computes in float64: keep the model's
+                arrays[key] = Array(arrays[key].numpy().astype(current.dtype))  # dtype (sites reply in it, exactly)
         for key in self.untouched_keys:
-            arrays[key] = Array(np.asarray(self.current_arrays[key]))
             for name, before in moments.items():
                 after = getattr(self, name, None)
                 if after is not None and key in after:

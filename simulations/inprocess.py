@@ -32,7 +32,9 @@ from client.round import SiteRound
 from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.records import ARRAYS, CONFIG, METRICS, PRIVACY
+from server.identity import registry_from_scenario
 from server.optimizers import build_strategy
+from server.strategy import validation_kwargs
 
 __all__ = ["FederationResult", "SiteResult", "fresh_ledgers", "run_federation", "weighted"]
 
@@ -87,7 +89,10 @@ def run_federation(run_config: Mapping[str, Any], *, run_id: str = "bench") -> F
     scenario = load_scenario(run.paths.scenario_file)
     n = len(scenario.sites)
     fed = run.federation
-    strategy = build_strategy(run.strategy, recorder=None, fraction_train=fed.fraction_train,
+    nodes = list(range(1, n + 1))  # node i is partition i - 1, as in Flower's simulation
+    registry = registry_from_scenario(scenario, discover=lambda: nodes)
+    strategy = build_strategy(run.strategy, **validation_kwargs(run, registry), recorder=None,
+                              fraction_train=fed.fraction_train,
                               min_train_nodes=min(fed.min_train_nodes, n), fraction_evaluate=0.0,
                               min_available_nodes=min(fed.min_available_nodes, n))
     arrays = ArrayRecord(initial_trainable_state(build_model(run.model, scenario=scenario, seed=fed.seed)))

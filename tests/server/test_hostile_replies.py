@@ -9,7 +9,6 @@ move by the attacker's values.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -17,13 +16,12 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from common.config import AggregationSettings
-from common.privacy.accountant import epsilon_from_history, plan_steps
 from common.privacy.ledger import Ledger
-from common.privacy.signing import public_key_line, sign_head
 from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY
 from server.identity import RegisteredSite, SiteRegistry
 from server.recorder import RunRecorder
 from server.strategy import ModalityFedAvg
+from tests.server.honest_site import honest_privacy
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -35,7 +33,7 @@ GLOBAL = {
 SITES = (RegisteredSite("cleveland", ("tabular", "text"), 250), RegisteredSite("hungary", ("tabular", "text"), 250),
          RegisteredSite("va_long_beach", ("tabular",), 160))
 NODES = {1: "cleveland", 2: "hungary", 3: "va_long_beach"}
-BATCH, EPOCHS, SIGMA, DELTA = 64, 1, 1.1, 1e-5
+BATCH, EPOCHS = 64, 1
 
 
 class FakeGrid:
@@ -62,25 +60,9 @@ def _strategy(tmp_path, *, aggregator="weighted-mean", max_update_norm=100.0, we
         min_available_nodes=3, fraction_evaluate=0.0)
 
 
-@functools.cache
-def _epsilon(history: tuple, accountant: str) -> float:
-    return epsilon_from_history(list(history), delta=DELTA, accountant=accountant)
-
-
 def _honest(site: RegisteredSite, key, rnd: int, delta: float = 0.01) -> tuple[dict, dict, dict]:
     """What an honest site sends after ``rnd`` rounds: privacy record, metrics, and its arrays (global + delta)."""
-    plan = plan_steps(max_records=site.max_records, batch_size=BATCH, epochs=EPOCHS)
-    history = [(SIGMA, plan.sample_rate, plan.steps)] * rnd
-    head_hash = f"{rnd:064x}"
-    privacy = {
-        "status": "trained", "reason": "", "code": "", "site": site.name, "mode": "sample", "dataset-id": "d",
-        "max-records": site.max_records, "accountant": "prv", "delta": DELTA,
-        "epsilon": _epsilon(tuple(history), "prv"), "epsilon-rdp": _epsilon(tuple(history), "rdp"),
-        "target-epsilon": 5.0, "epsilon-budget": 10.0, "noise-multiplier": SIGMA, "sample-rate": plan.sample_rate,
-        "steps": plan.steps, "total-steps": plan.steps * rnd, "max-grad-norm": 1.0, "rounds-trained": rnd,
-        "secure-mode": False, "noise-seed": "secret", "ledger-head-seq": 2 * rnd, "ledger-head-hash": head_hash,
-        "ledger-head-signature": sign_head(key, kind="site-ledger", site=site.name, seq=2 * rnd, head_hash=head_hash),
-        "site-public-key": public_key_line(key)}
+    privacy = honest_privacy(site.name, site.max_records, key, rnd, batch_size=BATCH, local_epochs=EPOCHS)
     arrays = {k: v + np.float32(delta) for k, v in GLOBAL.items()
               if k.startswith("head") or any(m in k for m in site.modalities)}
     return privacy, {NUM_EXAMPLES: float(site.max_records)}, arrays
