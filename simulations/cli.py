@@ -37,7 +37,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         summary = simulate(SimulationRequest(scenario=args.scenario, out=out, rounds=args.rounds,
                                              site_state=args.site_state, overrides=_parse_set(args.set),
-                                             progress=not args.quiet))
+                                             progress=not args.quiet, ray_address=args.ray_address))
     except (ConfigError, SimulationError) as err:
         print(f"fedfusion simulate: {err}", file=sys.stderr)
         return 1
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a [tool.flwr.app.config] setting, e.g. --set target-epsilon=2.0")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="run the sites on this existing Ray cluster (`ray start --head` printed it); every node must "
+                        "see the run folder, code and data at the same paths (README: Ray clusters)")
     s.set_defaults(func=_cmd_simulate)
 
     r = sub.add_parser("report", help="print the table of a finished run folder")
