@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -17,6 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness
+from common.models.config import FusionConfig
+from common.models.grad_sample import grad_sample_mode as registered_grad_sample_mode
 
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
@@ -97,10 +99,13 @@ def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: flo
 
 
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, epochs: int,
-               device: torch.device, modality_dropout: float, seed: int) -> tuple[list[float], int]:
+               device: torch.device, modality_dropout: float, seed: int,
+               criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+               ) -> tuple[list[float], int]:
     """The one training loop (plain, DP, canary-audited): losses of non-empty batches, and the step count.
 
     An empty Poisson batch still takes a step (noise only, under DP): it counts as a step, not as a loss.
+    ``criterion`` is cross-entropy; in Opacus' ghost-clipping mode, the loss object ``make_private`` returned.
     """
     gen = torch.Generator().manual_seed(seed + 1)  # modality dropout draws
     losses, steps = [], 0
@@ -108,7 +113,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
         for batch in loader:
             inputs, mask, y = _split(batch, device, modality_dropout, gen)
             optimizer.zero_grad(set_to_none=True)
-            loss = nn.functional.cross_entropy(model(inputs, mask), y)
+            loss = criterion(model(inputs, mask), y)
             loss.backward()
             optimizer.step()
             steps += 1
@@ -119,11 +124,14 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
 
 def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
-             modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness) -> TrainResult:
+             modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness,
+             grad_sample_mode: str | None = None) -> TrainResult:
     """Run ``epochs`` of DP-SGD (Poisson sampling) with ``accountant`` already holding the history.
 
     Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
     ``rng`` (``client.dp_random``); ``seed`` only fixes the public rest (modality-dropout draws).
+    ``grad_sample_mode`` (None = the one ``common/models/grad_sample.py`` registers for the model) only
+    changes how Opacus computes the clipped sum, not what it is.
     """
     from opacus import PrivacyEngine  # heavy import: only where DP training runs
 
@@ -134,14 +142,18 @@ def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int
     engine = PrivacyEngine(accountant=_accountant_name(accountant), secure_mode=secure_mode)
     engine.accountant = accountant  # restored history: ε continues, never resets
     loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
-    dp_model, dp_opt, dp_loader = engine.make_private(
+    mode = grad_sample_mode or _registered_mode(model)
+    made = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, poisson_sampling=True,
         noise_generator=None if secure_mode else rng.noise,  # secure_mode: Opacus' own CSPRNG
-    )
+        grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(),
+    )  # ghost clipping also returns the loss that runs its two backward passes
+    dp_model, dp_opt, criterion, dp_loader = made if mode == "ghost" else (made[0], made[1], nn.CrossEntropyLoss(),
+                                                                           made[2])
     sample_rate = 1.0 / len(loader)
     losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed)
+                               modality_dropout=modality_dropout, seed=seed, criterion=criterion)
     dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=sample_rate)
@@ -157,6 +169,11 @@ def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: 
     losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     return TrainResult(loss=float(np.mean(losses)), steps=steps, num_examples=len(dataset), sample_rate=0.0)
+
+
+def _registered_mode(model: nn.Module) -> str:
+    config = getattr(model, "config", None)
+    return registered_grad_sample_mode(config) if isinstance(config, FusionConfig) else "hooks"
 
 
 def _accountant_name(accountant) -> str:
