@@ -233,6 +233,7 @@ def main() -> None:
     ap.add_argument("--replies", type=int, default=1000, help="replies of the default model")
     ap.add_argument("--resnet-replies", type=int, default=24, help="replies of the ResNet-18-sized model")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
     ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
     args = ap.parse_args()
     import torch
@@ -244,7 +245,7 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
     throughput("default model", "default", args.replies, args.repeats)
     throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
-    memory_growth("resnet", [4, 8, 16])
+    memory_growth("resnet", [int(n) for n in args.memory_counts.split(",")])
     if not args.no_bytes:
         bytes_per_round()
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
