@@ -10,7 +10,10 @@ DP-SGD (per-sample clipping + noise) built by ``PrivacyEngine.make_private`` in 
 * ``ghost``: fast gradient clipping: per-sample gradient *norms* without per-sample gradients (ghost norms for
   Linear/Embedding/..., other layers fall back to per-sample gradients), then a second backward pass of the
   clipping-weighted loss;
-* ``ew``: PyTorch's ExpandedWeights.
+* ``ew``: PyTorch's ExpandedWeights;
+* ``vmap-model`` (benchmark only, not an Opacus mode, not used in training): the whole model's per-sample gradients
+  from one ``torch.func.vmap(grad(loss))``, flat clipping, noise and SGD written out; printed only after its
+  clipped sum matched Opacus' on the same batch. It shows what a whole-model vmap would cost.
 
 Median step time (after 3 warm-up steps) and the peak resident memory the steps add (Linux: VmHWM after a
 reset through /proc/self/clear_refs, minus the RSS before them; CUDA: ``max_memory_allocated``). The mode that
@@ -21,10 +24,12 @@ shapes (the ratios do not depend on the values).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +48,7 @@ VARIANTS = {
     "tabular+image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
 }
 MODES = ("hooks", "functorch", "ghost", "ew")
+VMAP = "vmap-model"  # benchmark-only row: whole-model torch.func per-sample gradients (not wired into training)
 WARMUP = 3
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # benchmark noise, not a finding
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
@@ -108,18 +114,27 @@ class Timing:
     peak_mb: float  # memory the steps added at their peak
 
 
-def time_steps(model: nn.Module, opt, criterion, batch, steps: int, device: torch.device) -> Timing:
+def sgd_step(model: nn.Module, opt, criterion, batch) -> Callable[[], None]:
+    """One optimizer step of ``model`` on ``batch`` (plain or any Opacus mode: the same three calls)."""
     x = {k: v for k, v in batch.items() if k not in ("modality_mask", "label")}
     mask, y = batch["modality_mask"], batch["label"]
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        criterion(model(x, mask), y).backward()
+        opt.step()
+
+    return step
+
+
+def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> Timing:
     base = _reset_peak(device)
     out = []
     for i in range(steps + WARMUP):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        criterion(model(x, mask), y).backward()
-        opt.step()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= WARMUP:
@@ -127,7 +142,63 @@ def time_steps(model: nn.Module, opt, criterion, batch, steps: int, device: torc
     return Timing(statistics.median(out) * 1e3, (_peak(device) - base) / 2**20)
 
 
-def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device):
+def vmap_model_step(cfg: FusionConfig, batch, device: torch.device, *, sigma: float = 1.0, clip: float = 1.0,
+                    lr: float = 0.01) -> tuple[Callable[[], None], Callable[[], torch.Tensor]]:
+    """BENCHMARK ONLY, not an Opacus mode and not used in training: DP-SGD with the whole model's per-sample
+    gradients from one ``torch.func.vmap(grad(...))``, flat clipping, Gaussian noise, SGD. Returns the step and a
+    function giving the clipped sum (no noise) of the batch, which ``measure`` checks against Opacus' hooks mode."""
+    from torch.func import functional_call, grad, vmap
+
+    torch.manual_seed(0)
+    model = FusionModel(cfg).to(device).train()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    x = {k: v for k, v in batch.items() if k not in ("modality_mask", "label")}
+    mask, y = batch["modality_mask"], batch["label"]
+    n = len(y)
+
+    def loss_one(p, xi, mi, yi):
+        out = functional_call(model, p, ({k: v.unsqueeze(0) for k, v in xi.items()}, mi.unsqueeze(0)))
+        return nn.functional.cross_entropy(out, yi.unsqueeze(0))
+
+    per_sample = vmap(grad(loss_one), in_dims=(None, 0, 0, 0), randomness="different")
+
+    def clipped_sum() -> torch.Tensor:
+        g = per_sample({k: v.detach() for k, v in params.items()}, x, mask, y)
+        flat = torch.cat([g[k].reshape(n, -1) for k in params], dim=1)
+        return (clip / (flat.norm(dim=1) + 1e-6)).clamp(max=1.0) @ flat
+
+    def step() -> None:
+        summed = clipped_sum()
+        update = (summed + torch.normal(0.0, sigma * clip, summed.shape, device=summed.device)) / n
+        with torch.no_grad():
+            offset = 0
+            for p in params.values():
+                p -= lr * update[offset:offset + p.numel()].view_as(p)
+                offset += p.numel()
+
+    return step, clipped_sum
+
+
+def _without_dropout(cfg: FusionConfig) -> FusionConfig:
+    subs = {m: dataclasses.replace(getattr(cfg, m), dropout=0.0) for m in cfg.modalities}
+    return dataclasses.replace(cfg, dropout=0.0, **subs)
+
+
+def check_vmap(cfg: FusionConfig, batch, device: torch.device) -> None:
+    """The vmap row is only printed if its clipped sum equals Opacus' (hooks, no noise, no dropout)."""
+    cfg = _without_dropout(cfg)
+    _, clipped_sum = vmap_model_step(cfg, batch, device)
+    model, opt, criterion = make_dp(cfg, "hooks", batch, device, noise=0.0)
+    opt.expected_batch_size = 1  # no division by the batch size: the sum itself
+    x = {k: v for k, v in batch.items() if k not in ("modality_mask", "label")}
+    opt.zero_grad(set_to_none=True)
+    criterion(model(x, batch["modality_mask"]), batch["label"]).backward()
+    opt.pre_step()
+    opacus = torch.cat([p.grad.reshape(-1) for p in opt.params])
+    torch.testing.assert_close(clipped_sum(), opacus, rtol=1e-4, atol=1e-5)
+
+
+def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device, *, noise: float = 1.0):
     """(model, optimizer, criterion) of DP-SGD in ``mode``, wired as ``client/train.py`` wires it (make_private)."""
     from opacus import PrivacyEngine
 
@@ -136,7 +207,7 @@ def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     loader = DataLoader(_Rows(batch), batch_size=len(batch["label"]))
     made = PrivacyEngine(accountant="prv").make_private(
-        module=model, optimizer=opt, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0,
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise, max_grad_norm=1.0,
         poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     if mode == "ghost":
         dp_model, dp_opt, criterion, _ = made
@@ -145,23 +216,30 @@ def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device):
     return dp_model, dp_opt, nn.CrossEntropyLoss()
 
 
-def measure(cfg: FusionConfig, batch, *, steps: int, repeats: int, device: torch.device) -> dict[str, Timing | str]:
+def measure(cfg: FusionConfig, batch, *, steps: int, repeats: int, device: torch.device,
+            vmap_row: bool) -> dict[str, Timing | str]:
     """Plain and every mode, interleaved ``repeats`` times (a load change on a shared machine hits all alike);
     the median over the repeats of each one's median step; peak memory from the first repeat."""
     torch.manual_seed(0)
     plain = FusionModel(cfg).to(device).train()
-    runs: dict[str, tuple | str] = {"plain": (plain, torch.optim.SGD(plain.parameters(), lr=0.01),
-                                              nn.CrossEntropyLoss())}
+    runs: dict[str, Callable[[], None] | str] = {
+        "plain": sgd_step(plain, torch.optim.SGD(plain.parameters(), lr=0.01), nn.CrossEntropyLoss(), batch)}
     for mode in MODES:
         try:
-            runs[mode] = make_dp(cfg, mode, batch, device)
-            time_steps(*runs[mode], batch, 1, device)  # a mode that does not support a layer fails here
+            runs[mode] = sgd_step(*make_dp(cfg, mode, batch, device), batch)
+            time_steps(runs[mode], 1, device)  # a mode that does not support a layer fails here
         except Exception as err:  # noqa: BLE001 - an unsupported mode is a result
             runs[mode] = f"unsupported: {type(err).__name__}: {str(err).splitlines()[0][:70]}"
+    if vmap_row:
+        try:
+            check_vmap(cfg, batch, device)
+            runs[VMAP] = vmap_model_step(cfg, batch, device)[0]
+        except Exception as err:  # noqa: BLE001
+            runs[VMAP] = f"unsupported: {type(err).__name__}: {str(err).splitlines()[0][:70]}"
     found: dict[str, list[Timing]] = {k: [] for k, v in runs.items() if not isinstance(v, str)}
     for _ in range(repeats):
         for name in found:
-            found[name].append(time_steps(*runs[name], batch, steps, device))
+            found[name].append(time_steps(runs[name], steps, device))
     out: dict[str, Timing | str] = {k: v for k, v in runs.items() if isinstance(v, str)}
     for name, timings in found.items():
         out[name] = Timing(statistics.median(t.ms for t in timings), timings[0].peak_mb)
@@ -176,6 +254,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--fusion", default="attention")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
+    ap.add_argument("--no-vmap", action="store_true", help="skip the whole-model torch.func row")
     ap.add_argument("--models", default="", help="comma-separated substrings of the variant names (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -191,9 +270,10 @@ def main() -> None:
         cfg = config_of(mods, text, image, args.fusion)
         batch = _batch(mods, text, args.batch, device)
         n = sum(p.numel() for p in FusionModel(cfg).parameters() if p.requires_grad)
-        results = measure(cfg, batch, steps=args.steps, repeats=args.repeats, device=device)
+        results = measure(cfg, batch, steps=args.steps, repeats=args.repeats, device=device,
+                          vmap_row=not args.no_vmap)
         base, default = results["plain"], grad_sample_mode(cfg)
-        for i, mode in enumerate(("plain", *MODES)):
+        for i, mode in enumerate(m for m in ("plain", *MODES, VMAP) if m in results):
             t = results[mode]
             cells = t if isinstance(t, str) else f"{t.ms:>9.2f} {t.ms / base.ms:>8.2f} {t.peak_mb:>8.1f}"
             label = f"{name:44s} {n:>10,d}" if i == 0 else f"{'':44s} {'':>10s}"
