@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["BLOCK", "Update", "UpdateError", "check_update", "merge_weighted", "npy_view"]
+__all__ = ["BLOCK", "Update", "UpdateError", "all_finite", "check_update", "merge_weighted", "npy_view"]
 
 _NPY_MAGIC = b"\x93NUMPY"
 BLOCK = 1 << 15  # elements per block of merge_weighted: 256 KiB of float64 accumulator + 256 KiB scratch
@@ -44,8 +44,20 @@ def check_update(global_arrays: Mapping[str, np.ndarray], update: Update) -> Non
         if arr.shape != global_arrays[key].shape:
             raise UpdateError(f"site '{update.site}': tensor '{key}' has shape {arr.shape}, "
                               f"the global model has {global_arrays[key].shape}")
-        if not np.all(np.isfinite(arr)):
+        if not all_finite(arr):
             raise UpdateError(f"site '{update.site}': tensor '{key}' contains NaN or inf")
+
+
+def all_finite(arr: np.ndarray) -> bool:
+    """True iff no element is NaN or ±inf.
+
+    For float16/float32 this is one float64 sum, without the boolean array ``np.isfinite`` makes: finite values
+    of at most 32 bits cannot overflow a float64 sum, while any NaN or infinity makes the sum NaN or infinite.
+    """
+    arr = np.asarray(arr)
+    if arr.dtype.kind == "f" and arr.dtype.itemsize <= 4:
+        return bool(np.isfinite(arr.sum(dtype=np.float64)))
+    return bool(np.isfinite(arr).all())
 
 
 def merge_weighted(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update]) -> dict[str, np.ndarray]:

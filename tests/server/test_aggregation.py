@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from server import aggregation
-from server.aggregation import Update, UpdateError, check_update, merge_weighted, npy_view
+from server.aggregation import Update, UpdateError, all_finite, check_update, merge_weighted, npy_view
 
 GLOBAL = {
     "encoders.tabular.w": np.array([1.0, 1.0], dtype=np.float32),
@@ -135,3 +135,22 @@ def test_npy_view_declines_anything_but_the_plain_layout():
     assert npy_view(_npy(np.asfortranarray(a)), dtype="float32", shape=(2, 3)) is None  # Fortran order
     assert npy_view(b"PK\x03\x04" + data, dtype="float32", shape=(2, 3)) is None  # not .npy at all
     assert npy_view(_npy(np.array(["x"])), dtype="<U1", shape=(1,)) is None  # not numeric
+
+
+@FAST
+@given(a=hnp.arrays(st.sampled_from([np.float16, np.float32, np.float64]),
+                    hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=6),
+                    elements=st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=16),
+                                       st.sampled_from([65504.0, -65504.0, 0.0]))))
+def test_all_finite_agrees_with_numpy(a):
+    assert all_finite(a) == bool(np.all(np.isfinite(a)))
+
+
+def test_all_finite_does_not_overflow_on_huge_finite_float32():
+    big = np.full(10_000, np.finfo(np.float32).max, dtype=np.float32)
+    assert all_finite(big) and all_finite(-big)
+    big[7] = np.inf
+    assert not all_finite(big)
+    big[7], big[8] = np.inf, -np.inf  # their sum is NaN
+    assert not all_finite(big)
+    assert all_finite(np.arange(5, dtype=np.int32))  # integers are always finite
