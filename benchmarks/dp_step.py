@@ -44,6 +44,7 @@ VARIANTS = {
     # name: (modalities, text kind, image kind)
     "default: tabular+text (frozen MiniLM emb.)": (("tabular", "text"), "minilm-frozen", None),
     "tabular+text (tiny-BERT, fine-tuned)": (("tabular", "text"), "tiny-bert", None),
+    "tabular+text (MiniLM top layer fine-tuned)": (("tabular", "text"), "minilm-finetune-top", None),
     "tabular+image (small CNN)": (("tabular", "image"), None, "small-cnn"),
     "tabular+image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
 }
@@ -65,6 +66,9 @@ def _batch(mods, text, b: int, device) -> dict[str, torch.Tensor]:
     if "text" in mods:
         if text == "minilm-frozen":
             x["text"] = torch.randn(b, 384)
+        elif text == "minilm-finetune-top":  # MiniLM's hidden states before its last layer
+            x["text"] = torch.randn(b, 64, 384)
+            x["text_attention_mask"] = torch.ones(b, 64, dtype=torch.long)
         else:
             x["text"] = torch.randint(1000, 2000, (b, 64))
             x["text_attention_mask"] = torch.ones(b, 64, dtype=torch.long)
