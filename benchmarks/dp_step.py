@@ -16,7 +16,8 @@ DP-SGD (per-sample clipping + noise) built by ``PrivacyEngine.make_private`` in 
   clipped sum matched Opacus' on the same batch. It shows what a whole-model vmap would cost.
 
 Median step time (after 3 warm-up steps) and the peak resident memory the steps add (Linux: VmHWM after a
-reset through /proc/self/clear_refs, minus the RSS before them; CUDA: ``max_memory_allocated``). The mode that
+reset through /proc/self/clear_refs, minus the RSS before them, with buffers of 64 KiB and more mmapped and
+freed memory trimmed first, so that reused heap pages do not hide a peak; CUDA: ``max_memory_allocated``). The mode that
 ``common/models/grad_sample.py`` chooses for the model is marked ``*``. Inputs are random tensors of the real
 shapes (the ratios do not depend on the values).
 """
@@ -24,7 +25,10 @@ shapes (the ratios do not depend on the values).
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
+import gc
 import os
 import statistics
 import time
@@ -95,11 +99,17 @@ def _rss() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+_LIBC.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB: tensor buffers are mmapped and go back to the OS when freed
+
+
 def _reset_peak(device: torch.device) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated()
+    gc.collect()
+    _LIBC.malloc_trim(0)  # freed heap pages back to the OS, so the peak below is this run's own
     with open("/proc/self/clear_refs", "w") as fh:  # resets VmHWM to the current RSS (Linux >= 4.0)
         fh.write("5")
     return _rss()

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from client.dp_random import DpRandomness
 from common.models.config import FusionConfig
 from common.models.grad_sample import grad_sample_mode as registered_grad_sample_mode
+from common.models.grad_sample import prepare_opacus
 
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader",
@@ -143,6 +144,7 @@ def train_dp(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int
     engine.accountant = accountant  # restored history: ε continues, never resets
     loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
     mode = grad_sample_mode or _registered_mode(model)
+    prepare_opacus()  # ghost clipping and empty Poisson batches (common/models/grad_sample.py)
     made = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm, poisson_sampling=True,

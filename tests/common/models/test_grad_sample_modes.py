@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 from common.models import FusionModel
 from common.models.config import FusionConfig, ImageEncoderConfig, ImageKind, TabularEncoderConfig, TextEncoderConfig
 from common.models.config import TextKind
-from common.models.grad_sample import GRAD_SAMPLE_MODES, PRECEDENCE, encoder_kinds, grad_sample_mode
+from common.models.grad_sample import GRAD_SAMPLE_MODES, PRECEDENCE, encoder_kinds, grad_sample_mode, prepare_opacus
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -148,6 +148,7 @@ def test_the_registered_mode_runs_an_empty_poisson_batch(kind: str) -> None:
     """Poisson sampling can draw B = 0: the step must still run (noise only), in the mode the registry picks."""
     config = config_for(kind)
     mode = grad_sample_mode(config)
+    prepare_opacus()  # as client/train.py does before make_private
     torch.manual_seed(0)
     model = FusionModel(config).double().train()
     x, present, _ = batch_for(config)
