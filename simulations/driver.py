@@ -73,7 +73,7 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
     if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
-        check_cluster(req.ray_address, shared=[out, APP_DIR, Path(cfg["data-dir"]),
+        check_cluster(req.ray_address, shared=[out, APP_DIR, Path(cfg.get("data-dir") or APP_DIR / "data"),
                                                *([Path(cfg["site-state-root"])] if cfg.get("site-state-root") else [])])
     run_app(AppRun(app_dir=APP_DIR, run_config=cfg, num_supernodes=len(scenario.sites), out=out,
                    total_rounds=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),
