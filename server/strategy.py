@@ -26,7 +26,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from common.records import (ARRAYS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, SITE,
                             STATUS_DECLINED, STATUS_FAILED, TIMING_KEYS)
-from server.aggregation import Update, UpdateError, check_update, merge_weighted
+from server.aggregation import Update, UpdateError, check_update, merge_weighted, npy_view
 
 __all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg"]
 
@@ -59,6 +59,11 @@ class RoundRecorder(Protocol):
 def _timing(metrics: dict[str, float]) -> dict[str, float]:
     """A reply's time split (client/timing.py), as the recorder takes it."""
     return {k: float(metrics[k]) for k in TIMING_KEYS if k in metrics}
+
+
+def _view_or_copy(array: Array) -> np.ndarray:
+    view = npy_view(array.data, dtype=array.dtype, shape=array.shape)
+    return view if view is not None else array.numpy()
 
 
 def _weighted_mean(rows: list[tuple[dict[str, float], float]]) -> dict[str, float]:
@@ -121,7 +126,8 @@ class ModalityFedAvg(FedAvg):
         if ARRAYS not in content.array_records or n <= 0:
             return SiteReply(site, node, "failed", n, privacy, metrics,
                              error="reply carries no arrays or no example count"), None
-        arrays = {k: v.numpy() for k, v in content.array_records[ARRAYS].items()}
+        # zero-copy views where the .npy header is the plain one (BENCHMARKS.md: aggregation), else Flower's copy
+        arrays = {k: _view_or_copy(v) for k, v in content.array_records[ARRAYS].items()}
         return SiteReply(site, node, status or "trained", n, privacy, metrics), Update(site, arrays, float(n))
 
     def aggregate_train(self, server_round: int,
