@@ -34,7 +34,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from common.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PRIVACY
-from server.aggregation import Update, check_update, merge_weighted, npy_view
+from server.aggregation import Update, check_update, merge_weighted
+
+try:  # absent before issue 15: the script also runs on older commits, for a before/after
+    from server.aggregation import npy_view
+except ImportError:
+    npy_view = None
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,8 +154,8 @@ def throughput(label: str, kind: str, n: int, repeats: int) -> None:
     records = [m.content.array_records[ARRAYS] for m in msgs]
     rows = [("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
             ("read: Array.numpy()", lambda: [{k: v.numpy() for k, v in r.items()} for r in records]),
-            ("read: npy_view", lambda: [{k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in r.items()}
-                                        for r in records]),
+            *([("read: npy_view", lambda: [{k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in r.items()}
+                                           for r in records])] if npy_view else []),
             ("merge_weighted", lambda: ours_merge(global_arrays, replies, weights)),
             ("check_update + merge", lambda: ours_checked(global_arrays, replies, weights)),
             ("ours: aggregate_train", lambda: ours(msgs)),

@@ -138,10 +138,12 @@ def sgd_step(model: nn.Module, opt, criterion, batch) -> Callable[[], None]:
         criterion(model(x, mask), y).backward()
         opt.step()
 
+    step.release = lambda: opt.zero_grad(set_to_none=True)  # drop the last step's (per-sample) gradients
     return step
 
 
 def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> Timing:
+    """Median time of ``steps`` calls after WARMUP, and the memory they add at their peak (freed again after)."""
     base = _reset_peak(device)
     out = []
     for i in range(steps + WARMUP):
@@ -153,7 +155,9 @@ def time_steps(step: Callable[[], None], steps: int, device: torch.device) -> Ti
             torch.cuda.synchronize()
         if i >= WARMUP:
             out.append(time.perf_counter() - t)
-    return Timing(statistics.median(out) * 1e3, (_peak(device) - base) / 2**20)
+    peak = _peak(device)
+    getattr(step, "release", lambda: None)()  # so that the next run's peak is its own
+    return Timing(statistics.median(out) * 1e3, (peak - base) / 2**20)
 
 
 def vmap_model_step(cfg: FusionConfig, batch, device: torch.device, *, sigma: float = 1.0, clip: float = 1.0,
