@@ -9,21 +9,24 @@ split by a keyed hash of their ids (``split-key``, default the schema's name: pu
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from common.config.sites import SOURCE_ARG_KEYS
-from common.data.cleaning import load_mapped
+from common.data.cleaning import MappedTable, apply_mapping
 from common.data.features import encode_labels
 from common.data.mapping import SiteMapping, load_mapping
 from common.data.partition import PartitionError, partition_from_spec
 from common.data.schema import DataContractError, Schema
 from common.data.site_split import SiteSplit, build_split
 from common.data.split import DEFAULT_TEST_FRACTION
+from common.file_memo import FileMemo
 
 __all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "site_schema",
            "source_args"]  # fmt: skip
@@ -95,16 +98,32 @@ def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any]) -> pd.Da
     if isinstance(part, bool) or not isinstance(part, int):
         raise PartitionError(f"partition '{PART_KEY}' must be an integer, got {part!r}")
     site = schema.role("site")
-    parts = partition_from_spec(spec, labels=encode_labels(table, schema),
-                                sites=table[site.name].to_numpy() if site is not None else None)
+    labels = encode_labels(table, schema)
+    sites = table[site.name].to_numpy() if site is not None else None
+    key = (repr(sorted(spec.items())), hashlib.sha256(np.ascontiguousarray(labels).tobytes()).hexdigest(),
+           None if sites is None else hashlib.sha256(repr(sites.tolist()).encode()).hexdigest())
+    parts = _PARTS.get((), key, lambda: partition_from_spec(spec, labels=labels, sites=sites))
     if not 0 <= part < len(parts):
         raise PartitionError(f"partition '{PART_KEY}' = {part} is out of range: the partition has {len(parts)} parts")
     return table.iloc[parts[part]]
 
 
+#: the mapped tables read in this process, while mapping, schema and data file are unchanged: the virtual sites of
+#: one partition all read the same pooled file, and one simulation actor serves many of them
+_TABLES: FileMemo[MappedTable] = FileMemo(size=4)
+#: the partitions computed in this process (every virtual site of one partition computes the same cut)
+_PARTS: FileMemo[list] = FileMemo(size=4)
+
+
+def _load_mapped(path: Path) -> MappedTable:
+    mapping = load_mapping(path)
+    files = tuple(p for p in (path, mapping.file.path, mapping.schema.path) if p is not None)
+    return _TABLES.get(files, str(path), lambda: apply_mapping(mapping))
+
+
 def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
     a = source_args(args)
-    mapped = load_mapped(data_dir / a.mapping)
+    mapped = _load_mapped(data_dir / a.mapping)
     table = mapped.table.reset_index(drop=True)
     if a.partition is not None:
         table = _part(table, mapped.mapping.schema, a.partition)
