@@ -229,15 +229,35 @@ def _accountant_name(accountant) -> str:
 
 def _auc(y_true: np.ndarray, probs: np.ndarray) -> float:
     """ROC-AUC: of class 1 for two classes; for more, the mean one-vs-rest AUC over the classes present in ``y_true``
-    (each needs a positive and a negative). NaN when ``y_true`` holds one class only."""
-    from sklearn.metrics import roc_auc_score
+    (each needs a positive and a negative). NaN when ``y_true`` holds one class only.
 
+    Computed as the Mann-Whitney statistic over mid-ranks (ties count one half): the area under the ROC curve that
+    scikit-learn's ``roc_auc_score`` integrates, without its input validation (which cost ~0.1 s per call, five
+    calls per evaluation of a ten-class site: most of a small site's evaluate message).
+    """
     present = np.unique(y_true)
     if len(present) < 2:
         return float("nan")
     if probs.shape[1] == 2:
-        return float(roc_auc_score(y_true, probs[:, 1]))
-    return float(np.mean([roc_auc_score(y_true == c, probs[:, c]) for c in present]))
+        return _binary_auc(y_true == 1, probs[:, 1])
+    return float(np.mean([_binary_auc(y_true == c, probs[:, c]) for c in present]))
+
+
+def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """P(score of a positive > score of a negative) + P(equal) / 2, by mid-ranks; NaN without both kinds."""
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    score = np.asarray(score, dtype=np.float64)
+    order = np.argsort(score, kind="mergesort")
+    sorted_scores = score[order]
+    # mid-rank of each distinct value: the mean of the 1-based positions it occupies
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    ends = np.r_[starts[1:], score.size]
+    ranks = np.empty(score.size, dtype=np.float64)
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 @torch.no_grad()
