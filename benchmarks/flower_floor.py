@@ -138,6 +138,8 @@ def run_ours(shape: Shape, scenario: str, work: Path) -> Result:
            "--quiet", "--rounds", str(shape.rounds), "--set", f"fraction-train={shape.fraction}"]
     if shape.nodes > 4:  # the hospitals defaults (min-available-nodes = 2) stand for `make run`
         cmd += ["--set", f"min-available-nodes={shape.nodes}"]
+    if shape.fraction < 1:  # the final evaluation (outside the rounds) asks the same share of the sites
+        cmd += ["--set", f"fraction-evaluate={shape.fraction}"]
     t0 = time.monotonic()
     with TreeRSS() as rss:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -167,10 +169,12 @@ def virtual_scenario(nodes: int, folder: Path) -> Path:
                          "caching work (a larger dataset); give --ours-scenario instead")
     min_size = max(4, min(20, per_site - 2))
     part = f'kind = "quantity", alpha = 1000.0, num-sites = {nodes}, seed = 0, min-size = {min_size}'
-    text = [f'[scenario]\nname = "virtual{nodes}"\ndescription = "VIRTUAL: the pooled UCI Heart Disease patients cut '
-            f'into {nodes} virtual sites (tabular only), for benchmarks/flower_floor.py"\n']
-    text += [f'[[sites]]\nname = "virtual-{i:04d}"\nsource = "uci-heart-virtual"\npartition = {{ {part}, part = {i} }}\n'
-             f'modalities = ["tabular"]\n' for i in range(nodes)]
+    text = [f'[[sites]]\nname = "virtual-{i:04d}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+            f'partition = {{ {part}, part = {i} }}\nmodalities = ["tabular"]\nprivacy = {{ max-records = {per_site} }}\n'
+            for i in range(nodes)]
+    text += [f'[scenario]\nname = "virtual{nodes}"\ndescription = "VIRTUAL: the pooled UCI Heart Disease patients cut '
+             f'into {nodes} virtual sites (tabular only), for benchmarks/flower_floor.py"\n'
+             f'schema = "{REPO / "data" / "schemas" / "heart.toml"}"\ndata-dir = "{REPO / "data"}"\n']
     path = folder / f"virtual{nodes}.toml"
     path.write_text("\n".join(text))
     return path

@@ -28,8 +28,8 @@ from common.data.site_split import SiteSplit, build_split
 from common.data.split import DEFAULT_TEST_FRACTION
 from common.file_memo import FileMemo
 
-__all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "site_schema",
-           "source_args"]  # fmt: skip
+__all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "mapped_table",
+           "site_schema", "source_args"]  # fmt: skip
 
 #: keys of a site entry that belong to its data source (one list, kept where site entries are read)
 SOURCE_KEYS = SOURCE_ARG_KEYS
@@ -115,7 +115,9 @@ _TABLES: FileMemo[MappedTable] = FileMemo(size=4)
 _PARTS: FileMemo[list] = FileMemo(size=4)
 
 
-def _load_mapped(path: Path) -> MappedTable:
+def mapped_table(path: Path) -> MappedTable:
+    """:func:`common.data.cleaning.load_mapped` of ``path``, memoised in this process while the mapping, its schema
+    and its data file are unchanged (a file rewritten in any way is read and validated again)."""
     mapping = load_mapping(path)
     files = tuple(p for p in (path, mapping.file.path, mapping.schema.path) if p is not None)
     return _TABLES.get(files, str(path), lambda: apply_mapping(mapping))
@@ -123,7 +125,7 @@ def _load_mapped(path: Path) -> MappedTable:
 
 def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
     a = source_args(args)
-    mapped = _load_mapped(data_dir / a.mapping)
+    mapped = mapped_table(data_dir / a.mapping)
     table = mapped.table.reset_index(drop=True)
     if a.partition is not None:
         table = _part(table, mapped.mapping.schema, a.partition)
