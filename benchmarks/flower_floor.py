@@ -132,7 +132,7 @@ def run_floor(shape: Shape, shapes: dict[str, tuple[int, ...]], work: Path) -> R
     return Result(times.total_s, rec["round_s"], rss.peak / 2**30, per_round)
 
 
-def run_ours(shape: Shape, scenario: str, work: Path) -> Result:
+def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True) -> Result:
     out = work / f"ours-{shape.nodes}x{shape.rounds}-{shape.fraction:g}"
     cmd = [str(Path(sys.executable).parent / "fedfusion"), "simulate", "--scenario", scenario, "--out", str(out),
            "--quiet", "--rounds", str(shape.rounds), "--set", f"fraction-train={shape.fraction}"]
@@ -140,6 +140,8 @@ def run_ours(shape: Shape, scenario: str, work: Path) -> Result:
         cmd += ["--set", f"min-available-nodes={shape.nodes}"]
     if shape.fraction < 1:  # the final evaluation (outside the rounds) asks the same share of the sites
         cmd += ["--set", f"fraction-evaluate={shape.fraction}"]
+    if not site_check:  # start-up without the check of every site's data (time it with simulations/preflight.py)
+        cmd += ["--no-site-check"]
     t0 = time.monotonic()
     with TreeRSS() as rss:
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
@@ -202,6 +204,8 @@ def main() -> None:
     ap.add_argument("--ours-virtual", action="store_true",
                     help="for shapes of other than 4 nodes, run ours on that many VIRTUAL tabular sites cut from the "
                          "pooled UCI patients (at most ~200: 920 patients)")
+    ap.add_argument("--ours-no-site-check", action="store_true",
+                    help="run ours with --no-site-check (the check of every site's data is start-up, not rounds)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = ap.parse_args()
@@ -226,7 +230,7 @@ def main() -> None:
                 print(f"{'ours':<22s} skipped: no {shape.nodes}-site scenario given (--ours-scenario, --ours-virtual)")
                 continue
             scenario = str(virtual_scenario(shape.nodes, work))
-        ours = run_ours(shape, scenario, work)
+        ours = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check)
         print(_row(f"ours ({Path(scenario).stem})"[:22], ours))
         print(_ratio(ours, floor), flush=True)
         results[str(shape)]["ours"] = vars(ours)
