@@ -102,8 +102,6 @@ class RunRecorder:
                    for e in self.ledger.entries(site=site))
 
     def on_train(self, server_round: int, replies: list[SiteReply]) -> None:
-        entries: list[LedgerEntry] = []
-        heads: list[HeadRecord] = []
         for r in replies:
             p = r.privacy
             event = {"trained": "trained", "replayed": "trained", "declined": "declined"}.get(r.status, "failed")
@@ -135,7 +133,7 @@ class RunRecorder:
                         "noise-multiplier": _num(p.get("noise-multiplier")),
                         "sample-rate": _num(p.get("sample-rate")), "steps": p.get("steps", 0)})
             if self.ledger is not None:
-                entries.append(LedgerEntry(
+                self.ledger.append(LedgerEntry(
                     site=r.site, round=server_round, event=event, federation_id=self.federation_id,
                     run_id=self.run_id, dataset_id=str(p.get("dataset-id", "")),
                     noise_multiplier=_num(p.get("noise-multiplier")), sample_rate=_num(p.get("sample-rate")),
@@ -145,17 +143,13 @@ class RunRecorder:
                     epsilon_rdp=_eps(p.get("epsilon-rdp")), target_epsilon=_num(p.get("target-epsilon")),
                     reason=_reason(p, r.error),
                 ))
-                head = self._head_record(server_round, r.site, p)
-                if head is not None:
-                    heads.append(head)
-        if self.ledger is not None:  # the round's rows and heads: one transaction, not two per site
-            self.ledger.append_all(entries, heads)
+                self._record_head(server_round, r.site, p)
         self.flush()
 
-    def _head_record(self, server_round: int, site: str, p: dict[str, Any]) -> HeadRecord | None:
-        """The signed ledger head a site sent (if any), for the ledger file's ``heads`` table."""
+    def _record_head(self, server_round: int, site: str, p: dict[str, Any]) -> None:
+        """Keep the signed ledger head a site sent (if any) in the ledger file's ``heads`` table."""
         if self.ledger is None or not p.get("ledger-head-signature"):
-            return None
+            return
         try:
             record = HeadRecord(
                 kind="site-ledger", site=site, round=server_round, run_id=self.run_id,
@@ -166,12 +160,12 @@ class RunRecorder:
         except (KeyError, TypeError, ValueError) as err:
             log.warning("round %d: site %s sent a malformed signed ledger head (%s); not recorded",
                         server_round, site, err)
-            return None
+            return
         if not verify_head(record.public_key, record.signature, kind=record.kind, site=site,
                            seq=record.head_seq, head_hash=record.head_hash):
             log.warning("round %d: the signed ledger head site %s sent does not verify; recorded as evidence",
                         server_round, site)
-        return record
+        self.ledger.append_head(record)
 
     def _sign_state(self) -> None:
         """Sign the heads of this server's ledger tables into ``ledger-head.json`` (atomic)."""

@@ -204,22 +204,11 @@ class Ledger:
         ValueError
             If the entry already carries chain fields (they are assigned here, never by the caller).
         """
-        with self._transaction("IMMEDIATE") as conn:
-            return self._append_entry(conn, entry)
-
-    def append_all(self, entries: Sequence[LedgerEntry] = (), heads: Sequence[HeadRecord] = ()) -> None:
-        """Append ``entries``, then ``heads``, in ONE write transaction: all or none (ValueError as :meth:`append`)."""
-        with self._transaction("IMMEDIATE") as conn:
-            for entry in entries:
-                self._append_entry(conn, entry)
-            for record in heads:
-                self._append_head(conn, record)
-
-    def _append_entry(self, conn: sqlite3.Connection, entry: LedgerEntry) -> LedgerEntry:
         if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
             raise ValueError(f"{self.path}: append() assigns seq/ts/prev_hash/hash; got an entry that already has "
                              f"seq={entry.seq!r}, ts={entry.ts!r} (site={entry.site!r}, round={entry.round})")
-        return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+        with self._transaction("IMMEDIATE") as conn:
+            return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
 
     def append_decided(self, decide: Callable[[list[LedgerEntry]], LedgerEntry]) -> LedgerEntry:
         """Append ``decide(rows)`` where ``rows`` is the verified ledger, in ONE write transaction.

@@ -245,18 +245,3 @@ def test_server_rows_need_no_mechanism() -> None:
     e = LedgerEntry(site="s", round=1, event="failed", reason="")
     assert e.noise_multiplier is None and e.steps == 0
 
-
-def test_append_all_writes_rows_and_heads_in_one_transaction_or_nothing(tmp_path):
-    from common.privacy.ledger import Ledger, LedgerEntry
-
-    ledger = Ledger(tmp_path / "server.sqlite")
-    rows = [LedgerEntry(site=f"s{i}", round=1, event="trained", federation_id="f", run_id="r") for i in range(3)]
-    bad = LedgerEntry(site="s9", round=1, event="trained", federation_id="f", run_id="r", seq=7)
-    with pytest.raises(ValueError, match="assigns seq"):
-        ledger.append_all([*rows, bad])
-    assert ledger.entries() == []  # all or nothing
-    ledger.append_all(rows)
-    assert [(e.seq, e.site) for e in ledger.entries()] == [(1, "s0"), (2, "s1"), (3, "s2")]
-    assert ledger.verify() == []
-    ledger.append_all([], [])
-    assert len(ledger.entries()) == 3
