@@ -244,4 +244,3 @@ def test_invalid_entries_say_why(kw: dict, match: str) -> None:
 def test_server_rows_need_no_mechanism() -> None:
     e = LedgerEntry(site="s", round=1, event="failed", reason="")
     assert e.noise_multiplier is None and e.steps == 0
-
