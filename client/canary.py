@@ -40,7 +40,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness, dp_randomness
-from client.train import _split, make_loader, run_epochs
+from client.train import _split, poisson_loader, run_epochs
+from common.privacy.accountant import StepPlan
 
 __all__ = ["CanaryDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries"]
 
@@ -179,14 +180,14 @@ class CanaryTrainResult:
     scores: np.ndarray  # (m,) membership score per canary, units of C (see module docstring)
     sampled_counts: np.ndarray  # (m,) times each canary was sampled (0 for OUT canaries); diagnostic only
     steps: int  # DP-SGD steps taken
-    sample_rate: float  # q = 1/len(loader)
-    expected_batch_size: int  # Opacus' B (divides the summed gradient)
+    sample_rate: float  # q = plan.sample_rate = 1/ceil(max_records / B)
+    expected_batch_size: float  # max_records x q, public (divides the summed gradient, as in train_dp)
     history: list[tuple[float, float, int]]  # Opacus accountant history of this run: (σ used, q, steps)
     loss: float  # mean training loss over non-empty batches
 
 
 def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.ndarray, included: np.ndarray,
-                        epochs: int, batch_size: int, lr: float, momentum: float, noise_multiplier: float,
+                        plan: StepPlan, lr: float, momentum: float, noise_multiplier: float,
                         max_grad_norm: float, secure_mode: bool, modality_dropout: float, device: torch.device,
                         seed: int, rng: DpRandomness | None = None) -> CanaryTrainResult:
     """DP-SGD exactly as ``client.train.train_dp`` runs it, for ``epochs`` passes, with Dirac canaries.
@@ -199,8 +200,9 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
         The site's real training records (the canaries are not rows of it).
     coordinates, included : numpy.ndarray
         Canary i sits on flat trainable coordinate ``coordinates[i]``; ``included[i]`` is its coin flip.
-    epochs : int
-        Total local epochs (rounds × local-epochs): steps = epochs × len(loader).
+    plan : StepPlan
+        The steps as the site plans them from its public ``max-records`` bound (``plan_steps``), over all
+        rounds × local-epochs run back to back: q = plan.sample_rate, plan.steps steps.
     noise_multiplier : float
         σ actually used (0 allowed: the negative control without noise).
     rng : DpRandomness, optional
@@ -221,16 +223,20 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     optimizer = torch.optim.SGD(_trainable(model), lr=lr, momentum=momentum)
     engine = PrivacyEngine(accountant="prv", secure_mode=secure_mode)
     rng = rng or dp_randomness("run-seed", run_seed=seed, site="canary-audit", server_round=0)
-    loader = make_loader(dataset, batch_size=batch_size, generator=rng.sampling)
+    loader = poisson_loader(dataset, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
+                            generator=None if secure_mode else rng.sampling)
     dp_model, dp_opt, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=True, noise_generator=None if secure_mode else rng.noise,
+        max_grad_norm=max_grad_norm, poisson_sampling=False,  # the loader samples (Poisson), as in train_dp
+        noise_generator=None if secure_mode else rng.noise,
     )
-    sample_rate = 1.0 / len(loader)
+    dp_model.forbid_grad_accumulation()
+    dp_opt.expected_batch_size = plan.expected_batch_size  # public, as in train_dp
+    sample_rate = 1.0 / len(dp_loader)
     opt = CanaryDPOptimizer.from_dp_optimizer(dp_opt, coordinates=coordinates, included=included,
                                               sample_rate=sample_rate, canary_norm=max_grad_norm,
                                               canary_seed=seed + 2)
-    losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=epochs, device=device,
+    losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     dp_model._close()
     after = flat_trainable(model)
@@ -238,6 +244,6 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     scale = opt.expected_batch_size / (lr * max_grad_norm)
     scores = (-(after[idx] - before[idx]).double() * scale).numpy()
     return CanaryTrainResult(scores=scores, sampled_counts=opt.sampled_counts.copy(), steps=steps,
-                             sample_rate=sample_rate, expected_batch_size=int(opt.expected_batch_size),
+                             sample_rate=sample_rate, expected_batch_size=float(opt.expected_batch_size),
                              history=[tuple(h) for h in engine.accountant.history],
                              loss=float(np.mean(losses)) if losses else float("nan"))

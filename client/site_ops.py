@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client.app_gate import APPROVED_FILE, Approval, record_approval
+from client.record_bound import max_records_setting, proposed_bound
 from client.warm_start import supervisor_command
 from common.config import APP_DIR, MODALITIES, ConfigError, SiteConfig, app_defaults, load_site_file, parse_run_config
 from common.pki import make_site_keypair
@@ -145,53 +146,13 @@ report-timing = false
 # Sample-level differential privacy of this site's dataset (add/remove one record). Each value is the LIMIT this
 # site accepts: a run may ask for more privacy (a smaller epsilon, ...), never less; such a round is declined,
 # naming the setting, and nothing is released.
-{_max_records_line(req)}
+{max_records_setting(req.max_records)}
 target-epsilon = {req.target_epsilon!r}   # ε one run's planned training reaches (the noise is calibrated to it)
 epsilon-budget = {req.epsilon_budget!r}   # lifetime ε: the site declines any round that would exceed it
 delta = {req.delta!r}   # δ; 0 = default strictly below 1/max-records
 # dp = false                 # allow runs WITHOUT differential privacy when a run asks (recorded as ε = ∞)
 # privacy-mode = "central"   # allow central mode when a run asks: the server sees this site's raw model updates
 """
-
-
-_PUBLIC = ("# PUBLIC: an upper bound on this site's training records, sent to the federation. The sample rate, the\n"
-           "# steps, δ and the weight of this site's updates derive from it. Declare one you will not exceed: with\n"
-           "# more training rows the site declines (and that decline itself shows it holds more).\n")
-
-
-def _max_records_line(req: SiteInit) -> str:
-    if req.max_records:
-        return _PUBLIC + f"max-records = {int(req.max_records)}"
-    return _PUBLIC + "# max-records = ...   REQUIRED before this site can train (site init could not read the data)"
-
-
-def propose_max_records(rows: int) -> int:
-    """``rows`` rounded UP to two significant digits (303 -> 310, 1234 -> 1300): a proposal, never below."""
-    magnitude = 10 ** max(0, len(str(int(rows))) - 2)
-    return -(-int(rows) // magnitude) * magnitude
-
-
-def max_records_line(config: Path) -> str:
-    """What ``site init`` says about the bound it wrote into ``config``."""
-    import tomllib
-
-    value = tomllib.loads(Path(config).read_text()).get("privacy", {}).get("max-records")
-    return (f"{value}  (PUBLIC: the federation sees it; edit [privacy] max-records if it is not the bound you "
-            "want to declare)" if value else "NOT SET: edit [privacy] max-records (a PUBLIC bound on your training "
-            "records) before joining")
-
-
-def _proposal(config: Path) -> int | None:
-    """max-records proposed from the rows the site's data holds now (train and test), or None if unreadable."""
-    try:
-        from common.data.sources import load_site_data
-
-        site = load_site_file(config, run=parse_run_config(app_defaults()))
-        train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
-                                     modalities=site.spec.modalities)
-        return propose_max_records(len(train) + len(test))
-    except Exception:  # noqa: BLE001 - no data yet: the file says the bound is required
-        return None
 
 
 def _copy_example(hospital: str, data_dir: Path) -> str:
@@ -239,7 +200,7 @@ def init_site(req: SiteInit, *, force: bool = False) -> tuple[Path, Path]:
     full = SiteInit(**{**req.__dict__, "folder": folder, "mapping": mapping})
     config.write_text(site_template(full, data_dir=data_dir, state_dir=state_dir))
     if full.max_records is None:  # propose a bound from the data it holds now (rounded up; the file says PUBLIC)
-        proposed = _proposal(config)
+        proposed = proposed_bound(config)
         if proposed:
             full = SiteInit(**{**full.__dict__, "max_records": proposed})
             config.write_text(site_template(full, data_dir=data_dir, state_dir=state_dir))

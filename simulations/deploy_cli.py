@@ -70,7 +70,8 @@ def _federation_register(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- site
 def _site_init(a: argparse.Namespace) -> int:
-    from client.site_ops import SiteError, SiteInit, init_site, max_records_line
+    from client.record_bound import max_records_line
+    from client.site_ops import SiteError, SiteInit, init_site
 
     select = tuple(a.select.split("=", 1)) if a.select and "=" in a.select else None
     if a.select and select is None:

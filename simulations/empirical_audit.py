@@ -4,7 +4,8 @@ Steinke, Nasr & Jagielski (2023), "Privacy Auditing with One (1) Training Run", 
 
 1. plant m white-box Dirac gradient canaries (``client/canary.py``), each IN with probability 1/2;
 2. train the site as configured: its real σ (calibrated like the site does, for ``target-epsilon``
-   over rounds × local-epochs × len(loader) steps at q = 1/len(loader)), C, lr, batch size — the
+   over rounds × local-epochs × k steps at q = 1/k, k = ceil(max-records / batch size): ``plan_steps``,
+   from the site's public bound exactly as a round plans them), C, lr, batch size — the
    rounds run back to back at this one site, which is what a federation of one site would do;
 3. score each canary by the change of its coordinate; guess IN / OUT for the extremes;
 4. turn the correct guesses into an ε lower bound at 95 % confidence (``common/privacy/one_run.py``).
@@ -142,10 +143,10 @@ def _finite(x: float) -> float | None:
 def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
     from client.canary import quiet_coordinates, train_with_canaries
     from client.site_data import load_site
-    from client.train import resolve_device, steps_per_epoch
+    from client.train import resolve_device
     from common.factory import build_model
     from common.models.params import freeze_branches
-    from common.privacy.accountant import default_delta, epsilon_from_history
+    from common.privacy.accountant import default_delta, epsilon_from_history, plan_steps
     from common.privacy.one_run import audit_scores
 
     if req.canaries < 2:
@@ -157,12 +158,15 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
     fed, t, p = run.federation, run.train, site.privacy
     data = load_site(site, model_modalities=scenario.modalities, text_encoder=run.model.text_encoder)
     n = len(data.train)
-    delta = p.delta or default_delta(n)
-    if delta >= 1.0 / n:
-        raise ConfigError(f"site {req.site!r}: delta={delta} is not below 1/n = {1 / n:.3g}")
-    spe = steps_per_epoch(n, t.batch_size)
-    q, epochs = 1.0 / spe, t.local_epochs * fed.num_rounds
-    steps = spe * epochs
+    if not p.max_records:
+        raise ConfigError(f"site {req.site!r} declares no max-records: the audit plans its steps as the site does")
+    if n > p.max_records:
+        raise ConfigError(f"site {req.site!r}: {n} training rows exceed its max-records = {p.max_records}")
+    delta = p.delta or default_delta(p.max_records)
+    if delta >= 1.0 / p.max_records:
+        raise ConfigError(f"site {req.site!r}: delta={delta} is not below 1/max-records = {1 / p.max_records:.3g}")
+    plan = plan_steps(max_records=p.max_records, batch_size=t.batch_size, epochs=t.local_epochs * fed.num_rounds)
+    q, steps = plan.sample_rate, plan.steps
     sigma = _calibrated_sigma(p.target_epsilon, delta, q, steps, p.accountant)
     sigma_used = sigma * req.noise_scale
     claimed_site = epsilon_from_history([(sigma, q, steps)], delta=delta, accountant=p.accountant)
@@ -180,8 +184,8 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
     coords, real_grad = quiet_coordinates(model, data.train, m=req.canaries, max_grad_norm=p.max_grad_norm,
                                           device=device)
     included = np.random.default_rng([req.seed, 0x5EED]).random(req.canaries) < 0.5  # the coin flips S
-    res = train_with_canaries(model, data.train, coordinates=coords, included=included, epochs=epochs,
-                              batch_size=t.batch_size, lr=t.learning_rate, momentum=t.momentum,
+    res = train_with_canaries(model, data.train, coordinates=coords, included=included, plan=plan,
+                              lr=t.learning_rate, momentum=t.momentum,
                               noise_multiplier=sigma_used, max_grad_norm=p.max_grad_norm,
                               secure_mode=p.secure_mode, modality_dropout=t.modality_dropout, device=device,
                               seed=1000 * req.seed + 1)
@@ -194,7 +198,8 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
     s_in, s_out = res.scores[included], res.scores[~included]
     return {
         "site": req.site, "scenario": scenario.name, "canaries": req.canaries, "canaries-in": int(included.sum()),
-        "rounds": fed.num_rounds, "local-epochs": t.local_epochs, "train-rows": n, "batch-size": t.batch_size,
+        "rounds": fed.num_rounds, "local-epochs": t.local_epochs, "train-rows": n, "max-records": p.max_records,
+        "batch-size": t.batch_size,
         "sample-rate": q, "steps": steps, "max-grad-norm": p.max_grad_norm, "delta": delta,
         "accountant": p.accountant, "target-epsilon": p.target_epsilon,
         "noise-multiplier-calibrated": sigma, "noise-scale": req.noise_scale, "noise-multiplier-used": sigma_used,

@@ -40,7 +40,7 @@ def test_init_writes_a_valid_config_keys_and_links_the_ledger_signing_key(clevel
 
 
 def test_the_proposed_bound_is_rounded_up_never_down():
-    from client.site_ops import propose_max_records
+    from client.record_bound import propose_max_records
 
     assert [propose_max_records(n) for n in (7, 86, 303, 310, 1234, 99_001)] == [7, 86, 310, 310, 1300, 100_000]
 

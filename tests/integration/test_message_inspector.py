@@ -159,6 +159,7 @@ def inspected(tmp_path_factory):
                                          data=APP_DIR / "data"))
     summary = simulate(SimulationRequest(
         scenario=str(scenario), out=tmp / "run", rounds=2, progress=False, app_dir=_app_copy(tmp / "app", outbox),
+        check_sites=False,  # the broken site must reach Flower: its error reply is what is inspected
         overrides={"fold-evaluation": False, "hidden-dim": 16, "text-encoder": "tiny-bert", "batch-size": 64,
                    "min-available-nodes": 3}))
     messages = [json.loads(f.read_text()) for f in sorted(outbox.glob("*.json"))]
