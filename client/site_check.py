@@ -230,10 +230,9 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
         report.errors.append(f"{where} (source {site.spec.source!r}): {err}")
         return report
     report.train_rows, report.test_rows = len(train), len(test)
-    from common.data.cleaning import load_mapped
-    from common.data.sources import source_args
+    from common.data.sources import mapped_table, source_args
 
-    mapped = load_mapped(site.data_dir / source_args(site.spec.source_args).mapping)
+    mapped = mapped_table(site.data_dir / source_args(site.spec.source_args).mapping)
     report.cleaning = mapped.report.changes()  # what the site's mapping changed, column by column
     if site.state_dir.is_dir():  # the site keeps its own copy of the cleaning report
         mapped.report.write_json(site.state_dir / "cleaning-report.json")

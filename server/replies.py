@@ -39,6 +39,7 @@ from common.records import (ARRAYS, ERRORS, EVALUATION, METRICS, NUM_EXAMPLES, P
                             STATUS_FAILED, STATUS_REPLAYED, STATUS_TRAINED, TIMING_KEYS)
 from common.storage import arrays_digest
 from server.aggregation import Update
+from server.array_io import all_finite, npy_view
 from server.identity import RegisteredSite, SiteRegistry
 
 __all__ = ["STATUSES", "ReadReply", "Rejected", "ReplyRules", "SiteEvaluation", "SiteReply", "read_evaluation",
@@ -163,14 +164,15 @@ def _arrays(msg: Message, site: RegisteredSite, rules: ReplyRules) -> dict[str, 
         if array.dtype != str(current.dtype) or tuple(array.shape) != current.shape:
             raise Rejected(f"tensor '{key}' is {array.dtype} {tuple(array.shape)}; expected exactly "
                            f"{current.dtype} {current.shape}, as sent")
-        try:
-            value = array.numpy()
+        try:  # a zero-copy view where the .npy header is the plain one, else Flower's copy
+            value = npy_view(array.data, dtype=array.dtype, shape=array.shape)
+            value = array.numpy() if value is None else value
         except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not the declared array
             raise Rejected(f"tensor '{key}' cannot be read as a numpy array ({type(err).__name__})") from None
         if value.dtype != current.dtype or value.shape != current.shape:
             raise Rejected(f"tensor '{key}' declares {array.dtype} {tuple(array.shape)} but holds "
                            f"{value.dtype} {value.shape}")
-        if not np.isfinite(value).all():
+        if not all_finite(value):
             raise Rejected(f"tensor '{key}' contains NaN or inf")
         out[key] = value
     sent = {branch_of(k) for k in out}

@@ -37,7 +37,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     try:
         summary = simulate(SimulationRequest(scenario=args.scenario, out=out, rounds=args.rounds,
                                              site_state=args.site_state, overrides=_parse_set(args.set),
-                                             site_privacy=_parse_set(args.site_privacy), progress=not args.quiet))
+                                             site_privacy=_parse_set(args.site_privacy), progress=not args.quiet,
+                                             ray_address=args.ray_address, check_sites=not args.no_site_check))
     except (ConfigError, SimulationError) as err:
         print(f"fedfusion simulate: {err}", file=sys.stderr)
         return 1
@@ -111,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "a run's --set may only ask for more privacy), e.g. --site-privacy dp=false for a "
                         "non-private baseline (recorded as epsilon = inf); reported loudly")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--no-site-check", action="store_true",
+                   help="skip the check of every site's data before any process starts (1000 virtual sites: minutes); "
+                        "a site's data is still checked when it is first sampled, and a bad site's reply says so")
+    s.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="run the sites on this existing Ray cluster (`ray start --head` printed it); every node must "
+                        "see the run folder, code and data at the same paths (README: Ray clusters)")
     s.set_defaults(func=_cmd_simulate)
 
     r = sub.add_parser("report", help="print the table of a finished run folder")

@@ -9,29 +9,17 @@ Ctrl-C or error. Then it prints the per-site table and writes the plot.
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from common.config import (APP_DIR, PACKAGED_SCENARIOS, ConfigError, app_defaults, load_scenario,
                            write_with_site_privacy)
-from common.runtime.processes import ProcessSet, free_port, wait_for_port
+from simulations.engine import AppRun, SimulationError, run_app
+from simulations.ray_cluster import check_cluster
 
 __all__ = ["SimulationRequest", "SimulationError", "simulate", "scenario_path"]
-
-_ROUND = re.compile(r"\[ROUND (\d+)/(\d+)\]")
-_RUN_ID = re.compile(r"Successfully started run (\d+)")
-
-
-class SimulationError(RuntimeError):
-    """The federation did not complete; the message says where to look."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +37,7 @@ class SimulationRequest:
     # scenario in the run folder and reported loudly; the run asks for the same values (e.g. dp=false baselines)
     site_privacy: dict[str, Any] = field(default_factory=dict)
     app_dir: Path = APP_DIR  # the Flower app submitted with `flwr run` (tests: an instrumented copy)
+    ray_address: str | None = None  # join this existing Ray cluster (HOST:PORT) instead of a private Ray instance
 
 
 def scenario_path(scenario: str) -> Path:
@@ -62,14 +51,6 @@ def scenario_path(scenario: str) -> Path:
         names = sorted(f.stem for f in PACKAGED_SCENARIOS.glob("*.toml"))
         raise ConfigError(f"unknown scenario {scenario!r}; packaged scenarios: {names}, or pass a .toml path")
     return packaged
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    return json.dumps(str(v))  # TOML basic strings accept JSON string escapes
 
 
 def _site_privacy(req: SimulationRequest, scenario_file: Path, out: Path) -> Path:
@@ -99,20 +80,6 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
     return cfg
 
 
-def _env(flwr_home: Path, ray_tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    bindir = str(Path(sys.executable).parent)  # flower-superlink starts flower-superexec etc. by name
-    env.update({
-        "PATH": bindir + os.pathsep + env.get("PATH", ""),
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-        "RAY_TMPDIR": str(ray_tmp), "RAY_DEDUP_LOGS": "0", "OMP_NUM_THREADS": "1",
-    })
-    return env
-
-
 def simulate(req: SimulationRequest) -> dict[str, Any]:
     """Run the federation to completion; return the server's summary (also in ``out/summary.json``)."""
     out = req.out.resolve()
@@ -133,37 +100,14 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
         from common.privacy.central import plan_central
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
-    cfg_file = out / "run-config.toml"
-    cfg_file.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in sorted(cfg.items())))
-    flwr_home = out / ".flwr"
-    flwr_home.mkdir(exist_ok=True)
-    port = free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "fedfusion-sim"\n\n[superlink.fedfusion-sim]\naddress = "127.0.0.1:{port}"\n'
-        "insecure = true\n")
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ffray-"))  # short path: Ray's unix sockets cap path length
-    env = _env(flwr_home, ray_tmp)
-    bindir = Path(sys.executable).parent
-    superlink_log, run_log = out / "logs" / "superlink.log", out / "logs" / "run.log"
-    fed_cfg = f"num-supernodes={len(scenario.sites)} client-resources-num-cpus={int(req.cpus_per_client)}"
-    procs = ProcessSet()
-    try:
-        link = procs.start([str(bindir / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-                            "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db"),
-                            "--disable-runtime-dependency-installation"], env=env, log=superlink_log)
-        wait_for_port(port, timeout=60, proc=link, log=superlink_log)
-        runner = subprocess.Popen(
-            [str(bindir / "flwr"), "run", str(req.app_dir), "fedfusion-sim", "--run-config", str(cfg_file),
-             "--federation-config", fed_cfg, "--stream"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        procs.procs.append(runner)
-        _follow(runner, run_log, total=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),
-                timeout=req.timeout, progress=req.progress, procs=procs)
-    except KeyboardInterrupt:
-        raise SimulationError(f"interrupted; every process was stopped. Logs: {out / 'logs'}") from None
-    finally:
-        procs.stop()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
+        check_cluster(req.ray_address, shared=[out, req.app_dir, Path(cfg.get("data-dir") or APP_DIR / "data"),
+                                               *([Path(cfg["site-state-root"])] if cfg.get("site-state-root") else [])])
+    run_app(AppRun(app_dir=req.app_dir, run_config=cfg, num_supernodes=len(scenario.sites), out=out,
+                   total_rounds=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),
+                   cpus_per_client=req.cpus_per_client, ray_address=req.ray_address, timeout=req.timeout,
+                   progress=req.progress))
+    run_log, superlink_log = out / "logs" / "run.log", out / "logs" / "superlink.log"
     summary_file = out / "summary.json"
     if not summary_file.exists():
         raise SimulationError(f"the run wrote no summary; see {run_log} and {superlink_log}")
@@ -176,35 +120,3 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
         raise SimulationError("the federation ran but no site trained in any round:\n  " + "\n  ".join(errors[:8])
                               + f"\nsee {run_log}")
     return summary
-
-
-def _follow(runner: subprocess.Popen, log: Path, *, total: int, timeout: float, progress: bool,
-            procs: ProcessSet) -> None:
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc="rounds", unit="round", disable=not progress, file=sys.stderr)
-    started, last_track = time.monotonic(), 0.0
-    with log.open("a") as fh:
-        assert runner.stdout is not None
-        for line in runner.stdout:
-            fh.write(line)
-            fh.flush()
-            m = _ROUND.search(line)
-            if m:
-                bar.n = int(m.group(1)) - 1
-                bar.set_postfix_str(f"round {m.group(1)} running")
-                bar.refresh()
-            if "Strategy execution finished" in line:
-                bar.n = total
-                bar.refresh()
-            if "ERROR" in line or "Traceback" in line:
-                tqdm.write(line.rstrip(), file=sys.stderr)
-            if time.monotonic() - last_track > 5:  # remember Ray's workers for cleanup
-                procs.track()
-                last_track = time.monotonic()
-            if time.monotonic() - started > timeout:
-                raise SimulationError(f"run exceeded {timeout:.0f}s; see {log}")
-    runner.wait()
-    bar.close()
-    if runner.returncode != 0:
-        raise SimulationError(f"`flwr run` exited with {runner.returncode}; see {log}")

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from common.config.settings import (APP_DIR, DEVICES, MODALITIES, PACKAGED_SCENARIOS, ConfigError, PrivacySettings,
                                     RunConfig, _privacy, _Reader, app_defaults)
+from common.file_memo import FileMemo
 
 __all__ = ["SOURCE_ARG_KEYS", "SiteSpec", "Scenario", "SiteConfig", "load_scenario", "resolve_site", "load_site_file",
            "scenario_data_dir", "site_privacy", "write_with_site_privacy"]
@@ -113,8 +114,19 @@ def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:
 SOURCE_ARG_KEYS = ("mapping", "select", "partition", "split-key", "test-fraction")
 
 
+_SCENARIOS: FileMemo[Scenario] = FileMemo(size=8)
+
+
 def load_scenario(path: Path) -> Scenario:
-    """Read a scenario TOML: ``[scenario]`` plus one ``[[sites]]`` table per partition."""
+    """Read a scenario TOML: ``[scenario]`` plus one ``[[sites]]`` table per partition.
+
+    Memoised in the process while the file is unchanged (:class:`common.file_memo.FileMemo`): a simulation's site
+    actor resolves its site from the scenario in every message (a 1000-site file takes ~0.3 s to parse).
+    """
+    return _SCENARIOS.get((path,), str(path), lambda: _parse_scenario(path))
+
+
+def _parse_scenario(path: Path) -> Scenario:
     raw = _read_toml(path)
     head = raw.get("scenario", {})
     sites_raw = raw.get("sites")

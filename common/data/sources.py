@@ -14,19 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from common.config.sites import SOURCE_ARG_KEYS
-from common.data.cleaning import load_mapped
+from common.data.cleaning import MappedTable, apply_mapping
 from common.data.features import encode_labels
 from common.data.mapping import SiteMapping, load_mapping
 from common.data.partition import PartitionError, partition_from_spec
 from common.data.schema import DataContractError, Schema
 from common.data.site_split import SiteSplit, build_split
 from common.data.split import DEFAULT_TEST_FRACTION
+from common.file_memo import FileMemo, file_identity
 
-__all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "site_schema",
-           "source_args"]  # fmt: skip
+__all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "mapped_table",
+           "site_schema", "source_args"]  # fmt: skip
 
 #: keys of a site entry that belong to its data source (one list, kept where site entries are read)
 SOURCE_KEYS = SOURCE_ARG_KEYS
@@ -86,7 +88,8 @@ def _select(table: pd.DataFrame, mapping: SiteMapping, select: Mapping[str, Any]
     return table
 
 
-def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any]) -> pd.DataFrame:
+def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any], files: tuple[Path, ...]) -> pd.DataFrame:
+    """The rows of ``table`` (the whole mapped file, read from ``files``) that part ``spec["part"]`` holds."""
     spec = dict(spec)
     if PART_KEY not in spec:
         raise PartitionError(f"a virtual site needs '{PART_KEY}' in its partition table (which part it holds, "
@@ -95,19 +98,61 @@ def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any]) -> pd.Da
     if isinstance(part, bool) or not isinstance(part, int):
         raise PartitionError(f"partition '{PART_KEY}' must be an integer, got {part!r}")
     site = schema.role("site")
-    parts = partition_from_spec(spec, labels=encode_labels(table, schema),
-                                sites=table[site.name].to_numpy() if site is not None else None)
+
+    def cut() -> list[np.ndarray]:
+        return partition_from_spec(spec, labels=encode_labels(table, schema),
+                                   sites=table[site.name].to_numpy() if site is not None else None)
+
+    # the same files give the same table (mapped_table), hence the same labels and the same cut
+    parts = _PARTS.get(files, repr(sorted(spec.items())), cut)
     if not 0 <= part < len(parts):
         raise PartitionError(f"partition '{PART_KEY}' = {part} is out of range: the partition has {len(parts)} parts")
-    return table.iloc[parts[part]]
+    rows = parts[part]
+    return table.iloc[rows].set_axis(pd.Index(rows), axis=0)  # labelled by position, as after reset_index
+
+
+#: the mapped tables read in this process, while mapping, schema and data file are unchanged: the virtual sites of
+#: one partition all read the same pooled file, and one simulation actor serves many of them
+_TABLES: FileMemo[MappedTable] = FileMemo(size=4)
+#: the partitions computed in this process (every virtual site of one partition computes the same cut)
+_PARTS: FileMemo[list] = FileMemo(size=4)
+#: the mappings read in this process (a site's data, schema and check each read its mapping)
+_MAPPINGS: FileMemo[tuple] = FileMemo(size=16)
+
+
+def _mapping(path: Path) -> SiteMapping:
+    """:func:`load_mapping` of ``path``, memoised while the mapping file and its schema file are unchanged."""
+    mapping, schema_id = _MAPPINGS.get((path,), str(path), lambda: _read_mapping(path))
+    if mapping.schema.path is not None and file_identity(mapping.schema.path) != schema_id:
+        _MAPPINGS.clear()  # the schema was rewritten: read both again
+        mapping, _ = _MAPPINGS.get((path,), str(path), lambda: _read_mapping(path))
+    return mapping
+
+
+def _read_mapping(path: Path) -> tuple[SiteMapping, tuple | None]:
+    mapping = load_mapping(path)
+    return mapping, None if mapping.schema.path is None else file_identity(mapping.schema.path)
+
+
+def _files(path: Path, mapping: SiteMapping) -> tuple[Path, ...]:
+    return tuple(p for p in (path, mapping.file.path, mapping.schema.path) if p is not None)
+
+
+def mapped_table(path: Path) -> MappedTable:
+    """:func:`common.data.cleaning.load_mapped` of ``path``, memoised in this process while the mapping, its schema
+    and its data file are unchanged (a file rewritten in any way is read and validated again)."""
+    mapping = _mapping(path)
+    return _TABLES.get(_files(path, mapping), str(path), lambda: apply_mapping(mapping))
 
 
 def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
     a = source_args(args)
-    mapped = load_mapped(data_dir / a.mapping)
-    table = mapped.table.reset_index(drop=True)
+    path = data_dir / a.mapping
+    mapped = mapped_table(path)
     if a.partition is not None:
-        table = _part(table, mapped.mapping.schema, a.partition)
+        table = _part(mapped.table, mapped.mapping.schema, a.partition, _files(path, mapped.mapping))
+    else:
+        table = mapped.table.reset_index(drop=True)
     table = _select(table, mapped.mapping, a.select) if a.select or a.partition is None else table
     return build_split(table, mapped.mapping, modalities=modalities, data_dir=data_dir,
                        split_key=a.split_key or mapped.mapping.schema.name, test_fraction=a.test_fraction)
@@ -143,4 +188,4 @@ def load_site_data(source: str, args: Mapping[str, Any], *, data_dir: Path,
 def site_schema(source: str, args: Mapping[str, Any], *, data_dir: Path) -> Schema:
     """The schema a site's mapping maps onto (reads the mapping and the schema, not the data)."""
     get_source(source)
-    return load_mapping(data_dir / source_args(args).mapping).schema
+    return _mapping(data_dir / source_args(args).mapping).schema

@@ -238,12 +238,13 @@ class TinyBertEncoder(nn.Module):
             pooled = _empty_batch_features(self.bert, width=self.config.tiny_hidden, like=self.output[0].weight)
         else:
             # Opacus needs token_type_ids and position_ids with the full batch shape: BERT's defaults are
-            # (1, T) buffers broadcast over the batch, which breaks per-sample gradients of their embeddings.
+            # (1, T) buffers broadcast over the batch, which breaks per-sample gradients of their embeddings;
+            # contiguous, because ghost clipping's embedding norm sampler reshapes them with view().
             hidden = self.bert(
                 input_ids=token_ids,
                 attention_mask=attention_mask.long(),
                 token_type_ids=torch.zeros_like(token_ids),
-                position_ids=torch.arange(length, device=token_ids.device).expand(batch, length),
+                position_ids=torch.arange(length, device=token_ids.device).expand(batch, length).contiguous(),
             ).last_hidden_state
             pooled = masked_mean_pool(hidden, attention_mask)
         return self.output(self.dropout(pooled))

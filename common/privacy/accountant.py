@@ -43,6 +43,7 @@ Accountants (registry ``_ACCOUNTANTS``)
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -213,8 +214,16 @@ def epsilon_from_history(history: Sequence[Sequence[Any]], *, delta: float, acco
     float
         ε >= 0 (0.0 for an empty history). May be ``inf`` when PRV cannot bound a huge ε.
     """
+    _spec(accountant)
+    return _epsilon(tuple(normalize_history(history)), _check_delta(delta), accountant)
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(history: tuple[Mechanism, ...], delta: float, accountant: str) -> float:
+    """:func:`epsilon_from_history` of a normalised history: a pure function of its arguments, so each process
+    computes it once per (history, δ, accountant); sites of one federation share their histories (same σ, q,
+    steps), and a site's round asks for the same ε several times (plan, reservation, Opacus' own check)."""
     spec = _spec(accountant)
-    delta = _check_delta(delta)
     acc = make_accountant(accountant, history=history)
     if not acc.history:
         return 0.0

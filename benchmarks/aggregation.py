@@ -1,0 +1,264 @@
+"""Server-side aggregation throughput and memory, and bytes per site per round, against their floors.
+
+    .venv/bin/python benchmarks/aggregation.py [--replies 1000] [--resnet-replies 24] [--repeats 3] [--no-bytes]
+
+1. **Throughput**: N replies of the default hospitals model (its 18 trainable tensors, 42,467 float32) and of a
+   ResNet-18-GN-sized model (the trainable tensors of tabular + ResNet-18-GN image, 11.2 M float32), each
+   aggregated by: a plain numpy sum over the same arrays (float32, in place: the memory-bandwidth floor); reading
+   every reply's arrays (Flower's ``Array.numpy()``, and the zero-copy ``npy_view`` our strategy uses);
+   ``server.aggregation.merge_weighted`` alone (the per-branch weighted mean by Flower's
+   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read as the strategy reads them
+   (``server.array_io.npy_view``, finiteness by ``all_finite``) and merged (the privacy-record checks of
+   ``server/replies.py`` are not timed: they cost the same whatever the model size); Flower's own
+   ``FedAvg.aggregate_train`` on the same messages. Median of ``--repeats``; GB/s = bytes of the replies' arrays / time.
+2. **Memory growth**: the peak memory that ``aggregate_train`` allocates on top of the reply messages (which
+   Flower holds anyway), for growing numbers of replies (tracemalloc, which sees numpy's buffers).
+3. **Bytes per site per round**: one real train round of one hospital (the ClientApp's own handler, in this
+   process, DP-SGD and folded evaluation included); the reply and the server's train message serialized the way
+   Flower ships them (its inflatable objects: message, records, array chunks), against the bytes of the trainable
+   tensors they carry. The frozen MiniLM (22.7 M parameters) is never part of the model and never sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from common.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PRIVACY
+from server.aggregation import Update, merge_weighted
+
+try:  # absent before issue 15: the script also runs on older commits, for a before/after
+    from server.array_io import all_finite, npy_view
+except ImportError:
+    npy_view = all_finite = None
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def model_arrays(kind: str) -> dict[str, np.ndarray]:
+    """The trainable tensors (float32) of the default hospitals model, or of tabular + ResNet-18-GN."""
+    from common.config import app_defaults, load_scenario, parse_run_config
+    from common.factory import build_model, initial_trainable_state
+    from common.models import FusionModel
+    from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncoderConfig
+
+    if kind == "default":
+        run = parse_run_config(app_defaults())
+        model = build_model(run.model, scenario=load_scenario(REPO / "simulations" / "scenarios" / "hospitals.toml"),
+                            seed=0)
+    else:
+        model = FusionModel(FusionConfig(modalities=("tabular", "image"), fusion="attention",
+                                         tabular=TabularEncoderConfig(in_features=7),
+                                         image=ImageEncoderConfig(kind="resnet18-gn")))
+    return {k: v.numpy().astype(np.float32) for k, v in initial_trainable_state(model).items()}
+
+
+def replies_for(global_arrays: dict[str, np.ndarray], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [{k: (v + rng.standard_normal(v.shape, dtype=np.float32) * 0.01) for k, v in global_arrays.items()}
+            for _ in range(n)]
+
+
+def reply_messages(global_arrays: dict[str, np.ndarray], replies: list[dict[str, np.ndarray]]) -> list[Message]:
+    """Flower train replies as our sites send them: ARRAYS, METRICS (num-examples), PRIVACY (status)."""
+    out = []
+    for i, arrays in enumerate(replies):
+        ask = Message(RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in global_arrays.items()}),
+                                  CONFIG: ConfigRecord({"server-round": 1})}), dst_node_id=i + 1, message_type="train")
+        content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+                              METRICS: MetricRecord({NUM_EXAMPLES: float(50 + i % 200)}),
+                              PRIVACY: ConfigRecord({"status": "trained", "site": f"site-{i:04d}"})})
+        out.append(Message(content, reply_to=ask))
+    return out
+
+
+# ------------------------------------------------------------------------------------ aggregators
+def numpy_sum(global_arrays, replies, weights) -> dict[str, np.ndarray]:
+    """The floor: add the same arrays up, float32, in place (no weights, no checks)."""
+    acc = {k: np.zeros_like(v) for k, v in global_arrays.items()}
+    for r in replies:
+        for k, v in r.items():
+            acc[k] += v
+    return acc
+
+
+def ours_merge(global_arrays, replies, weights):
+    return merge_weighted(global_arrays, [Update(f"s{i}", r, w) for i, (r, w) in enumerate(zip(replies, weights))])
+
+
+def strategy_ours(global_arrays: dict[str, np.ndarray]) -> Callable[[list[Message]], object]:
+    """What ModalityFedAvg does with the arrays of accepted replies: read (zero-copy), finiteness, per-branch merge."""
+
+    def read(array: Array) -> np.ndarray:
+        view = npy_view(array.data, dtype=array.dtype, shape=array.shape) if npy_view else None
+        return array.numpy() if view is None else view
+
+    def aggregate(msgs: list[Message]) -> object:
+        updates = []
+        for i, msg in enumerate(msgs):
+            arrays = {k: read(v) for k, v in msg.content.array_records[ARRAYS].items()}
+            if all_finite and not all(all_finite(v) for v in arrays.values()):
+                continue
+            updates.append(Update(f"s{i}", arrays, float(msg.content.metric_records[METRICS][NUM_EXAMPLES])))
+        return merge_weighted(global_arrays, updates)
+
+    return aggregate
+
+
+def strategy_flower() -> Callable[[list[Message]], object]:
+    from flwr.serverapp.strategy import FedAvg
+
+    strategy = FedAvg(fraction_train=1.0, min_available_nodes=1, min_train_nodes=1)
+    return lambda msgs: strategy.aggregate_train(1, msgs)
+
+
+# ------------------------------------------------------------------------------------- measuring
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        gc.collect()
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def added_peak(fn: Callable[[], object]) -> float:
+    """MB that ``fn`` allocates at its peak, on top of what exists before (tracemalloc: Python and numpy buffers)."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        result = fn()
+        peak = tracemalloc.get_traced_memory()[1]
+        del result
+    finally:
+        tracemalloc.stop()
+    return (peak - base) / 2**20
+
+
+def throughput(label: str, kind: str, n: int, repeats: int) -> None:
+    global_arrays = model_arrays(kind)
+    values = sum(v.size for v in global_arrays.values())
+    replies = replies_for(global_arrays, n)
+    weights = [float(50 + i % 200) for i in range(n)]
+    gb = n * values * 4 / 1e9
+    msgs = reply_messages(global_arrays, replies)
+    ours, flower = strategy_ours(global_arrays), strategy_flower()
+    records = [m.content.array_records[ARRAYS] for m in msgs]
+    rows = [("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
+            ("read: Array.numpy()", lambda: [{k: v.numpy() for k, v in r.items()} for r in records]),
+            *([("read: npy_view", lambda: [{k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in r.items()}
+                                           for r in records])] if npy_view else []),
+            ("merge_weighted", lambda: ours_merge(global_arrays, replies, weights)),
+            ("ours: read + merge", lambda: ours(msgs)),
+            ("Flower FedAvg", lambda: flower(msgs))]
+    print(f"\n{label}: {n} replies x {len(global_arrays)} tensors, {values:,} float32 = {gb:.2f} GB of arrays")
+    print(f"  {'aggregator':<24s} {'s':>8s} {'GB/s':>7s} {'x floor':>8s}")
+    floor = None
+    for name, fn in rows:
+        t = timed(fn, repeats)
+        floor = floor or t
+        print(f"  {name:<24s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
+
+
+def memory_growth(kind: str, counts: list[int]) -> None:
+    global_arrays = model_arrays(kind)
+    mb = sum(v.nbytes for v in global_arrays.values()) / 2**20
+    print(f"\nmemory the aggregation adds on top of the reply messages ({kind} model, {mb:.1f} MB per reply)")
+    print(f"  {'replies':>8s} {'messages MB':>12s} {'ours +MB':>9s} {'Flower +MB':>11s}")
+    for n in counts:
+        msgs = reply_messages(global_arrays, replies_for(global_arrays, n))
+        ours, flower = strategy_ours(global_arrays), strategy_flower()
+        print(f"  {n:>8d} {n * mb:>12.1f} {added_peak(lambda: ours(msgs)):>9.1f} "
+              f"{added_peak(lambda: flower(msgs)):>11.1f}", flush=True)
+        del msgs
+        gc.collect()
+
+
+def wire_bytes(message: Message) -> int:
+    """Bytes of every object Flower ships for ``message`` (message, records, arrays, array chunks)."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+
+
+def bytes_per_round(site_index: int = 0) -> None:
+    """One real train round of one hospital through the ClientApp's handler, in this process."""
+    from flwr.app import Context
+
+    from client.app import app
+    from common.config import app_defaults, load_scenario, parse_run_config
+    from common.factory import build_model, initial_trainable_state
+    from common.records import EVALUATE_GLOBAL
+
+    out = Path(tempfile.mkdtemp(prefix="ff-bytes-"))
+    scenario_file = REPO / "simulations" / "scenarios" / "hospitals.toml"
+    run_config = app_defaults() | {"scenario-file": str(scenario_file), "data-dir": str(REPO / "data"),
+                                   "out-dir": str(out)}
+    run = parse_run_config(run_config)
+    scenario = load_scenario(scenario_file)
+    initial = initial_trainable_state(build_model(run.model, scenario=scenario, seed=0))
+    trainable = sum(v.numel() * v.element_size() for v in initial.values())
+    print(f"\nbytes per site per round (hospitals, default model: {trainable:,} bytes of trainable float32; "
+          "the frozen MiniLM's 22.7 M parameters are not in the model)")
+    print(f"  {'site':<14s} {'message':<22s} {'tensors':>7s} {'tensor bytes':>13s} {'wire bytes':>11s} "
+          f"{'x tensors':>9s} {'x model':>8s}")
+    for i, site in enumerate(scenario.sites):
+        if site_index >= 0 and i != site_index and i != len(scenario.sites) - 1:
+            continue  # the first site (all modalities) and the last (VA: no notes) by default
+        ask = Message(RecordDict({ARRAYS: ArrayRecord(initial),
+                                  CONFIG: ConfigRecord({"server-round": 1, "federation-id": "bytes",
+                                                        "num-server-rounds": run.federation.num_rounds,
+                                                        EVALUATE_GLOBAL: True})}),
+                      dst_node_id=i + 1, message_type="train")
+        ctx = Context(run_id=1, node_id=i + 1, node_config={"partition-id": i, "num-partitions": len(scenario.sites)},
+                      state=RecordDict(), run_config=run_config)
+        reply = app(ask, ctx)
+        if reply.has_error() or PRIVACY not in reply.content.config_records or \
+                reply.content.config_records[PRIVACY].get("status") != "trained":
+            raise SystemExit(f"{site.name}: the round did not train: {reply.error if reply.has_error() else dict(reply.content.config_records[PRIVACY])}")
+        sent = reply.content.array_records[ARRAYS]
+        for name, msg, arrays in (("server -> site (train)", ask, ArrayRecord(initial)), ("site -> server (reply)", reply, sent)):
+            tb = sum(a.numpy().nbytes for a in arrays.values())
+            wb = wire_bytes(msg)
+            print(f"  {site.name:<14s} {name:<22s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
+                  f"{wb / trainable:>8.3f}", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--replies", type=int, default=1000, help="replies of the default model")
+    ap.add_argument("--resnet-replies", type=int, default=24, help="replies of the ResNet-18-sized model")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
+    ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
+    args = ap.parse_args()
+    import torch
+    from flwr.supercore.task_identity import TaskIdentity
+
+    torch.set_num_threads(1)
+    # what the ServerApp process has set when it builds messages (a task of run 1 on the SuperLink's node)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
+    throughput("default model", "default", args.replies, args.repeats)
+    throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
+    memory_growth("resnet", [int(n) for n in args.memory_counts.split(",")])
+    if not args.no_bytes:
+        bytes_per_round()
+    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()

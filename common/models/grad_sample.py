@@ -1,0 +1,77 @@
+"""Which Opacus grad-sample mode DP-SGD uses for a model: the fastest correct one, per encoder kind.
+
+Opacus computes what DP-SGD clips in one of several modes (``PrivacyEngine.make_private(grad_sample_mode=...)``):
+per-layer hooks with hand-written per-sample-gradient rules (``hooks``), the same hooks with ``torch.func``
+(``functorch``), or fast gradient clipping (``ghost``: per-sample gradient norms without per-sample gradients, then
+a second backward pass). All give the same clipped, summed gradient; they differ in time and memory
+(``benchmarks/dp_step.py``, BENCHMARKS.md). A model's mode is that of its most demanding trainable encoder
+(:data:`PRECEDENCE`); every mode is checked against a slow per-sample reference in
+``tests/common/models/test_grad_sample_modes.py``.
+
+``client/train.py`` passes the mode to ``make_private``, after :func:`prepare_opacus`. Opacus is imported only
+there.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+from common.models.config import FusionConfig
+
+__all__ = ["GRAD_SAMPLE_MODES", "GradSampleMode", "PRECEDENCE", "encoder_kinds", "grad_sample_mode", "prepare_opacus"]
+
+GradSampleMode = Literal["hooks", "functorch", "ghost"]
+
+GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
+    # encoder kind -> mode: the fastest in BENCHMARKS.md "DP-SGD step time per grad-sample mode", all checked correct
+    "tabular": "ghost",  # small Linear layers: ghost norms need no per-sample gradient buffers at all
+    "minilm-frozen": "ghost",  # the default model: the same small layers after the cached embedding
+    "minilm-finetune-top": "hooks",  # one BertLayer over 64 tokens: hooks a little faster, ghost a third of the memory
+    "tiny-bert": "ghost",  # the 30522-word embedding table: ghost norms instead of B copies of its gradient
+    "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
+    "resnet18-gn": "ghost",  # per-layer gradients freed after their norm, one clipped backward: less memory traffic
+}
+
+PRECEDENCE: tuple[str, ...] = (
+    # most demanding first: a model holding several trainable encoders takes the mode of the first one here
+    "resnet18-gn", "tiny-bert", "minilm-finetune-top", "small-cnn", "minilm-frozen", "tabular",
+)
+
+
+def encoder_kinds(config: FusionConfig) -> tuple[str, ...]:
+    """The encoder kinds of ``config`` (``"tabular"``, the text kind, the image kind), in modality order."""
+    return tuple(m if m == "tabular" else getattr(config, m).kind for m in config.modalities)
+
+
+def grad_sample_mode(config: FusionConfig) -> GradSampleMode:
+    """The grad-sample mode DP-SGD uses for a model built from ``config``."""
+    kinds = encoder_kinds(config)
+    for kind in PRECEDENCE:
+        if kind in kinds:
+            return GRAD_SAMPLE_MODES[kind]
+    raise KeyError(f"no grad-sample mode registered for encoders {kinds}: add them to GRAD_SAMPLE_MODES and "
+                   "PRECEDENCE in common/models/grad_sample.py (and measure with benchmarks/dp_step.py)")
+
+
+
+@functools.cache
+def prepare_opacus() -> None:
+    """Make Opacus' ghost clipping survive an empty Poisson batch in ``nn.Embedding`` (once per process).
+
+    Opacus 1.6's ghost norm of an embedding reshapes the batch's token ids with ``reshape(B, -1)``, which fails
+    for B = 0, and Poisson sampling does draw empty batches (the step must still run: noise only, accounted).
+    Through Opacus' public ``register_norm_sampler`` this puts a wrapper in front of that norm: for an empty
+    batch it returns the empty vector of per-sample norms, otherwise it calls Opacus' own.
+    """
+    import torch
+    from opacus.grad_sample import register_norm_sampler
+    from opacus.grad_sample.grad_sample_module_fast_gradient_clipping import GradSampleHooksFastGradientClipping
+
+    opacus_norm = GradSampleHooksFastGradientClipping.NORM_SAMPLERS[torch.nn.Embedding]
+
+    @register_norm_sampler(torch.nn.Embedding)
+    def embedding_norm_sample(layer, activations, backprops):  # noqa: ANN001, ANN202 - Opacus' signature
+        if activations[0].numel() == 0:
+            return {layer.weight: torch.zeros(0, device=layer.weight.device, dtype=layer.weight.dtype)}
+        return opacus_norm(layer, activations, backprops)
