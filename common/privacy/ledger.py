@@ -125,6 +125,20 @@ def _meta_problems(meta: dict[str, str]) -> list[str]:
             f"{LEDGER_KIND!r}, {SCHEMA_VERSION!r} (not a fedfusion ledger, or another schema version)"]
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist yet; never open an existing one.
+
+    Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included (its
+    other connections in other threads): opening and closing an existing ledger here made concurrent writers
+    fail with "disk I/O error". A file that does not exist yet has no locks to lose.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
 class Ledger:
     """An append-only, hash-chained privacy ledger in one SQLite file.
 
@@ -148,8 +162,8 @@ class Ledger:
                 raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))  # created private (a new file: 0600)
-        os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644)
+        _create_private(self.path)
+        os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644); chmod takes no lock
         with self._transaction() as conn:
             for statement in (*_SCHEMA, *_HEADS_SCHEMA):  # idempotent
                 conn.execute(statement)
