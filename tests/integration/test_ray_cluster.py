@@ -28,18 +28,24 @@ SCENARIO = """
 [scenario]
 name = "two-hospitals"
 description = "test: two hospitals on a two-node Ray cluster"
+schema = "{repo}/data/schemas/heart.toml"
+data-dir = "{repo}/data"
 
 [[sites]]
 name = "cleveland"
-source = "uci-heart"
-hospital = "cleveland"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = {{ hospital = "cleveland" }}
 modalities = ["tabular", "text"]
+privacy = {{ max-records = 250 }}
 
 [[sites]]
 name = "va_long_beach"
-source = "uci-heart"
-hospital = "va_long_beach"
+source = "mapped"
+mapping = "mappings/uci-heart.toml"
+select = {{ hospital = "va_long_beach" }}
 modalities = ["tabular"]
+privacy = {{ max-records = 160 }}
 """
 
 
@@ -119,7 +125,7 @@ def test_a_federation_runs_on_both_nodes_of_the_cluster(cluster, tmp_path):
     assert sorted(n["Resources"].get("CPU") for n in nodes) == [1.0, 1.0]
     worker_ids = {n["NodeID"] for n in nodes if "fedfusion_worker" in n["Resources"]}
     scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO)
+    scenario.write_text(SCENARIO.format(repo=REPO))
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", str(scenario), "--out", str(out),
