@@ -11,7 +11,7 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "arrays_digest"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "arrays_digest", "create_private_file"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -44,3 +44,17 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def create_private_file(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist yet; never open an existing one.
+
+    Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included (its
+    other connections in other threads): opening and closing an existing ledger made concurrent writers
+    fail with "disk I/O error". A file that does not exist yet has no locks to lose.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)

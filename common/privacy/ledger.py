@@ -46,6 +46,7 @@ from common.privacy.accountant import Mechanism, epsilon_from_history
 from common.privacy.chain import chain_append, chain_problems, row_where
 from common.privacy.entry import GENESIS_HASH, NO_DP, LedgerEntry, entry_hash, statement_mode
 from common.privacy.signing import HeadRecord, SignedHead, head_record_hash
+from common.storage import create_private_file
 
 __all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "HeadRecord", "Ledger", "LedgerEntry",
            "LedgerIntegrityError", "mechanism_history_of"]
@@ -125,20 +126,6 @@ def _meta_problems(meta: dict[str, str]) -> list[str]:
             f"{LEDGER_KIND!r}, {SCHEMA_VERSION!r} (not a fedfusion ledger, or another schema version)"]
 
 
-def _create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 if it does not exist yet; never open an existing one.
-
-    Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included (its
-    other connections in other threads): opening and closing an existing ledger here made concurrent writers
-    fail with "disk I/O error". A file that does not exist yet has no locks to lose.
-    """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(fd)
-
-
 class Ledger:
     """An append-only, hash-chained privacy ledger in one SQLite file.
 
@@ -162,7 +149,7 @@ class Ledger:
                 raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _create_private(self.path)
+        create_private_file(self.path)
         os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644); chmod takes no lock
         with self._transaction() as conn:
             for statement in (*_SCHEMA, *_HEADS_SCHEMA):  # idempotent
