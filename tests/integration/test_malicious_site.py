@@ -23,41 +23,15 @@ import pytest
 from common.config import APP_DIR
 from common.privacy.ledger import Ledger
 from simulations.driver import SimulationRequest, simulate
+from tests.integration.hospitals import hospital, scenario_head
 
 pytestmark = pytest.mark.slow
 
 ROUNDS = 2
-SCENARIO = """
-[scenario]
-name = "one-attacker"
-schema = "{schema}"
-data-dir = "{data}"
-description = "test: three real hospitals; VA Long Beach's replies are replaced by an attack (constructed)"
-
-[[sites]]
-name = "cleveland"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "cleveland" }}
-modalities = ["tabular", "text"]
-privacy = {{ max-records = 250 }}
-
-[[sites]]
-name = "hungary"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "hungary" }}
-modalities = ["tabular", "text"]
-privacy = {{ max-records = 250 }}
-
-[[sites]]
-name = "va_long_beach"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "va_long_beach" }}
-modalities = ["tabular"]
-privacy = {{ max-records = 160 }}
-"""
+SCENARIO = (scenario_head("one-attacker", "test: three real hospitals; VA Long Beach's replies are replaced by an "
+                                          "attack (constructed)")
+            + hospital("cleveland", ("tabular", "text"), 250) + hospital("hungary", ("tabular", "text"), 250)
+            + hospital("va_long_beach", ("tabular",), 160))
 
 ATTACKER_APP = '''"""Test-only ClientApp (CONSTRUCTED attack): fedfusion's handlers; partition 2's train replies are poisoned."""
 import numpy as np
@@ -102,7 +76,7 @@ def _app_copy(dest: Path) -> Path:
 def attacked(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("attacked")
     scenario = tmp / "attacked.toml"
-    scenario.write_text(SCENARIO.format(schema=APP_DIR / "data" / "schemas" / "heart.toml", data=APP_DIR / "data"))
+    scenario.write_text(SCENARIO)
     summary = simulate(SimulationRequest(
         scenario=str(scenario), out=tmp / "run", rounds=ROUNDS, progress=False, app_dir=_app_copy(tmp / "app"),
         check_sites=False, overrides={"hidden-dim": 16, "text-encoder": "tiny-bert", "batch-size": 64,

@@ -28,41 +28,22 @@ from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT
 from common.records import (DECLINES, ERRORS, EVALUATION, FAILED_FIELDS, METRICS, PRIVACY, PRIVACY_FIELDS, SITE,
                             TIMING_KEYS, TRAIN_METRIC_KEYS)
 from simulations.driver import SimulationRequest, simulate
+from tests.integration.hospitals import hospital, scenario_head
 
 pytestmark = pytest.mark.slow
 
 PLANTED_ID = "88017"  # a duplicated patient id in the broken site's export: a record id that must never leave
 MAX_RECORDS = {"cleveland": 250, "va_long_beach": 160, "broken": 300}
-SCENARIO = """
-[scenario]
-name = "inspected"
-schema = "{schema}"
-data-dir = "{data}"
-description = "test: two real hospitals and one site whose export breaks the data contract"
-
-[[sites]]
-name = "cleveland"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "cleveland" }}
-modalities = ["tabular", "text"]
-privacy = {{ max-records = 250 }}
-
-[[sites]]
-name = "va_long_beach"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "va_long_beach" }}
-modalities = ["tabular"]
-privacy = {{ max-records = 160 }}
-
+SCENARIO = (scenario_head("inspected", "test: two real hospitals and one site whose export breaks the data contract")
+            + hospital("cleveland", ("tabular", "text"), MAX_RECORDS["cleveland"])
+            + hospital("va_long_beach", ("tabular",), MAX_RECORDS["va_long_beach"]) + """
 [[sites]]
 name = "broken"
 source = "mapped"
 mapping = "{mapping}"
 modalities = ["tabular"]
-privacy = {{ max-records = 300 }}
-"""
+privacy = { max-records = %d }
+""" % MAX_RECORDS["broken"])
 
 INSPECTOR = '''"""Test-only ClientApp: fedfusion's handlers, wrapped in a mod that keeps a copy of every reply a site sends."""
 import json
@@ -155,8 +136,7 @@ def inspected(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inspector")
     outbox = tmp / "outbox"
     scenario = tmp / "inspected.toml"
-    scenario.write_text(SCENARIO.format(mapping=_broken_site(tmp / "broken"), schema=APP_DIR / "data" / "schemas" / "heart.toml",
-                                         data=APP_DIR / "data"))
+    scenario.write_text(SCENARIO.replace("{mapping}", str(_broken_site(tmp / "broken"))))
     summary = simulate(SimulationRequest(
         scenario=str(scenario), out=tmp / "run", rounds=2, progress=False, app_dir=_app_copy(tmp / "app", outbox),
         check_sites=False,  # the broken site must reach Flower: its error reply is what is inspected

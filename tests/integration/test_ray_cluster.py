@@ -20,33 +20,13 @@ from common.config import ConfigError
 from common.privacy.ledger import Ledger
 from common.runtime.processes import ProcessSet, free_port, wait_for_port
 from simulations.ray_cluster import PROBE_PREFIX, ClusterError, check_cluster, parse_address
+from tests.integration.hospitals import hospital, scenario_head
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
-SCENARIO = """
-[scenario]
-name = "two-hospitals"
-description = "test: two hospitals on a two-node Ray cluster"
-schema = "{repo}/data/schemas/heart.toml"
-data-dir = "{repo}/data"
-
-[[sites]]
-name = "cleveland"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "cleveland" }}
-modalities = ["tabular", "text"]
-privacy = {{ max-records = 250 }}
-
-[[sites]]
-name = "va_long_beach"
-source = "mapped"
-mapping = "mappings/uci-heart.toml"
-select = {{ hospital = "va_long_beach" }}
-modalities = ["tabular"]
-privacy = {{ max-records = 160 }}
-"""
+SCENARIO = (scenario_head("two-hospitals", "test: two hospitals on a two-node Ray cluster")
+            + hospital("cleveland", ("tabular", "text"), 250) + hospital("va_long_beach", ("tabular",), 160))
 
 
 def _alive_nodes(address: str) -> list[dict]:
@@ -125,7 +105,7 @@ def test_a_federation_runs_on_both_nodes_of_the_cluster(cluster, tmp_path):
     assert sorted(n["Resources"].get("CPU") for n in nodes) == [1.0, 1.0]
     worker_ids = {n["NodeID"] for n in nodes if "fedfusion_worker" in n["Resources"]}
     scenario = tmp_path / "two.toml"
-    scenario.write_text(SCENARIO.format(repo=REPO))
+    scenario.write_text(SCENARIO)
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "simulations.cli", "simulate", "--scenario", str(scenario), "--out", str(out),
