@@ -294,12 +294,14 @@ def ROWS(epsilons: list[float]) -> dict[str, tuple[Runner, dict[str, object]]]: 
 
 
 def _summary(values: list[float]) -> str:
-    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def write_table(results: dict[str, list[dict[str, object]]], path: Path, *, seeds: int, seconds: float) -> str:
-    lines = [f"FLamby Fed-Heart-Disease protocol, ours: mean ± sd over {seeds} seeds of the mean of the four per-centre "
-             f"test accuracies ({seconds:.0f} s in all).", "",
+    lines = [f"FLamby Fed-Heart-Disease protocol, ours: mean ± sd over {seeds} seeds of the mean of the four "
+             f"per-centre test accuracies ({seconds:.0f} s in all).", "",
              "| row | mean accuracy | per centre (Cle, Hun, Swi, VA) | ε PRV (RDP), max over centres | FLamby |",
              "|---|---|---|---|---|"]
     for name, runs in results.items():

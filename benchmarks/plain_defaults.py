@@ -55,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="fedfusion-plain-") as tmp:
         for opt, lr in GRID:
-            row = Row(f"{opt} {lr:g}", NO_DP, {**NO_DP, "plain-optimizer": opt, "plain-learning-rate": lr}, float("inf"))
+            settings = {**NO_DP, "plain-optimizer": opt, "plain-learning-rate": lr}
+            row = Row(f"{opt} {lr:g}", NO_DP, settings, float("inf"))
             for seed in range(args.seeds):
                 r = run_row(row, seed=seed, rounds=args.rounds, work=Path(tmp), overrides={}, scenario=PROXY)
                 results.setdefault(row.name, []).append(r["summary"]["balanced-accuracy"])

@@ -76,7 +76,8 @@ def _references(epsilons: list[float]) -> list[Row]:
     """Non-private references: pooled, local-only (plain optimiser, rounds x local-epochs passes), federated."""
     del epsilons
     plain = "plain-optimizer / plain-learning-rate (pyproject), num-server-rounds x local-epochs passes"
-    return [Row("pooled, no DP", NO_DP, NO_DP, math.inf, BASELINES["pooled"], f"one model on all sites' train rows; {plain}"),
+    return [Row("pooled, no DP", NO_DP, NO_DP, math.inf, BASELINES["pooled"],
+                f"one model on all sites' train rows; {plain}"),
             Row("local-only, no DP", NO_DP, NO_DP, math.inf, BASELINES["local-only"],
                 f"each site alone, scored on its own test rows; {plain}"),
             Row("fedavg, no DP", NO_DP, NO_DP, math.inf, note="plain-optimizer / plain-learning-rate at each site"),
@@ -167,14 +168,17 @@ def _slug(name: str) -> str:
 
 
 def write_table(results: dict[str, list[dict[str, Any]]], path: Path, *, seeds: int, rounds: int,
-                overrides: dict[str, Any]) -> None:
+                overrides: dict[str, Any], rows_by_name: Mapping[str, Row]) -> None:
     cols = list(METRICS)
     changed = ", ".join(f"{k} = {v!r}" for k, v in overrides.items()) or "none"
     lines = [f"Hospitals scenario (920 patients, 4 sites), {rounds} rounds, mean ± sd over {seeds} seeds "
              f"(test-row-weighted over sites); settings changed from the defaults: {changed}.", "",
              "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, runs in results.items():
-        lines.append(f"| {name} | " + " | ".join(summarise([r["summary"][c] for r in runs]) for c in cols) + " |")
+        lines.append(f"| {name} ({len(runs)}) | " + " | ".join(summarise([r["summary"][c] for r in runs])
+                                                         for c in cols) + " |")
+    notes = {r.name: r.note for r in rows_by_name.values() if r.note and r.name in results}
+    lines += ["", "(n) = seeds finished."] + [f"* {name}: {note}" for name, note in notes.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -250,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds,
                                                        "settings": overrides, "complete": True,
                                                        "seconds": elapsed, "rows": results}, indent=1))
-    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides)
+    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides,
+                rows_by_name={r.name: r for r in selected})
     write_plot(results, args.out / "privacy-utility.png")
     print((args.out / "utility.md").read_text())
     print(f"{elapsed:.0f} s in all; {args.out}")

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
-    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "STRATEGIES", "PLAIN_OPTIMIZERS",
+    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "STRATEGIES",
+    "PLAIN_OPTIMIZERS",
     "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU", "app_defaults",
     "parse_run_config",
 ]
