@@ -83,3 +83,18 @@ def test_the_dp_false_defaults_learn_on_the_public_proxy(tmp_path):
                 optimizer=t.plain_optimizer, lr=t.plain_learning_rate, momentum=t.momentum, modality_dropout=0.0,
                 device=CPU, seed=0)
     assert evaluate(model, data.test, device=CPU).balanced_accuracy > 0.8
+
+
+def test_a_round_without_dp_steps_with_the_plain_settings_not_dp_sgds(make_job, initial_state):
+    """The site's dp = false round uses plain-optimizer / plain-learning-rate; DP-SGD's learning-rate (here absurd)
+    is not read: an SGD step of 1e-9 leaves the model where it was, Adam at 0.01 moves it."""
+    def update(round_: int, **settings) -> float:
+        job = make_job(round_=round_, run_id=f"r{round_}", site_privacy={"dp": False}, dp=False,
+                       **{"learning-rate": 1e6}, **settings)
+        start = initial_state(job)
+        out = job.train(start)
+        assert out.privacy["mode"] == "none" and out.arrays
+        return max(float((out.arrays[k] - start[k]).abs().max()) for k in out.arrays)
+
+    assert update(1, **{"plain-optimizer": "sgd", "plain-learning-rate": 1e-9}) < 1e-6
+    assert 1e-3 < update(2, **{"plain-optimizer": "adam", "plain-learning-rate": 0.01}) < 1.0
