@@ -18,6 +18,7 @@ centre's training mean and sd; logistic regression; metric: the mean of the four
   local model on all four test sets; ours are listed as ``local i (all tests)`` for comparison);
 * ``fedavg`` / ``fedyogi``: 15 rounds of 100 local SGD steps, batch 4, client lr 1e-3 / 3.162e-3; FedYogi server
   lr 1e-2, β 0.9 / 0.999, τ 1e-8 (Flower's ``FedAvg`` / ``FedYogi``, weighted by training rows);
+* ``dp fedyogi, ε = e``: the same DP sites under Flower's FedYogi with FLamby's server settings (post-processing);
 * ``dp fedavg, ε = e``: our DP-SGD (``client.train.train_dp``: Opacus, our Poisson loader, q = 1/ceil(n/B)) at
   every centre, σ calibrated by our PRV accountant (``calibrate_noise_multiplier``) for ALL the run's steps
   (rounds x local epochs x 1/q) to reach ε = e at δ, the accountant's history kept across rounds; the reported
@@ -251,10 +252,23 @@ class DpSettings:
 _SIGMA: dict[tuple, float] = {}  # (ε, δ, q, steps) -> σ: deterministic, computed once per process
 
 
-def _dp_fedavg(centres: list[Centre], seed: int, *, epsilon: float, delta: float | None,
-               dp: DpSettings = DpSettings()) -> dict[str, object]:
-    """FedAvg over DP-SGD sites; ``delta`` None = each centre's default δ < 1/n."""
+def _flower_fedavg():
     from flwr.serverapp.strategy import FedAvg
+
+    return FedAvg(fraction_evaluate=0.0)
+
+
+def _flower_fedyogi():
+    """FLamby's FedYogi server settings (server lr 1e-2, β 0.9 / 0.999, τ 1e-8), not re-tuned for DP."""
+    from flwr.serverapp.strategy import FedYogi
+
+    return FedYogi(fraction_evaluate=0.0, eta=1e-2, eta_l=1.0, beta_1=0.9, beta_2=0.999, tau=1e-8)
+
+
+def _dp_fedavg(centres: list[Centre], seed: int, *, epsilon: float, delta: float | None,
+               dp: DpSettings = DpSettings(), strategy: Callable[[], object] = _flower_fedavg) -> dict[str, object]:
+    """A Flower strategy (default FedAvg) over DP-SGD sites; ``delta`` None = each centre's default δ < 1/n.
+    The server step is post-processing of the sites' DP releases: it changes no ε."""
 
     plans = [plan_steps(max_records=len(c.train), batch_size=dp.batch_size, epochs=dp.local_epochs) for c in centres]
     deltas = [delta if delta is not None else default_delta(len(c.train)) for c in centres]
@@ -273,7 +287,7 @@ def _dp_fedavg(centres: list[Centre], seed: int, *, epsilon: float, delta: float
                  max_grad_norm=dp.max_grad_norm, accountant=accountants[i], secure_mode=False, modality_dropout=0.0,
                  device=CPU, seed=seed * 1000 + rnd, rng=rng, grad_sample_mode="hooks")
 
-    model = federate(FedAvg(fraction_evaluate=0.0), centres, rounds=dp.rounds, seed=seed, local=local)
+    model = federate(strategy(), centres, rounds=dp.rounds, seed=seed, local=local)
     eps = [epsilon_from_history(a.history, delta=d, accountant="prv") for a, d in zip(accountants, deltas)]
     eps_rdp = [epsilon_from_history(a.history, delta=d, accountant="rdp") for a, d in zip(accountants, deltas)]
     return {"accuracies": _accuracies(model, centres), "epsilon": max(eps), "epsilon-rdp": max(eps_rdp),
@@ -290,6 +304,9 @@ def ROWS(epsilons: list[float]) -> dict[str, tuple[Runner, dict[str, object]]]: 
     for delta, tag in ((1e-3, "δ = 1e-3"), (None, "δ = default < 1/n")):
         for e in epsilons:
             rows[f"dp fedavg, ε = {e:g}, {tag}"] = (_dp_fedavg, {"epsilon": e, "delta": delta})
+    for e in epsilons:
+        rows[f"dp fedyogi, ε = {e:g}, δ = 1e-3"] = (_dp_fedavg, {"epsilon": e, "delta": 1e-3,
+                                                                 "strategy": _flower_fedyogi})
     return rows
 
 
