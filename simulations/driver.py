@@ -77,6 +77,9 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
         cfg["num-server-rounds"] = int(req.rounds)
     if req.site_state is not None:
         cfg["site-state-root"] = str(req.site_state.resolve())
+    # the virtual sites' frozen-text features, kept beside the run folders: the next run of a scenario computes
+    # none again (content-keyed per text and encoder: client/site_data.py); --set feature-cache-root="" = per run
+    cfg.setdefault("feature-cache-root", str(req.out.resolve().parent / ".feature-cache"))
     return cfg
 
 
@@ -100,9 +103,12 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
         from common.privacy.central import plan_central
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
+    if cfg.get("feature-cache-root"):
+        Path(cfg["feature-cache-root"]).mkdir(parents=True, exist_ok=True)
     if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
         check_cluster(req.ray_address, shared=[out, req.app_dir, Path(cfg.get("data-dir") or APP_DIR / "data"),
-                                               *([Path(cfg["site-state-root"])] if cfg.get("site-state-root") else [])])
+                                               *[Path(cfg[k]) for k in ("site-state-root", "feature-cache-root")
+                                                 if cfg.get(k)]])
     run_app(AppRun(app_dir=req.app_dir, run_config=cfg, num_supernodes=len(scenario.sites), out=out,
                    total_rounds=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),
                    cpus_per_client=req.cpus_per_client, ray_address=req.ray_address, timeout=req.timeout,
