@@ -4,7 +4,7 @@ Frozen-encoder features (MiniLM sentence embeddings) depend only on each record'
 common/models/text.py), so they are computed once per distinct text and kept twice: in this process (simulation
 actors live across rounds) and on disk under ``<state-dir>/cache/`` (a deployed site runs each message in a fresh
 process). The disk store holds one embedding per text, keyed by a hash of the text and the encoder settings: adding
-or removing a record computes only what is new. In simulation the run setting ``feature-cache-root`` puts a virtual
+or removing a record computes only what is new. In simulation the run setting ``site-cache-root`` puts a virtual
 site's store beside the run folders instead (``SiteConfig.feature_cache_path``), so that the next run of the scenario
 computes no feature again: a pure function of each text, it can be shared across runs without changing any value.
 """

@@ -78,8 +78,8 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
     if req.site_state is not None:
         cfg["site-state-root"] = str(req.site_state.resolve())
     # the virtual sites' frozen-text features, kept beside the run folders: the next run of a scenario computes
-    # none again (content-keyed per text and encoder: client/site_data.py); --set feature-cache-root="" = per run
-    cfg.setdefault("feature-cache-root", str(req.out.resolve().parent / ".feature-cache"))
+    # none again (content-keyed per text and encoder: client/site_data.py); --set site-cache-root="" = per run
+    cfg.setdefault("site-cache-root", str(req.out.resolve().parent / ".site-cache"))
     return cfg
 
 
@@ -103,11 +103,11 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
         from common.privacy.central import plan_central
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
-    if cfg.get("feature-cache-root"):
-        Path(cfg["feature-cache-root"]).mkdir(parents=True, exist_ok=True)
+    if cfg.get("site-cache-root"):
+        Path(cfg["site-cache-root"]).mkdir(parents=True, exist_ok=True)
     if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
         check_cluster(req.ray_address, shared=[out, req.app_dir, Path(cfg.get("data-dir") or APP_DIR / "data"),
-                                               *[Path(cfg[k]) for k in ("site-state-root", "feature-cache-root")
+                                               *[Path(cfg[k]) for k in ("site-state-root", "site-cache-root")
                                                  if cfg.get(k)]])
     run_app(AppRun(app_dir=req.app_dir, run_config=cfg, num_supernodes=len(scenario.sites), out=out,
                    total_rounds=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),

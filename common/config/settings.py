@@ -108,7 +108,7 @@ class PathSettings:
     out_dir: Path | None  # server artefacts; None = write none
     site_state_root: Path | None  # parent of sites/<site>/ in simulation; None = <out_dir>/sites
     # simulation only: parent of <site>/ frozen-text-feature caches kept across runs; None = <state-dir>/cache
-    feature_cache_root: Path | None = None
+    site_cache_root: Path | None = None
     # deployment: the operator's registered-sites.json (node id <-> key <-> name, modalities, max-records);
     # None = the registered-sites.json found in out-dir or the nearest folder above it (server/identity.py)
     site_registry: Path | None = None
@@ -295,7 +295,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         data_dir=r.path("data-dir"),
         out_dir=r.path("out-dir"),
         site_state_root=r.path("site-state-root"),
-        feature_cache_root=r.path("feature-cache-root"),
+        site_cache_root=r.path("site-cache-root"),
         site_registry=r.path("site-registry"),
     )
     central = CentralSettings(
