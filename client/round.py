@@ -275,8 +275,6 @@ class SiteRound:
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        with self.setup:  # scikit-learn's metrics import lazily (about a second): start-up cost, not evaluation
-            import sklearn.metrics  # noqa: F401
         data = self.data()
         model = self.model(global_state, data)
         device = resolve_device(self.site.device)
