@@ -77,8 +77,8 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
         cfg["num-server-rounds"] = int(req.rounds)
     if req.site_state is not None:
         cfg["site-state-root"] = str(req.site_state.resolve())
-    # the virtual sites' frozen-text features, kept beside the run folders: the next run of a scenario computes
-    # none again (content-keyed per text and encoder: client/site_data.py); --set site-cache-root="" = per run
+    # the virtual sites' caches (frozen-text features, content-keyed per note: client/site_data.py; σ calibrations),
+    # kept beside the run folders: the next run of a scenario computes none again; --set site-cache-root="" = per run
     cfg.setdefault("site-cache-root", str(req.out.resolve().parent / ".site-cache"))
     return cfg
 
@@ -104,7 +104,7 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
     if cfg.get("site-cache-root"):
-        Path(cfg["site-cache-root"]).mkdir(parents=True, exist_ok=True)
+        Path(cfg["site-cache-root"]).mkdir(mode=0o700, parents=True, exist_ok=True)  # derived patient data
     if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
         check_cluster(req.ray_address, shared=[out, req.app_dir, Path(cfg.get("data-dir") or APP_DIR / "data"),
                                                *[Path(cfg[k]) for k in ("site-state-root", "site-cache-root")

@@ -107,7 +107,8 @@ class PathSettings:
     data_dir: Path | None  # data folder (absolute); None = the scenario's own (sites.scenario_data_dir)
     out_dir: Path | None  # server artefacts; None = write none
     site_state_root: Path | None  # parent of sites/<site>/ in simulation; None = <out_dir>/sites
-    # simulation only: parent of <site>/ frozen-text-feature caches kept across runs; None = <state-dir>/cache
+    # simulation only: parent of <site>/ caches (text features, σ calibrations) kept across runs;
+    # None = each site's <state-dir>/cache
     site_cache_root: Path | None = None
     # deployment: the operator's registered-sites.json (node id <-> key <-> name, modalities, max-records);
     # None = the registered-sites.json found in out-dir or the nearest folder above it (server/identity.py)

@@ -76,7 +76,8 @@ def test_a_second_run_computes_no_feature_and_gets_the_same_values(tmp_path, mon
         a, b = getattr(first, part).tensors, getattr(second, part).tensors
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
     assert first.dataset_id == second.dataset_id
-    with pytest.raises(AssertionError, match="the featurizer ran"):  # a third run without the shared cache would compute
+    # a third run without the shared cache computes its features
+    with pytest.raises(AssertionError, match="the featurizer ran"):
         load_site(resolve_site({"partition-id": SWITZERLAND}, _run(tmp_path, **{"out-dir": str(tmp_path / "run3")})),
                   **kw)
 
@@ -96,7 +97,8 @@ def test_sigma_calibration_is_shared_across_runs_and_the_ledger_rows_are_identic
 
     root = str(tmp_path / "shared")
     lean = {"batch-size": 100, "hidden-dim": 16, "num-server-rounds": 1}  # one DP-SGD step: the test is the σ
-    first = make_job(round_=1, run_id="r1", **lean, **{"site-cache-root": root, "site-state-root": str(tmp_path / "s1")})
+    first = make_job(round_=1, run_id="r1", **lean,
+                     **{"site-cache-root": root, "site-state-root": str(tmp_path / "s1")})
     assert first.train(initial_state(first)).privacy["status"] == "trained"
     assert (tmp_path / "shared" / "switzerland" / "calibration.json").is_file()
     assert not (tmp_path / "s1" / "switzerland" / "cache").exists()
@@ -106,10 +108,12 @@ def test_sigma_calibration_is_shared_across_runs_and_the_ledger_rows_are_identic
         raise AssertionError(f"σ was calibrated again although the shared cache holds it: {kwargs}")
 
     monkeypatch.setattr(client.privacy, "calibrate_noise_multiplier", no_calibration)
-    second = make_job(round_=1, run_id="r2", **lean, **{"site-cache-root": root, "site-state-root": str(tmp_path / "s2")})
+    second = make_job(round_=1, run_id="r2", **lean,
+                      **{"site-cache-root": root, "site-state-root": str(tmp_path / "s2")})
     assert second.train(initial_state(second)).privacy["status"] == "trained"
     monkeypatch.setattr(client.privacy, "calibrate_noise_multiplier", calibrate)
-    alone = make_job(round_=1, run_id="r3", **lean, **{"site-state-root": str(tmp_path / "s3")})  # its own cache, calibrates
+    # without the shared cache: its own <state-dir>/cache, calibrated again
+    alone = make_job(round_=1, run_id="r3", **lean, **{"site-state-root": str(tmp_path / "s3")})
     assert alone.train(initial_state(alone)).privacy["status"] == "trained"
     assert (tmp_path / "s3" / "switzerland" / "cache" / "calibration.json").is_file()
     rows = _ledger_rows(first)
