@@ -134,7 +134,7 @@ def run_floor(shape: Shape, shapes: dict[str, tuple[int, ...]], work: Path) -> R
 
 
 def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True, tag: str = "") -> Result:
-    """``fedfusion simulate`` of ``shape`` in a new run folder under ``work`` (its site cache: ``work``'s .site-cache)."""
+    """``fedfusion simulate`` of ``shape`` in a new run folder under ``work`` (site cache: ``work/.site-cache``)."""
     out = work / f"ours-{shape.nodes}x{shape.rounds}-{shape.fraction:g}{tag}"
     cmd = [str(Path(sys.executable).parent / "fedfusion"), "simulate", "--scenario", scenario, "--out", str(out),
            "--quiet", "--rounds", str(shape.rounds), "--set", f"fraction-train={shape.fraction}"]
@@ -210,8 +210,8 @@ def main() -> None:
                     help="run ours with --no-site-check (the check of every site's data is start-up, not rounds)")
     ap.add_argument("--ours-again", action="store_true",
                     help="run ours a second time, in a new run folder beside the first (new ledgers; the virtual "
-                         "sites' cache of text features and σ beside the run folders is then warm): the data scientist's "
-                         "next run")
+                         "sites' cache of text features and σ beside the run folders is then warm): the data "
+                         "scientist's next run")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = ap.parse_args()
