@@ -19,7 +19,8 @@ A row's ``reason`` may open with a ``mode=...`` statement (:func:`statement_mode
 WITHOUT differential privacy that the site's own file allowed (``dp = false``): a reserve row
 with no mechanism and ``epsilon = inf``; every later ε of that site is ∞.
 
-Server (``SERVER_EVENTS``): ``"trained"``, ``"declined"``, ``"failed"`` — what a site reported.
+Server (``SERVER_EVENTS``): ``"trained"``, ``"declined"``, ``"failed"`` — what a site reported; ``"no-reply"`` —
+a site sampled for the round never answered (it may have spent the round).
 
 Hash
 ----
@@ -57,7 +58,7 @@ __all__ = [
 ]
 
 SITE_EVENTS: tuple[str, ...] = ("reserve", "confirm", "decline")
-SERVER_EVENTS: tuple[str, ...] = ("trained", "declined", "failed")
+SERVER_EVENTS: tuple[str, ...] = ("trained", "declined", "failed", "no-reply")
 EVENTS: tuple[str, ...] = SITE_EVENTS + SERVER_EVENTS
 GENESIS_HASH = "0" * 64  # prev_hash of the first row
 NO_DP = "none"  # statement_mode of a release without DP (ε = ∞)
