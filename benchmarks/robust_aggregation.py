@@ -13,7 +13,8 @@ records, holds notes); its attack is CONSTRUCTED here:
 * ``flip``: label flipping: Hungary trains on 1 - y (its replies are well-formed: only the aggregator can help).
 
 Accuracy: the final global model evaluated by every site on its test rows (the sites' evaluate handler), pooled
-(sum of correct / sum of test rows). ``bulyan`` is listed but refused on this federation: it needs 4f + 3 = 7
+(sum of correct / sum of test rows). Balanced accuracy: each site's (mean recall over the classes), weighted by its
+test rows, as ``make run`` reports it. ``bulyan`` is listed but refused on this federation: it needs 4f + 3 = 7
 holders of every branch, and the text branch has 3 (Flower's Bulyan has the same requirement).
 
 Usage::
@@ -62,18 +63,24 @@ def _poison(attack: str, msg: Message, reply: Message) -> Message:
     return reply
 
 
-def _flip_labels() -> None:
-    """Make the attacker's SiteRound train on flipped labels (test rows untouched)."""
+#: whether the attacker trains on flipped labels in the current run (``run_once`` sets it for every run: the patch
+#: below stays installed for the process, so it must be switched off again for the runs without label flipping)
+_FLIPPING = {"on": False}
+
+
+def _flip_labels(on: bool) -> None:
+    """Make the attacker's SiteRound train on flipped labels (test rows untouched) while ``on``."""
     from client.round import SiteRound
     from client.train import LABEL, TensorDictDataset
 
+    _FLIPPING["on"] = on
     original = SiteRound.data
     if getattr(original, "_flipped", False):
         return
 
     def data(self):
         d = original(self)
-        if self.site.spec.name != ATTACKER:
+        if not _FLIPPING["on"] or self.site.spec.name != ATTACKER:
             return d
         tensors = dict(d.train.tensors)
         tensors[LABEL] = 1 - tensors[LABEL]
@@ -117,8 +124,7 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
                                                                         for i, s in enumerate(order.declared)})
     check_aggregation(aggregator, run.aggregation.num_malicious_sites,
                       {b: len(registry.holders(b)) for b in scenario_branches(scenario)})
-    if attack == "flip":
-        _flip_labels()
+    _flip_labels(attack == "flip")
     nodes = list(range(1, len(registry.declared) + 1))
     strategy = ModalityFedAvg(
         registry=registry, aggregation=run.aggregation, batch_size=run.train.batch_size,
@@ -138,31 +144,40 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
             replies.append(_poison(attack, msg, reply) if node == attacker else reply)
         merged, _ = strategy.aggregate_train(rnd, replies)
         arrays = merged if merged is not None else arrays
-    correct = total = 0.0
+    correct = bacc = total = 0.0
     for msg in strategy.configure_evaluate(rounds, arrays, ConfigRecord(), _Grid(nodes)):
         TaskIdentity.node_id = msg.metadata.dst_node_id
         reply = app(msg, contexts[msg.metadata.dst_node_id])
         m = reply.content.metric_records[METRICS]
         correct += float(m["accuracy"]) * float(m["num-examples"])
+        bacc += float(m["balanced-accuracy"]) * float(m["num-examples"])
         total += float(m["num-examples"])
     rows = {(e.site, e.round): e.event for e in strategy.recorder.ledger.entries()}
     rejected = sum(1 for (site, _), event in rows.items() if site == ATTACKER and event == "failed")
-    return {"accuracy": correct / total, "attacker_failed_rounds": rejected}
+    return {"accuracy": correct / total, "balanced_accuracy": bacc / total, "attacker_failed_rounds": rejected}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    sd = statistics.stdev(values) if len(values) > 1 else math.nan
+    return f"{statistics.mean(values):.3f} ± {sd:.3f}"
 
 
 def _table(results: dict) -> str:
+    """Markdown table: accuracy / balanced accuracy, mean ± sd over seeds, per aggregator and attack."""
     lines = ["| aggregator | " + " | ".join(ATTACKS) + " |", "|---" * (len(ATTACKS) + 1) + "|"]
     for agg in AGGREGATORS:
         cells = []
         for attack in ATTACKS:
             accs = [r["accuracy"] for r in results.get(agg, {}).get(attack, []) if "accuracy" in r]
+            baccs = [r["balanced_accuracy"] for r in results.get(agg, {}).get(attack, []) if "balanced_accuracy" in r]
             n = f" (n={len(accs)})" if accs else ""
             refused = any("refused" in r for r in results.get(agg, {}).get(attack, []))
             if refused:
                 cells.append("refused")
             elif accs:
-                sd = statistics.stdev(accs) if len(accs) > 1 else math.nan
-                cells.append(f"{statistics.mean(accs):.3f} ± {sd:.3f}{n}")
+                cells.append(f"{_mean_sd(accs)} / {_mean_sd(baccs)}{n}")
             else:
                 cells.append("–")
         lines.append(f"| {agg} | " + " | ".join(cells) + " |")
