@@ -191,11 +191,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--aggregators", default=",".join(AGGREGATORS))
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/robust_aggregation.json"))
+    p.add_argument("--work", type=Path, default=None,
+                   help="folder for the sites' state (kept: their note-feature and calibration caches); default a "
+                        "new temporary folder")
+    p.add_argument("--table", type=Path, nargs="+", default=None,
+                   help="only print the table of these result files (merged), running nothing")
     a = p.parse_args(argv)
+    if a.table:
+        merged: dict = {}
+        for path in a.table:
+            for agg, cells in json.loads(path.read_text()).items():
+                for attack, runs in cells.items():
+                    merged.setdefault(agg, {}).setdefault(attack, []).extend(runs)
+        print(_table(merged))
+        return 0
     from common.config import ConfigError
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    work = Path(tempfile.mkdtemp(prefix="robust-aggregation-"))
+    work = a.work or Path(tempfile.mkdtemp(prefix="robust-aggregation-"))
+    work.mkdir(parents=True, exist_ok=True)
     results: dict = json.loads(a.out.read_text()) if a.out.exists() else {}
     refused: set[str] = set()
     for seed in range(a.seeds):  # seed outermost: every cell gets its first seed before any gets its second
