@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import statistics
 import tempfile
 import time
@@ -117,6 +118,8 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
         "aggregator": aggregator, "max-update-norm": 0.0 if attack == "scale-unbounded" else 100.0,
         "fold-evaluation": False, "federation-id": f"bench-{seed}"}
     _fresh_sites(work / "sites")
+    out = work / "out" / f"{aggregator}-{attack}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)  # a new server ledger: one left by an interrupted run holds other keys
     run = parse_run_config(cfg)
     scenario = load_scenario(run.paths.scenario_file)
     order = registry_from_scenario(scenario, discover=lambda: [])
@@ -130,7 +133,7 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
         registry=registry, aggregation=run.aggregation, batch_size=run.train.batch_size,
         local_epochs=run.train.local_epochs, fraction_train=1.0, min_train_nodes=len(nodes),
         min_available_nodes=len(nodes), fraction_evaluate=1.0, min_evaluate_nodes=len(nodes),
-        recorder=RunRecorder(out_dir=work / "out" / f"{aggregator}-{attack}-{seed}", federation_id=f"bench-{seed}", run_id="1", run_info={}))
+        recorder=RunRecorder(out_dir=out, federation_id=f"bench-{seed}", run_id="1", run_info={}))
     contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": n - 1, "num-partitions": len(nodes)},
                            state=RecordDict(), run_config=cfg) for n in nodes}
     attacker = next(n for n, name in registry._nodes.items() if name == ATTACKER)
