@@ -54,12 +54,12 @@ class _Grid:
 
 
 def _poison(attack: str, msg: Message, reply: Message) -> Message:
-    if attack in ("scale", "scale-unbounded") and "arrays" in reply.content.array_records:
+    if attack in ("scale", "scale-unbounded", "both") and "arrays" in reply.content.array_records:
         sent, got = msg.content.array_records["arrays"], reply.content.array_records["arrays"]
         reply.content.array_records["arrays"] = ArrayRecord({
             k: Array((sent[k].numpy() + np.float32(1e6) * (v.numpy() - sent[k].numpy())).astype(np.float32))
             for k, v in got.items()})
-    if attack == "claim" and "metrics" in reply.content.metric_records:
+    if attack in ("claim", "both") and "metrics" in reply.content.metric_records:
         reply.content.metric_records["metrics"]["num-examples"] = 1e12
     return reply
 
@@ -102,8 +102,15 @@ def _fresh_sites(root: Path) -> None:
                 shutil.rmtree(part) if part.is_dir() else part.unlink()
 
 
-def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path) -> dict[str, float]:
-    """One federation; returns the pooled test accuracy of the final global model and how many replies failed."""
+def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path, scenario: Path | None = None,
+             with_state: bool = False) -> dict:
+    """One federation; returns the pooled test accuracy of the final global model and how many replies failed.
+
+    ``attack``: one of :data:`ATTACKS`, or ``both`` (``scale`` and ``claim`` in one reply: the issue's end-to-end
+    attacker) or ``absent`` (the attacker never replies: the federation without it). ``scenario``: another
+    scenario file (default the run config's, hospitals). ``with_state``: also return the final global arrays
+    (``arrays``) and the server ledger's (site, round, event) rows (``ledger``), for tests.
+    """
     from client.app import app
     from common.config import AggregationSettings, app_defaults, load_scenario, parse_run_config
     from common.factory import build_model, initial_trainable_state
@@ -116,7 +123,8 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
     cfg = app_defaults() | {
         "num-server-rounds": rounds, "seed": seed, "site-state-root": str(work / "sites"),
         "aggregator": aggregator, "max-update-norm": 0.0 if attack == "scale-unbounded" else 100.0,
-        "fold-evaluation": False, "federation-id": f"bench-{seed}"}
+        "fold-evaluation": False, "federation-id": f"bench-{seed}"} | (
+        {"scenario-file": str(scenario)} if scenario is not None else {})
     _fresh_sites(work / "sites")
     out = work / "out" / f"{aggregator}-{attack}-{seed}"
     shutil.rmtree(out, ignore_errors=True)  # a new server ledger: one left by an interrupted run holds other keys
@@ -143,6 +151,8 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
         for msg in strategy.configure_train(rnd, arrays, ConfigRecord(), _Grid(nodes)):
             node = msg.metadata.dst_node_id
             TaskIdentity.node_id = node
+            if node == attacker and attack == "absent":
+                continue  # it never replies (the server records no-reply)
             reply = app(msg, contexts[node])
             replies.append(_poison(attack, msg, reply) if node == attacker else reply)
         merged, _ = strategy.aggregate_train(rnd, replies)
@@ -157,7 +167,47 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
         total += float(m["num-examples"])
     rows = {(e.site, e.round): e.event for e in strategy.recorder.ledger.entries()}
     rejected = sum(1 for (site, _), event in rows.items() if site == ATTACKER and event == "failed")
-    return {"accuracy": correct / total, "balanced_accuracy": bacc / total, "attacker_failed_rounds": rejected}
+    out = {"accuracy": correct / total, "balanced_accuracy": bacc / total, "attacker_failed_rounds": rejected}
+    if with_state:
+        out |= {"arrays": {k: v.numpy().copy() for k, v in arrays.items()},
+                "ledger": [(e.site, e.round, e.event, e.reason) for e in strategy.recorder.ledger.entries()]}
+    return out
+
+
+def compare(*, seeds: int, rounds: int, work: Path, out: Path) -> dict:
+    """Issue 12's end-to-end check, measured: the same federation benign (the attacker honest), attacked (``both``:
+    1e6x update and 1e12 examples) and without the attacker (``absent``), per seed, with every site's DP noise
+    derived from the run seed (``noise-seed = "run-seed"`` in each site's own privacy table of a COPY of the
+    scenario) so that the three runs differ only by what the attacker sends."""
+    from common.config import app_defaults, write_with_site_privacy
+
+    scenario = write_with_site_privacy(Path(app_defaults()["scenario-file"]), work / "run-seed-noise.toml",
+                                       {"noise-seed": "run-seed"})
+    results: dict = json.loads(out.read_text()) if out.exists() else {}
+    for seed in range(seeds):
+        for attack in ("none", "both", "absent"):
+            done = results.setdefault(attack, [])
+            if any(r["seed"] == seed for r in done):
+                continue
+            started = time.monotonic()
+            r = run_once(aggregator="weighted-mean", attack=attack, seed=seed, rounds=rounds, work=work,
+                         scenario=scenario, with_state=True)
+            arrays = r.pop("arrays")
+            r.pop("ledger")
+            np.savez(work / f"compare-{attack}-{seed}.npz", **arrays)
+            r |= {"seed": seed, "rounds": rounds, "seconds": round(time.monotonic() - started, 1)}
+            done.append(r)
+            print("compare", attack, r, flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+    for seed in range(seeds):
+        a, b = (np.load(work / f"compare-{x}-{seed}.npz") for x in ("both", "absent"))
+        same = all(np.array_equal(a[k], b[k]) for k in a.files)
+        acc = {x: next(r["accuracy"] for r in results[x] if r["seed"] == seed) for x in ("none", "both", "absent")}
+        print(f"seed {seed}: benign {acc['none']:.4f}  attacked {acc['both']:.4f}  without attacker "
+              f"{acc['absent']:.4f}  attacked - benign {acc['both'] - acc['none']:+.4f}  "
+              f"attacked == without attacker (bit for bit): {same}")
+    return results
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -197,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None,
                    help="folder for the sites' state (kept: their note-feature and calibration caches); default a "
                         "new temporary folder")
+    p.add_argument("--compare", action="store_true",
+                   help="issue 12: benign / attacked / without-attacker runs (run-seed noise) instead of the grid")
     p.add_argument("--table", type=Path, nargs="+", default=None,
                    help="only print the table of these result files (merged), running nothing")
     a = p.parse_args(argv)
@@ -213,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     work = a.work or Path(tempfile.mkdtemp(prefix="robust-aggregation-"))
     work.mkdir(parents=True, exist_ok=True)
+    if a.compare:
+        compare(seeds=a.seeds, rounds=a.rounds, work=work, out=a.out)
+        return 0
     results: dict = json.loads(a.out.read_text()) if a.out.exists() else {}
     refused: set[str] = set()
     for seed in range(a.seeds):  # seed outermost: every cell gets its first seed before any gets its second
