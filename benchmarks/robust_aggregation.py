@@ -179,9 +179,10 @@ def compare(*, seeds: int, rounds: int, work: Path, out: Path) -> dict:
     1e6x update and 1e12 examples) and without the attacker (``absent``), per seed, with every site's DP noise
     derived from the run seed (``noise-seed = "run-seed"`` in each site's own privacy table of a COPY of the
     scenario) so that the three runs differ only by what the attacker sends."""
-    from common.config import app_defaults, write_with_site_privacy
+    from common.config import app_defaults, parse_run_config, write_with_site_privacy
 
-    scenario = write_with_site_privacy(Path(app_defaults()["scenario-file"]), work / "run-seed-noise.toml",
+    default = parse_run_config(app_defaults()).paths.scenario_file
+    scenario = write_with_site_privacy(default, work / "run-seed-noise.toml",
                                        {"noise-seed": "run-seed"})
     results: dict = json.loads(out.read_text()) if out.exists() else {}
     for seed in range(seeds):
