@@ -42,6 +42,8 @@ __all__ = ["ATTACKS", "run_once", "main"]
 
 ATTACKER = "hungary"
 ATTACKS = ("none", "flip", "scale-unbounded", "scale", "claim")
+#: the run's request for DP noise derived from the run seed (simulation only; the sites' files must allow it)
+RUN_SEED_NOISE = {"noise-seed": "run-seed"}
 AGGREGATORS = ("weighted-mean", "median", "trimmed-mean", "krum", "multikrum", "bulyan")
 
 
@@ -103,12 +105,12 @@ def _fresh_sites(root: Path) -> None:
 
 
 def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path, scenario: Path | None = None,
-             with_state: bool = False) -> dict:
+             overrides: dict | None = None, with_state: bool = False) -> dict:
     """One federation; returns the pooled test accuracy of the final global model and how many replies failed.
 
     ``attack``: one of :data:`ATTACKS`, or ``both`` (``scale`` and ``claim`` in one reply: the issue's end-to-end
     attacker) or ``absent`` (the attacker never replies: the federation without it). ``scenario``: another
-    scenario file (default the run config's, hospitals). ``with_state``: also return the final global arrays
+    scenario file (default the run config's, hospitals); ``overrides``: more run-config settings. ``with_state``: also return the final global arrays
     (``arrays``) and the server ledger's (site, round, event) rows (``ledger``), for tests.
     """
     from client.app import app
@@ -124,7 +126,7 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
         "num-server-rounds": rounds, "seed": seed, "site-state-root": str(work / "sites"),
         "aggregator": aggregator, "max-update-norm": 0.0 if attack == "scale-unbounded" else 100.0,
         "fold-evaluation": False, "federation-id": f"bench-{seed}"} | (
-        {"scenario-file": str(scenario)} if scenario is not None else {})
+        {"scenario-file": str(scenario)} if scenario is not None else {}) | dict(overrides or {})
     _fresh_sites(work / "sites")
     out = work / "out" / f"{aggregator}-{attack}-{seed}"
     shutil.rmtree(out, ignore_errors=True)  # a new server ledger: one left by an interrupted run holds other keys
@@ -178,7 +180,8 @@ def compare(*, seeds: int, rounds: int, work: Path, out: Path) -> dict:
     """Issue 12's end-to-end check, measured: the same federation benign (the attacker honest), attacked (``both``:
     1e6x update and 1e12 examples) and without the attacker (``absent``), per seed, with every site's DP noise
     derived from the run seed (``noise-seed = "run-seed"`` in each site's own privacy table of a COPY of the
-    scenario) so that the three runs differ only by what the attacker sends."""
+    scenario, and requested by the run: a site applies the run's request when it is at least as private as its
+    file, and the default request is "secret") so that the three runs differ only by what the attacker sends."""
     from common.config import app_defaults, parse_run_config, write_with_site_privacy
 
     default = parse_run_config(app_defaults()).paths.scenario_file
@@ -192,7 +195,7 @@ def compare(*, seeds: int, rounds: int, work: Path, out: Path) -> dict:
                 continue
             started = time.monotonic()
             r = run_once(aggregator="weighted-mean", attack=attack, seed=seed, rounds=rounds, work=work,
-                         scenario=scenario, with_state=True)
+                         scenario=scenario, overrides=RUN_SEED_NOISE, with_state=True)
             arrays = r.pop("arrays")
             r.pop("ledger")
             np.savez(work / f"compare-{attack}-{seed}.npz", **arrays)

@@ -111,3 +111,15 @@ def test_only_the_sites_own_file_decides_and_only_refuse_or_allow(tmp_path):
     assert site.privacy.duplicate_records == "refuse"
     with pytest.raises(DataContractError, match="copies of one another"):
         load_site(site, model_modalities=("tabular",), text_encoder="minilm-frozen")
+
+
+def test_the_audit_states_the_group_privacy_of_a_ledger_with_copies(tmp_path):
+    from server.audit import audit_path
+
+    site, _ = _site(_scenario(tmp_path, copies=False, privacy=', duplicate-records = "allow"'), tmp_path)
+    sp = SitePrivacy(site="north", dataset_id="d", settings=site.privacy, num_examples=150,
+                     state_dir=tmp_path / "state", max_copies=7)
+    sp.reserve(sp.plan(sample_rate=1 / 10, steps=1, planned_steps=1), round=1, federation_id="f", run_id="1")
+    report = audit_path(tmp_path / "state" / "ledger.sqlite", allow_unsigned=True)
+    warned = [f for f in report.findings if f.check == "group-privacy"]
+    assert len(warned) == 1 and "up to 7 of one record" in warned[0].message and warned[0].level == "WARN"
