@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in a.table:
             for agg, cells in json.loads(path.read_text()).items():
                 for attack, runs in cells.items():
-                    merged.setdefault(agg, {}).setdefault(attack, []).extend(runs)
+                    cell = merged.setdefault(agg, {}).setdefault(attack, [])
+                    cell.extend(r for r in runs if all(r.get("seed") != o.get("seed") for o in cell))  # seed once
         print(_table(merged))
         return 0
     from common.config import ConfigError
