@@ -19,7 +19,8 @@ holders of every branch, and the text branch has 3 (Flower's Bulyan has the same
 
 Usage::
 
-    .venv/bin/python benchmarks/robust_aggregation.py --seeds 3 --rounds 8 --attacks none,flip,scale-unbounded --out benchmarks/results/robust_aggregation.json
+    .venv/bin/python benchmarks/robust_aggregation.py --seeds 5 --rounds 8 --out benchmarks/results/ra.json
+    .venv/bin/python benchmarks/robust_aggregation.py --compare --seeds 5 --rounds 8 --out ...compare.json
 """
 
 from __future__ import annotations
@@ -110,8 +111,9 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
 
     ``attack``: one of :data:`ATTACKS`, or ``both`` (``scale`` and ``claim`` in one reply: the issue's end-to-end
     attacker) or ``absent`` (the attacker never replies: the federation without it). ``scenario``: another
-    scenario file (default the run config's, hospitals); ``overrides``: more run-config settings. ``with_state``: also return the final global arrays
-    (``arrays``) and the server ledger's (site, round, event) rows (``ledger``), for tests.
+    scenario file (default the run config's, hospitals); ``overrides``: more run-config settings. ``with_state``:
+    also return the final global arrays (``arrays``) and the server ledger's (site, round, event, reason) rows
+    (``ledger``), for tests.
     """
     from client.app import app
     from common.config import AggregationSettings, app_defaults, load_scenario, parse_run_config

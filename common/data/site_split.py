@@ -65,7 +65,7 @@ class SiteSplit:
                          images=self.images[rows] if self.images is not None else None,
                          image_present=self.image_present[rows] if self.image_present is not None else None,
                          num_classes=self.num_classes,
-                         content=tuple(self.content[i] for i in rows) if self.content is not None else None)  # fmt: skip
+                         content=None if self.content is None else tuple(self.content[i] for i in rows))  # fmt: skip
 
 
 def _modality_feature(schema: Schema, kind: str) -> FeatureSpec:

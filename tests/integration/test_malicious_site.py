@@ -136,9 +136,9 @@ def attacked_and_without(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("compare")
     plain = tmp / "plain.toml"
+    sites = (("cleveland", 250), ("hungary", 250), ("switzerland", 120), ("va_long_beach", 160))
     plain.write_text(scenario_head("attacked-vs-without", "test: four real hospitals, tabular only")
-                     + "".join(hospital(h, ("tabular",), m) for h, m in (("cleveland", 250), ("hungary", 250),
-                                                                           ("switzerland", 120), ("va_long_beach", 160))))
+                     + "".join(hospital(h, ("tabular",), m) for h, m in sites))
     scenario = write_with_site_privacy(plain, tmp / "run-seed.toml", {"noise-seed": "run-seed"})
     bench = _bench()
     bench.TaskIdentity.task_id, bench.TaskIdentity.run_id, bench.TaskIdentity.node_id = 1, 1, 1
