@@ -72,6 +72,9 @@ def test_fifty_copies_under_new_ids_are_refused_naming_the_file_the_ids_and_what
     assert "are copies of one another" in text and "duplicate-records = \"allow\"" in text
     assert "remove the copies" in text
     assert any(i in text for i in COPY_IDS)  # the copies are named by id (in the site's own log only)
+    from client.errors import failure_code
+
+    assert failure_code(err.value).code == "data-contract"  # the reply carries the code, never the ids
 
 
 def test_the_site_check_and_simulate_preflight_report_the_copies(tmp_path):
