@@ -123,7 +123,7 @@ class SiteRound:
                 "training records, from which the sample rate, the steps, δ and the aggregation weight derive")
         return SitePrivacy(site=self.site.spec.name, dataset_id=data.dataset_id, settings=settings,
                            num_examples=len(data.train), state_dir=self.site.state_dir,
-                           cache_dir=self.site.cache_dir)
+                           cache_dir=self.site.cache_dir, max_copies=data.max_copies)
 
     def _ids(self) -> dict[str, Any]:
         return dict(round=self.server_round, federation_id=self.federation_id, run_id=self.run_id)

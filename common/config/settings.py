@@ -10,9 +10,9 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
-    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "STRATEGIES",
-    "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU", "app_defaults",
-    "parse_run_config",
+    "CentralSettings", "AggregationSettings", "DUPLICATE_POLICIES", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS",
+    "STRATEGIES", "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU",
+    "app_defaults", "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
@@ -28,6 +28,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: where DP-SGD's randomness (Poisson sampling, Gaussian noise) comes from: client/dp_random.py
 NOISE_SEEDS = ("secret", "run-seed")
 MODALITIES = ("tabular", "text", "image")
+#: ``duplicate-records`` of a site's own privacy file (common/data/duplicates.py): refuse to train on records that
+#: are copies of one another in content (default), or allow them (the ledger then states the largest number of copies)
+DUPLICATE_POLICIES = ("refuse", "allow")
 PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site-level DP by Flower's wrapper
 #: how the holders of a branch are combined (server/aggregation.py: Flower's own functions, per branch)
 AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "bulyan")
@@ -99,6 +102,10 @@ class PrivacySettings:
     # privacy-mode: in a run config the mode the run asks for; in a site's file the least private mode the site
     # accepts ("central": it lets the server see its raw model updates, a trusted curator)
     privacy_mode: str = "sample"
+    # The site's own file only: "refuse" (default) = never train on records that are copies of one another in
+    # content (DP's record would no longer be one person, common/data/duplicates.py); "allow" = the site states that
+    # such records are different people, and its ledger rows state the largest number of copies
+    duplicate_records: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -248,6 +255,8 @@ def _privacy(r: _Reader) -> PrivacySettings:
         noise_seed=r.choice("noise-seed", NOISE_SEEDS),
         max_records=r.integer("max-records", low=1) if "max-records" in r.values else None,
         privacy_mode=r.choice("privacy-mode", PRIVACY_MODES) if "privacy-mode" in r.values else "sample",
+        duplicate_records=(r.choice("duplicate-records", DUPLICATE_POLICIES) if "duplicate-records" in r.values
+                           else "refuse"),
     )
     if p.target_epsilon > p.epsilon_budget:
         raise ConfigError(
