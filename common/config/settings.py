@@ -21,6 +21,7 @@ APP_DIR = Path(__file__).resolve().parents[2]
 PACKAGED_SCENARIOS = APP_DIR / "simulations" / "scenarios"
 
 FUSIONS = ("concat", "attention", "late")
+CLIPPINGS = ("flat", "per-modality")  # common/models/clipping.py CLIPPINGS (checked equal in the tests)
 TEXT_ENCODERS = ("minilm-frozen", "minilm-finetune-top", "tiny-bert")
 IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
 ACCOUNTANTS = ("prv", "rdp")
@@ -65,6 +66,7 @@ class ModelSettings:
     text_encoder: str  # minilm-frozen | minilm-finetune-top | tiny-bert
     image_encoder: str  # small-cnn | resnet18-gn
     hidden_dim: int  # width of the fused representation
+    text_projection: int = 0  # minilm-frozen: width of a fixed public random projection of the embedding (0 = none)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class TrainSettings:
     learning_rate: float  # SGD learning rate
     momentum: float  # SGD momentum
     modality_dropout: float  # probability of hiding a present modality of a training sample
+    clipping: str  # DP-SGD clipping: flat | per-modality (common/models/clipping.py; same C, σ and ε)
     device: str  # auto | cpu | cuda
     embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
 
@@ -277,6 +280,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         text_encoder=r.choice("text-encoder", TEXT_ENCODERS),
         image_encoder=r.choice("image-encoder", IMAGE_ENCODERS),
         hidden_dim=r.integer("hidden-dim", low=2),
+        text_projection=r.integer("text-projection", low=0),
     )
     train = TrainSettings(
         local_epochs=r.integer("local-epochs", low=1),
@@ -284,6 +288,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         learning_rate=r.number("learning-rate", low=0.0, low_open=True),
         momentum=r.number("momentum", low=0.0, high=0.999),
         modality_dropout=r.number("modality-dropout", low=0.0, high=0.9),
+        clipping=r.choice("clipping", CLIPPINGS),
         device=r.choice("device", DEVICES),
         embedding_views=r.boolean("embedding-views"),
     )
