@@ -47,6 +47,12 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "pm-proj16": {"clipping": "per-modality", "text-projection": 16},
     "pm-proj16-h16": {"clipping": "per-modality", "text-projection": 16, "hidden-dim": 16},
     "late-pm-proj16": {"clipping": "per-modality", "text-projection": 16, "fusion": "late"},
+    "pm-proj16-md30": {"clipping": "per-modality", "text-projection": 16, "modality-dropout": 0.3},
+    "base-md30": {"modality-dropout": 0.3},
+    # one modality alone: a model that reads (and trains on) only that modality, at every site holding it
+    "text-alone": {"only": "text"},
+    "text-alone-proj16": {"only": "text", "text-projection": 16},
+    "tabular-alone": {"only": "tabular"},
 }
 
 METRICS = {
@@ -55,6 +61,7 @@ METRICS = {
     "notes bacc only-tabular": lambda r: weighted(r, "bacc-only-tabular", sites=NOTES_SITES),
     "notes bacc only-text": lambda r: weighted(r, "bacc-only-text", sites=NOTES_SITES),
     "notes auc only-text": lambda r: weighted(r, "auc-only-text", sites=NOTES_SITES),
+    "notes auc": lambda r: weighted(r, "auc", sites=NOTES_SITES),
 }
 
 
@@ -67,10 +74,40 @@ def _fresh_state(state: Path) -> None:
         shutil.rmtree(site / "replay", ignore_errors=True)
 
 
+def _toml(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # strings, numbers and booleans are written alike in TOML and JSON
+
+
+def only_modality(scenario: Path, modality: str) -> Path:
+    """Rewrite the scenario copy ``scenario`` in place: every site keeps only ``modality``; sites without it leave.
+
+    The model built from it reads that modality alone (``FusionModel`` over one encoder), trained at the same ε.
+    """
+    import tomllib
+
+    raw = tomllib.loads(scenario.read_text())
+    lines = [f"# {scenario.name}: ONLY the {modality} modality (benchmarks/modality_design.py)", "", "[scenario]",
+             *(f"{k} = {_toml(v)}" for k, v in raw["scenario"].items()), ""]
+    for site in raw["sites"]:
+        if modality in site["modalities"]:
+            lines += ["[[sites]]", *(f"{k} = {_toml([modality] if k == 'modalities' else v)}"
+                                     for k, v in site.items()), ""]
+    scenario.write_text("\n".join(lines))
+    return scenario
+
+
 def run_candidate(settings: dict[str, Any], *, seed: int, rounds: int, epsilon: float, work: Path) -> dict[str, Any]:
     """One federation: summary metrics, per-site metrics and ε."""
+    settings = dict(settings)
+    only = settings.pop("only", None)
     scenario = write_with_site_privacy(SCENARIO, work / "s.toml", {"target-epsilon": epsilon,
                                                                     "epsilon-budget": epsilon})
+    if only:
+        scenario = only_modality(scenario, only)
     state = work / "state"
     _fresh_state(state)
     config = {**app_defaults(), "scenario-file": str(scenario), "site-state-root": str(state), "seed": seed,
@@ -90,8 +127,9 @@ def _mean_sd(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--candidates", default=",".join(CANDIDATES))
+    p.add_argument("--candidates", default=",".join(CANDIDATES))  # names of CANDIDATES, comma-separated
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--epsilon", type=float, default=4.0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "modality_design.json")
@@ -99,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="fedfusion-design-") as tmp:
-        for seed in range(args.seeds):  # seeds outermost: an interrupted grid still compares every candidate
+        for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outermost: an interrupted grid still compares every candidate
             for name in args.candidates.split(","):
                 t = time.monotonic()
                 r = run_candidate(CANDIDATES[name], seed=seed, rounds=args.rounds, epsilon=args.epsilon,
