@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)
     results: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="fedfusion-design-") as tmp:
-        for seed in range(args.first_seed, args.first_seed + args.seeds):  # seeds outermost: an interrupted grid still compares every candidate
+        # seeds outermost: an interrupted grid still compares every candidate
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for name in args.candidates.split(","):
                 t = time.monotonic()
                 r = run_candidate(CANDIDATES[name], seed=seed, rounds=args.rounds, epsilon=args.epsilon,

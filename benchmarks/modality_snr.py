@@ -12,7 +12,8 @@ the others' learns nothing: noise is added per coordinate, so a group with many 
 384 x hidden) drowns, whatever the data says.
 
 ``--set clipping=per-modality`` clips each tensor to its share of C as ``common/models/clipping.py`` does (the
-noise is the same: σ C per coordinate). Also printed: each group's share of the squared per-sample gradient norm (what the clipping budget is spent on).
+noise is the same: σ C per coordinate). Also printed: each group's share of the squared per-sample gradient norm
+(what the clipping budget is spent on).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         rec["share"] += float((g.flatten(1).pow(2).sum(1) / total.pow(2).clamp(min=1e-12)).mean())
     print(f"site {args.site}: n = {len(data.train)} training rows, max-records {sp.max_records}, "
           f"B = {expected_batch:g}, sigma = {sigma:.3f} (target epsilon {args.epsilon:g} over "
-          f"{run.federation.num_rounds} rounds), C = {clip:g}, clipping {run.train.clipping}; model at initialisation, seed {args.seed}")
+          f"{run.federation.num_rounds} rounds), C = {clip:g}, clipping {run.train.clipping}; "
+          f"model at initialisation, seed {args.seed}")
     print(f"{'group':<22} {'params':>7} {'share of |g|^2':>15} {'signal |mean clipped g|':>24} "
           f"{'noise sigma C sqrt(d)/B':>24} {'signal/noise':>13}")
     for g, rec in sorted(groups.items()):

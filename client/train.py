@@ -221,6 +221,9 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     loader = poisson_loader(dataset, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
                             generator=None if secure_mode else rng.sampling)
     spec = CLIPPINGS[clipping]
+    if grad_sample_mode and spec.required_mode and grad_sample_mode != spec.required_mode:
+        raise ValueError(f"clipping={clipping!r} needs grad_sample_mode={spec.required_mode!r}, got "
+                         f"{grad_sample_mode!r}: Opacus 1.6 has no per-layer clipping in that mode")
     mode = grad_sample_mode or spec.required_mode or _registered_mode(model)
     # per-modality: one norm per trainable tensor (its branch's share of C); their L2 norm is C, Opacus' noise σ C
     norms = (max_grad_norm if spec.opacus_clipping == "flat" else

@@ -90,4 +90,12 @@ def test_the_noise_is_sigma_times_the_whole_c() -> None:
              rng=dp_randomness("run-seed", run_seed=7, site="s", server_round=1))
     noise = torch.cat([(before[n] - p.detach()).flatten() * N for n, p in model.named_parameters()])
     assert noise.numel() > 500
-    assert float(noise.std()) == pytest.approx(200.0 * CLIP, rel=0.1)  # not σ C_t of each tensor (smaller)  # σ ||(C_t)|| = σ C on every coordinate
+    assert float(noise.std()) == pytest.approx(200.0 * CLIP, rel=0.1)  # σ ||(C_t)|| = σ C everywhere
+
+
+def test_a_mode_without_per_layer_clipping_is_refused_with_the_reason() -> None:
+    with pytest.raises(ValueError, match="needs grad_sample_mode='hooks'"):
+        train_dp(_model(), _data(), plan=plan_steps(max_records=N, batch_size=N, epochs=1), lr=LR, momentum=0.0,
+                 noise_multiplier=1.0, max_grad_norm=CLIP, accountant=make_accountant("prv"), secure_mode=False,
+                 modality_dropout=0.0, device=torch.device("cpu"), seed=0, clipping="per-modality",
+                 grad_sample_mode="ghost", rng=dp_randomness("run-seed", run_seed=7, site="s", server_round=1))

@@ -26,6 +26,8 @@ def test_every_default_in_pyproject_parses():
         ("target-epsilon", -1.0, "'target-epsilon' must be > 0"),
         ("dp", "yes", "'dp' must be true or false"),
         ("target-epsilon", 50.0, "exceeds epsilon-budget"),
+        ("clipping", "per-layer", "'clipping' must be one of flat, per-modality"),
+        ("text-projection", -1, "'text-projection' must be >= 0"),
     ],
 )
 def test_bad_settings_name_the_key(key, value, match):
