@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
                 t = time.monotonic()
                 r = run_candidate(CANDIDATES[name], seed=seed, rounds=args.rounds, epsilon=args.epsilon,
                                   work=Path(tmp))
-                r["seconds"] = time.monotonic() - t
+                r["seconds"], r["seed"] = time.monotonic() - t, seed
                 results.setdefault(name, []).append(r)
                 s = r["summary"]
                 print(f"{name:>16} seed {seed}: " + " ".join(f"{k} {v:.3f}" for k, v in s.items())
