@@ -282,6 +282,9 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         hidden_dim=r.integer("hidden-dim", low=2),
         text_projection=r.integer("text-projection", low=0),
     )
+    if model.text_projection and model.text_encoder != "minilm-frozen":
+        raise ConfigError(f"{source}: 'text-projection' = {model.text_projection} needs text-encoder = "
+                          f"'minilm-frozen' (got {model.text_encoder!r}): only its embedding is fixed; set it to 0")
     train = TrainSettings(
         local_epochs=r.integer("local-epochs", low=1),
         batch_size=r.integer("batch-size", low=1),

@@ -36,6 +36,12 @@ def test_bad_settings_name_the_key(key, value, match):
         parse_run_config(cfg)
 
 
+def test_a_public_projection_needs_the_frozen_encoder():
+    with pytest.raises(ConfigError, match="'text-projection' = 16 needs text-encoder = 'minilm-frozen'"):
+        parse_run_config(app_defaults() | {"text-projection": 16, "text-encoder": "tiny-bert"})
+    assert parse_run_config(app_defaults() | {"text-projection": 16}).model.text_projection == 16
+
+
 def test_missing_key_is_named():
     cfg = app_defaults()
     del cfg["batch-size"]
