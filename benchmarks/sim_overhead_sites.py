@@ -25,8 +25,12 @@ __all__ = ["main", "run_messages"]
 
 
 def run_messages(scenario: str, *, sites: int, rounds: int, out: Path, final_evaluation: bool = True,
-                 overrides: dict | None = None) -> dict[str, list[float]]:
-    """Seconds of each message, by kind: "first" (a site's first train message), "later", "evaluate"."""
+                 overrides: dict | None = None, profiler: cProfile.Profile | None = None,
+                 profile_first: bool = True) -> dict[str, list[float]]:
+    """Seconds of each message, by kind: "first" (a site's first train message), "later", "evaluate".
+
+    ``profiler``: enabled around the messages (around the later ones only when ``profile_first`` is False).
+    """
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from flwr.supercore.task_identity import TaskIdentity
 
@@ -52,9 +56,14 @@ def run_messages(scenario: str, *, sites: int, rounds: int, out: Path, final_eva
             config = ConfigRecord({"server-round": rnd, "federation-id": "bench", "num-server-rounds": rounds,
                                    EVALUATE_GLOBAL: True})
             msg = Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=1000 + i, message_type="train")
+            profiling = profiler is not None and (profile_first or rnd > 1)
+            if profiling:
+                profiler.enable()
             t0 = time.perf_counter()
             reply = app(message=msg, context=contexts[i])
             times["first" if rnd == 1 else "later"].append(time.perf_counter() - t0)
+            if profiling:
+                profiler.disable()
             privacy = reply.content.config_records.get("privacy", {})
             if privacy.get("status") not in ("trained", "declined"):
                 raise SystemExit(f"site {i} round {rnd}: {dict(privacy)}")
@@ -62,9 +71,13 @@ def run_messages(scenario: str, *, sites: int, rounds: int, out: Path, final_eva
         for i in range(n):
             config = ConfigRecord({"server-round": rounds, "federation-id": "bench", "num-server-rounds": rounds})
             msg = Message(RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=1000 + i, message_type="evaluate")
+            if profiler is not None:
+                profiler.enable()
             t0 = time.perf_counter()
             app(message=msg, context=contexts[i])
             times["evaluate"].append(time.perf_counter() - t0)
+            if profiler is not None:
+                profiler.disable()
     return times
 
 
@@ -74,6 +87,8 @@ def main() -> None:
     ap.add_argument("--sites", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--profile", action="store_true", help="print the top functions by cumulative time (cProfile)")
+    ap.add_argument("--profile-later", action="store_true",
+                    help="profile only the later messages (each site's second message on): the per-round cost")
     ap.add_argument("--top", type=int, default=40)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # as in a Ray actor of one CPU
@@ -83,12 +98,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f} at the start")
     with tempfile.TemporaryDirectory(prefix="ff-sites-") as tmp:
         t0 = time.perf_counter()
-        prof = cProfile.Profile() if args.profile else None
-        if prof:
-            prof.enable()
-        times = run_messages(args.scenario, sites=args.sites, rounds=args.rounds, out=Path(tmp))
-        if prof:
-            prof.disable()
+        prof = cProfile.Profile() if args.profile or args.profile_later else None
+        times = run_messages(args.scenario, sites=args.sites, rounds=args.rounds, out=Path(tmp), profiler=prof,
+                             profile_first=not args.profile_later)
         wall = time.perf_counter() - t0
     for kind, ts in times.items():
         if ts:

@@ -103,10 +103,12 @@ class SitePrivacy:
         The rows the site holds (private: only compared with ``max_records``, never recorded or sent).
     state_dir : Path
         The site's state folder.
+    cache_dir : Path, optional
+        Where σ calibrations are cached (default ``<state_dir>/cache``; a simulation's ``site-cache-root``).
     """
 
     def __init__(self, *, site: str, dataset_id: str, settings: PrivacySettings, num_examples: int,
-                 state_dir: Path) -> None:
+                 state_dir: Path, cache_dir: Path | None = None) -> None:
         if not settings.max_records:
             raise ValueError(f"site '{site}': no max-records declared: the sample rate, the steps, δ and the "
                              "aggregation weight derive from that public bound, never from the rows held")
@@ -123,6 +125,8 @@ class SitePrivacy:
             check_site_ledger(state_dir, site=site)  # fails closed: a ledger that lost history is never used
             self.ledger = Ledger(state_dir / LEDGER_FILE)  # 0600
         self.dataset_id = dataset_hmac(dataset_id, state_dir)
+        # σ calibrations (pure functions of public values): <state-dir>/cache, or a simulation's site-cache-root
+        self.cache_dir = cache_dir or self.state_dir / "cache"
 
     @property
     def over_bound(self) -> bool:
@@ -155,12 +159,12 @@ class SitePrivacy:
     def noise_multiplier(self, *, sample_rate: float, planned_steps: int) -> float:
         """σ meeting ``target-epsilon`` at δ after ``planned_steps`` (worst case: every round).
 
-        Calibrated once per (q, steps, target, δ, accountant) and cached on disk: a fresh
-        process (deployment) gets the same σ without recomputing.
+        Calibrated once per (q, steps, target, δ, accountant) and cached on disk (``cache_dir``): a fresh
+        process (deployment), or the next run of a simulation, gets the same σ without recomputing.
         """
         s = self.settings
         key = f"{s.accountant}|{s.target_epsilon!r}|{self.delta!r}|{sample_rate!r}|{planned_steps}"
-        cache_file = self.state_dir / "cache" / "calibration.json"
+        cache_file = self.cache_dir / "calibration.json"
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
         if key not in cache:
             cache[key] = calibrate_noise_multiplier(

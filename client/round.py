@@ -122,7 +122,8 @@ class SiteRound:
                 "[privacy], or the scenario's [sites.privacy] in a simulation): a public upper bound on its "
                 "training records, from which the sample rate, the steps, δ and the aggregation weight derive")
         return SitePrivacy(site=self.site.spec.name, dataset_id=data.dataset_id, settings=settings,
-                           num_examples=len(data.train), state_dir=self.site.state_dir)
+                           num_examples=len(data.train), state_dir=self.site.state_dir,
+                           cache_dir=self.site.cache_dir)
 
     def _ids(self) -> dict[str, Any]:
         return dict(round=self.server_round, federation_id=self.federation_id, run_id=self.run_id)
@@ -274,8 +275,6 @@ class SiteRound:
 
     # --------------------------------------------------------------- evaluate
     def evaluate(self, global_state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        with self.setup:  # scikit-learn's metrics import lazily (about a second): start-up cost, not evaluation
-            import sklearn.metrics  # noqa: F401
         data = self.data()
         model = self.model(global_state, data)
         device = resolve_device(self.site.device)

@@ -4,7 +4,9 @@ Frozen-encoder features (MiniLM sentence embeddings) depend only on each record'
 common/models/text.py), so they are computed once per distinct text and kept twice: in this process (simulation
 actors live across rounds) and on disk under ``<state-dir>/cache/`` (a deployed site runs each message in a fresh
 process). The disk store holds one embedding per text, keyed by a hash of the text and the encoder settings: adding
-or removing a record computes only what is new.
+or removing a record computes only what is new. In simulation the run setting ``site-cache-root`` puts a virtual
+site's store beside the run folders instead (``SiteConfig.feature_cache_path``), so that the next run of the scenario
+computes no feature again: a pure function of each text, it can be shared across runs without changing any value.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
     ``schema``: the federation's schema file (the scenario's); when given, the site's mapping must map onto the
     same contract (else ValueError saying so), since the model's input widths come from it.
     """
-    key = (repr(site.spec), str(site.data_dir), str(site.state_dir), site.feature_cache, model_modalities,
+    key = (repr(site.spec), str(site.data_dir), str(site.state_dir), str(site.feature_cache_path), model_modalities,
            text_encoder, str(schema))
     if key in _MEMO:
         return _MEMO[key]
@@ -133,7 +135,7 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
     train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
                                  modalities=site_mods)
-    cache = site.state_dir / "cache" if site.feature_cache else None
+    cache = site.feature_cache_path
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
     data = SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
                     dataset_id=_fingerprint(train), modalities=site_mods)

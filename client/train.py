@@ -305,6 +305,15 @@ def _binary_auc(positive: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def _balanced_accuracy(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``: a class
+    only predicted has no recall and is left out), without its input validation (~12 ms a call, five calls per
+    evaluation of a two-modality site)."""
+    present, counts = np.unique(y_true, return_counts=True)
+    hits = np.array([np.count_nonzero((y_true == c) & (pred == c)) for c in present], dtype=np.float64)
+    return float(np.mean(hits / counts))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_size: int = 256,
              drop_modalities: tuple[int, ...] = ()) -> EvalResult:
@@ -314,8 +323,6 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_
     recall over the classes present in the test set; AUC see :func:`_auc`. Both are NaN with one class present.
     ``drop_modalities`` hides the modalities at those positions of the mask (robustness checks).
     """
-    from sklearn.metrics import balanced_accuracy_score
-
     model.to(device).eval()
     ys, probs, loss_sum = [], [], 0.0
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
@@ -331,7 +338,7 @@ def evaluate(model: nn.Module, dataset: Dataset, *, device: torch.device, batch_
     p = torch.cat(probs).numpy()
     pred = (p[:, 1] >= 0.5).astype(int) if p.shape[1] == 2 else p.argmax(axis=1)
     several = len(np.unique(y_true)) >= 2
-    bacc = float(balanced_accuracy_score(y_true, pred)) if several else float("nan")
+    bacc = _balanced_accuracy(y_true, pred) if several else float("nan")
     return EvalResult(loss=loss_sum / len(y_true), accuracy=float((pred == y_true).mean()),
                       balanced_accuracy=bacc, auc=_auc(y_true, p), num_examples=int(len(y_true)),
                       positives=int((y_true > 0).sum()))

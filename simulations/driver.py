@@ -77,6 +77,9 @@ def _run_config(req: SimulationRequest, scenario_file: Path) -> dict[str, Any]:
         cfg["num-server-rounds"] = int(req.rounds)
     if req.site_state is not None:
         cfg["site-state-root"] = str(req.site_state.resolve())
+    # the virtual sites' caches (frozen-text features, content-keyed per note: client/site_data.py; σ calibrations),
+    # kept beside the run folders: the next run of a scenario computes none again; --set site-cache-root="" = per run
+    cfg.setdefault("site-cache-root", str(req.out.resolve().parent / ".site-cache"))
     return cfg
 
 
@@ -100,9 +103,12 @@ def simulate(req: SimulationRequest) -> dict[str, Any]:
         from common.privacy.central import plan_central
 
         plan_central(parse_run_config(app_defaults() | cfg), scenario)
+    if cfg.get("site-cache-root"):
+        Path(cfg["site-cache-root"]).mkdir(mode=0o700, parents=True, exist_ok=True)  # derived patient data
     if req.ray_address:  # refuse a cluster whose nodes cannot see the run folder (each site's ledger lives there)
         check_cluster(req.ray_address, shared=[out, req.app_dir, Path(cfg.get("data-dir") or APP_DIR / "data"),
-                                               *([Path(cfg["site-state-root"])] if cfg.get("site-state-root") else [])])
+                                               *[Path(cfg[k]) for k in ("site-state-root", "site-cache-root")
+                                                 if cfg.get(k)]])
     run_app(AppRun(app_dir=req.app_dir, run_config=cfg, num_supernodes=len(scenario.sites), out=out,
                    total_rounds=int(cfg.get("num-server-rounds", app_defaults()["num-server-rounds"])),
                    cpus_per_client=req.cpus_per_client, ray_address=req.ray_address, timeout=req.timeout,

@@ -110,6 +110,9 @@ class PathSettings:
     data_dir: Path | None  # data folder (absolute); None = the scenario's own (sites.scenario_data_dir)
     out_dir: Path | None  # server artefacts; None = write none
     site_state_root: Path | None  # parent of sites/<site>/ in simulation; None = <out_dir>/sites
+    # simulation only: parent of <site>/ caches (text features, σ calibrations) kept across runs;
+    # None = each site's <state-dir>/cache
+    site_cache_root: Path | None = None
     # deployment: the operator's registered-sites.json (node id <-> key <-> name, modalities, max-records);
     # None = the registered-sites.json found in out-dir or the nearest folder above it (server/identity.py)
     site_registry: Path | None = None
@@ -301,6 +304,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         data_dir=r.path("data-dir"),
         out_dir=r.path("out-dir"),
         site_state_root=r.path("site-state-root"),
+        site_cache_root=r.path("site-cache-root"),
         site_registry=r.path("site-registry"),
     )
     central = CentralSettings(

@@ -50,6 +50,10 @@ class SiteConfig:
     # keep frozen-encoder features of the site's notes under state-dir/cache (derived patient data: it stays
     # at the site); False recomputes them in every message-process
     feature_cache: bool = True
+    # simulation only (run setting site-cache-root): where the site's caches (text features, σ calibrations) live
+    # instead of <state-dir>/cache, kept across runs. Never set from a run config for a deployed site: a server does
+    # not say where a site writes
+    cache_dir: Path | None = None
     # deployment: fork each message's flwr-clientapp from a supervisor that has imported the libraries once
     # (client/warm_start.py); False = Flower's own fresh process per message
     warm_start: bool = True
@@ -59,6 +63,13 @@ class SiteConfig:
     # deployment: the federation's scenario this site accepts (site.toml [site] scenario; default the packaged
     # hospitals scenario); a run naming any other file is refused before any file is opened. None in simulation
     scenario_file: Path | None = None
+
+    @property
+    def feature_cache_path(self) -> Path | None:
+        """The folder of the site's frozen-text-feature cache; None when ``feature_cache`` is off."""
+        if not self.feature_cache:
+            return None
+        return self.cache_dir or self.state_dir / "cache"
 
     def scenario_for(self, run: RunConfig) -> Path:
         """The scenario file this site reads for ``run``: in deployment only its own (``scenario_file``).
@@ -187,6 +198,7 @@ def resolve_site(node_config: Mapping[str, Any], run: RunConfig) -> SiteConfig:
         data_dir=scenario_data_dir(scenario, run),
         state_dir=state_root / spec.name,
         device=run.train.device,
+        cache_dir=run.paths.site_cache_root / spec.name if run.paths.site_cache_root else None,
     )
 
 

@@ -1,4 +1,4 @@
-"""The evaluation's ROC-AUC (mid-rank Mann-Whitney) equals scikit-learn's roc_auc_score, ties included."""
+"""The evaluation's ROC-AUC (mid-rank Mann-Whitney) and balanced accuracy equal scikit-learn's, ties included."""
 
 from __future__ import annotations
 
@@ -35,3 +35,35 @@ def test_known_values():
     assert _auc(y, np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]])) == 0.75
     assert _auc(y, np.array([[0.5, 0.5]] * 4)) == 0.5  # all tied
     assert np.isnan(_auc(np.zeros(3, int), np.full((3, 2), 0.5)))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(2, 6), st.integers(1, 60), st.integers(0, 2**31 - 1))
+def test_balanced_accuracy_equals_sklearn(classes, n, seed):
+    """Mean recall over the classes in y_true; a class that is only predicted counts for nothing (as sklearn)."""
+    import warnings
+
+    from sklearn.metrics import balanced_accuracy_score
+
+    from client.train import _balanced_accuracy
+
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, classes, n)
+    pred = rng.integers(0, classes + 1, n)  # may predict a class absent from y (and one no label has)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sklearn warns about classes only predicted
+        expected = balanced_accuracy_score(y, pred)
+    assert abs(_balanced_accuracy(y, pred) - expected) < 1e-12
+
+
+def test_balanced_accuracy_exact_values():
+    y = np.array([0, 0, 0, 1])
+    assert _balanced(y, np.array([0, 0, 1, 1])) == (2 / 3 + 1) / 2
+    assert _balanced(y, np.array([2, 2, 2, 2])) == 0.0
+    assert _balanced(np.array([1, 1]), np.array([1, 0])) == 0.5  # one class: its recall
+
+
+def _balanced(y, pred):
+    from client.train import _balanced_accuracy
+
+    return _balanced_accuracy(y, pred)

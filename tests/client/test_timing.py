@@ -48,10 +48,10 @@ def test_stopwatch_adds_up_its_blocks_and_counts_a_return_from_inside():
     assert watch.seconds >= first + 0.05
 
 
-def _site_file(tmp_path: Path, extra: str = "") -> Path:
+def _site_file(tmp_path: Path, extra: str = "", hospital: str = "cleveland") -> Path:
     f = tmp_path / "site.toml"
-    f.write_text(f'[site]\nname = "cleveland"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
-                 f'select = {{ hospital = "cleveland" }}\n'
+    f.write_text(f'[site]\nname = "{hospital}"\nsource = "mapped"\nmapping = "mappings/uci-heart.toml"\n'
+                 f'select = {{ hospital = "{hospital}" }}\n'
                  f'modalities = ["tabular", "text"]\nstate-dir = "{tmp_path / "state"}"\n'
                  f'data-dir = "{DATA}"\n{extra}')
     return f
@@ -67,7 +67,8 @@ def test_feature_cache_is_on_by_default_and_must_be_a_boolean(tmp_path):
 
 def test_feature_cache_off_writes_nothing_derived_and_gives_the_same_features(tmp_path):
     run = parse_run_config(app_defaults())
-    site = load_site_file(_site_file(tmp_path), run=run)
+    # Switzerland: the fewest notes (123) for MiniLM to embed twice; what is checked does not depend on the site
+    site = load_site_file(_site_file(tmp_path, hospital="switzerland"), run=run)
     kw = dict(model_modalities=("tabular", "text"), text_encoder="minilm-frozen")
     cached = load_site(site, **kw)
     assert [p.name for p in (site.state_dir / "cache").glob("text-*")] == ["text-minilm-frozen.safetensors"]
