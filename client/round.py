@@ -168,7 +168,7 @@ class SiteRound:
                        noise_multiplier=plan.noise_multiplier, max_grad_norm=sp.settings.max_grad_norm,
                        accountant=accountant, secure_mode=sp.settings.secure_mode,
                        modality_dropout=t.modality_dropout, device=device, seed=self._seed(), rng=rng,
-                       proximal_mu=self.proximal_mu())
+                       proximal_mu=self.proximal_mu(), clipping=t.clipping)
         self._check_accountant(sp, plan, accountant, res.steps, res.sample_rate)
         sp.confirm(plan, **self._ids())
         log.info("site %s round %d: %d DP-SGD steps at q=1/%d (max-records %d), sigma %.4f, C %g -> epsilon %.3f "

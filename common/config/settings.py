@@ -21,6 +21,7 @@ APP_DIR = Path(__file__).resolve().parents[2]
 PACKAGED_SCENARIOS = APP_DIR / "simulations" / "scenarios"
 
 FUSIONS = ("concat", "attention", "late")
+CLIPPINGS = ("flat", "per-modality")  # common/models/clipping.py CLIPPINGS (checked equal in the tests)
 TEXT_ENCODERS = ("minilm-frozen", "minilm-finetune-top", "tiny-bert")
 IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
 ACCOUNTANTS = ("prv", "rdp")
@@ -68,6 +69,7 @@ class ModelSettings:
     text_encoder: str  # minilm-frozen | minilm-finetune-top | tiny-bert
     image_encoder: str  # small-cnn | resnet18-gn
     hidden_dim: int  # width of the fused representation
+    text_projection: int = 0  # minilm-frozen: width of a fixed public random projection of the embedding (0 = none)
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,7 @@ class TrainSettings:
     learning_rate: float  # SGD learning rate
     momentum: float  # SGD momentum
     modality_dropout: float  # probability of hiding a present modality of a training sample
+    clipping: str  # DP-SGD clipping: flat | per-modality (common/models/clipping.py; same C, σ and ε)
     device: str  # auto | cpu | cuda
     embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
 
@@ -289,13 +292,18 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         text_encoder=r.choice("text-encoder", TEXT_ENCODERS),
         image_encoder=r.choice("image-encoder", IMAGE_ENCODERS),
         hidden_dim=r.integer("hidden-dim", low=2),
+        text_projection=r.integer("text-projection", low=0),
     )
+    if model.text_projection and model.text_encoder != "minilm-frozen":
+        raise ConfigError(f"{source}: 'text-projection' = {model.text_projection} needs text-encoder = "
+                          f"'minilm-frozen' (got {model.text_encoder!r}): only its embedding is fixed; set it to 0")
     train = TrainSettings(
         local_epochs=r.integer("local-epochs", low=1),
         batch_size=r.integer("batch-size", low=1),
         learning_rate=r.number("learning-rate", low=0.0, low_open=True),
         momentum=r.number("momentum", low=0.0, high=0.999),
         modality_dropout=r.number("modality-dropout", low=0.0, high=0.9),
+        clipping=r.choice("clipping", CLIPPINGS),
         device=r.choice("device", DEVICES),
         embedding_views=r.boolean("embedding-views"),
     )
