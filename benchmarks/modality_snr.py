@@ -11,7 +11,9 @@ planner calibrates for ``--epsilon`` over the run's rounds (PRV). A group whose 
 the others' learns nothing: noise is added per coordinate, so a group with many parameters (the text projection:
 384 x hidden) drowns, whatever the data says.
 
-Also printed: each group's share of the squared per-sample gradient norm (what the clipping budget is spent on).
+``--set clipping=per-modality`` clips each tensor to its share of C as ``common/models/clipping.py`` does (the
+noise is the same: σ C per coordinate). Also printed: each group's share of the squared per-sample gradient norm
+(what the clipping budget is spent on).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from client.round import SiteRound  # noqa: E402
 from client.train import _split  # noqa: E402
 from common.config import app_defaults, load_scenario, parse_run_config, write_with_site_privacy  # noqa: E402
 from common.factory import build_model, initial_trainable_state  # noqa: E402
+from common.models.clipping import tensor_budgets  # noqa: E402
 from common.privacy.accountant import plan_steps  # noqa: E402
 
 __all__ = ["group_of", "main"]
@@ -91,9 +94,14 @@ def main(argv: list[str] | None = None) -> int:
             per_sample[n].append(torch.zeros_like(params[n]) if g is None else g.detach())
     stacked = {n: torch.stack(v) for n, v in per_sample.items()}
     total = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in stacked.values()))
-    factor = (clip / (total + 1e-6)).clamp(max=1.0)
+    factors = {n: (clip / (total + 1e-6)).clamp(max=1.0) for n in stacked}  # flat: one factor over everything
+    if run.train.clipping == "per-modality":  # each tensor to its share of C (common/models/clipping.py), as Opacus
+        budgets = tensor_budgets(params.items(), clip)
+        factors = {n: (c / (g.flatten(1).norm(dim=1) + 1e-6)).clamp(max=1.0)
+                   for (n, g), c in zip(stacked.items(), budgets, strict=True)}
     groups: dict[str, dict[str, float]] = {}
     for n, g in stacked.items():
+        factor = factors[n]
         clipped_sum = (g * factor.view(-1, *([1] * (g.dim() - 1)))).sum(0)
         rec = groups.setdefault(group_of(n), {"d": 0, "signal2": 0.0, "share": 0.0})  # share: of |g|^2, mean
         rec["d"] += params[n].numel()
@@ -101,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         rec["share"] += float((g.flatten(1).pow(2).sum(1) / total.pow(2).clamp(min=1e-12)).mean())
     print(f"site {args.site}: n = {len(data.train)} training rows, max-records {sp.max_records}, "
           f"B = {expected_batch:g}, sigma = {sigma:.3f} (target epsilon {args.epsilon:g} over "
-          f"{run.federation.num_rounds} rounds), C = {clip:g}; model at initialisation, seed {args.seed}")
+          f"{run.federation.num_rounds} rounds), C = {clip:g}, clipping {run.train.clipping}; "
+          f"model at initialisation, seed {args.seed}")
     print(f"{'group':<22} {'params':>7} {'share of |g|^2':>15} {'signal |mean clipped g|':>24} "
           f"{'noise sigma C sqrt(d)/B':>24} {'signal/noise':>13}")
     for g, rec in sorted(groups.items()):

@@ -46,7 +46,7 @@ from common.privacy.accountant import (
     epsilon_from_history,
     make_accountant,
 )
-from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT, LedgerEntry
+from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT, LedgerEntry, copies_statement
 from common.privacy.ledger import Ledger, mechanism_history_of
 from common.privacy.ledger_guard import (LEDGER_FILE, check_site_ledger, private_state_dir, site_lock,
                                          write_signed_head)
@@ -105,10 +105,13 @@ class SitePrivacy:
         The site's state folder.
     cache_dir : Path, optional
         Where σ calibrations are cached (default ``<state_dir>/cache``; a simulation's ``site-cache-root``).
+    max_copies : int
+        The largest number of training records that are copies of one another (1: none). More than 1 only when
+        the site's own file allows it (``duplicate-records = "allow"``); every release row then states it.
     """
 
     def __init__(self, *, site: str, dataset_id: str, settings: PrivacySettings, num_examples: int,
-                 state_dir: Path, cache_dir: Path | None = None) -> None:
+                 state_dir: Path, cache_dir: Path | None = None, max_copies: int = 1) -> None:
         if not settings.max_records:
             raise ValueError(f"site '{site}': no max-records declared: the sample rate, the steps, δ and the "
                              "aggregation weight derive from that public bound, never from the rows held")
@@ -127,6 +130,7 @@ class SitePrivacy:
         self.dataset_id = dataset_hmac(dataset_id, state_dir)
         # σ calibrations (pure functions of public values): <state-dir>/cache, or a simulation's site-cache-root
         self.cache_dir = cache_dir or self.state_dir / "cache"
+        self.copies = copies_statement(max_copies) if max_copies > 1 else ""  # stated in every release row
 
     @property
     def over_bound(self) -> bool:
@@ -198,7 +202,8 @@ class SitePrivacy:
     def plan(self, *, sample_rate: float, steps: int, planned_steps: int) -> RoundPlan:
         """This round's DP-SGD plan against the ledger's current history (re-checked by :meth:`reserve`)."""
         sigma = self.noise_multiplier(sample_rate=sample_rate, planned_steps=planned_steps)
-        return self._assess(self.history(), (sigma, sample_rate, steps), unbounded=self.unbounded())
+        return self._assess(self.history(), (sigma, sample_rate, steps), unbounded=self.unbounded(),
+                            statement=self.copies)
 
     def plan_central(self, *, server_noise_multiplier: float) -> RoundPlan:
         """A central-mode round as this site records it: one Gaussian release of σ/2 (record-level, q = 1)."""
@@ -206,7 +211,7 @@ class SitePrivacy:
             raise ValueError(f"site '{self.site}': central mode needs the server's σ > 0, got "
                              f"{server_noise_multiplier!r}")
         return self._assess(self.history(), (server_noise_multiplier / 2, 1.0, 1), unbounded=self.unbounded(),
-                            statement=SITE_RECORD_STATEMENT)
+                            statement="; ".join(s for s in (SITE_RECORD_STATEMENT, self.copies) if s))
 
     def _entry(self, plan: RoundPlan, event: str, *, round: int, federation_id: str, run_id: str,
                epsilon: float, epsilon_rdp: float | None, reason: str = "") -> LedgerEntry:

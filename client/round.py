@@ -123,7 +123,7 @@ class SiteRound:
                 "training records, from which the sample rate, the steps, δ and the aggregation weight derive")
         return SitePrivacy(site=self.site.spec.name, dataset_id=data.dataset_id, settings=settings,
                            num_examples=len(data.train), state_dir=self.site.state_dir,
-                           cache_dir=self.site.cache_dir)
+                           cache_dir=self.site.cache_dir, max_copies=data.max_copies)
 
     def _ids(self) -> dict[str, Any]:
         return dict(round=self.server_round, federation_id=self.federation_id, run_id=self.run_id)
@@ -168,7 +168,7 @@ class SiteRound:
                        noise_multiplier=plan.noise_multiplier, max_grad_norm=sp.settings.max_grad_norm,
                        accountant=accountant, secure_mode=sp.settings.secure_mode,
                        modality_dropout=t.modality_dropout, device=device, seed=self._seed(), rng=rng,
-                       proximal_mu=self.proximal_mu())
+                       proximal_mu=self.proximal_mu(), clipping=t.clipping)
         self._check_accountant(sp, plan, accountant, res.steps, res.sample_rate)
         sp.confirm(plan, **self._ids())
         log.info("site %s round %d: %d DP-SGD steps at q=1/%d (max-records %d), sigma %.4f, C %g -> epsilon %.3f "

@@ -208,6 +208,7 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
 
         if not torch.cuda.is_available():
             report.errors.append(f"{where} device: 'cuda' but no CUDA device is visible here")
+    from common.data.duplicates import check_copies
     from common.data.schema import DataContractError
     from common.data.sources import load_site_data, site_schema
 
@@ -223,6 +224,8 @@ def check_site_data(site: SiteConfig, *, fed: Scenario | None, where: str, priva
             return report
         train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
                                      modalities=site.spec.modalities)
+        check_copies(train, site=site.spec.name, policy=site.privacy.duplicate_records, data_dir=site.data_dir,
+                     source_args=site.spec.source_args)
     except DataContractError as err:  # names the file, line and column (or the mapping setting)
         report.errors.append(str(err))
         return report

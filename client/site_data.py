@@ -20,6 +20,7 @@ import torch
 
 from client.train import LABEL, MODALITY_MASK, TensorDictDataset
 from common.config import SiteConfig
+from common.data.duplicates import check_copies
 from common.data.site_split import SiteSplit
 from common.data.sources import load_site_data
 from common.factory import text_config
@@ -34,6 +35,9 @@ class SiteData:
     test: TensorDictDataset
     dataset_id: str  # fingerprint of the training rows: the ledger records which data was spent on
     modalities: tuple[str, ...]  # modalities this site actually feeds the model
+    # the largest number of training records that are copies of one another in content (1 = none; more only when
+    # the site's own file says duplicate-records = "allow": common/data/duplicates.py); stated in its ledger
+    max_copies: int = 1
 
 
 _MEMO: dict[tuple, SiteData] = {}
@@ -135,9 +139,11 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
     train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
                                  modalities=site_mods)
+    k = check_copies(train, site=site.spec.name, policy=site.privacy.duplicate_records, data_dir=site.data_dir,
+                     source_args=site.spec.source_args)  # before anything is computed or spent on the rows
     cache = site.feature_cache_path
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
     data = SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
-                    dataset_id=_fingerprint(train), modalities=site_mods)
+                    dataset_id=_fingerprint(train), modalities=site_mods, max_copies=k)
     _MEMO[key] = data
     return data

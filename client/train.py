@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness
 from common.privacy.accountant import StepPlan
+from common.models.clipping import CLIPPINGS, tensor_budgets
 from common.models.config import FusionConfig
 from common.models.grad_sample import grad_sample_mode as registered_grad_sample_mode
 from common.models.grad_sample import prepare_opacus
@@ -195,7 +196,7 @@ def add_proximal_term(optimizer: torch.optim.Optimizer, params: list[nn.Paramete
 def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
              modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness,
-             proximal_mu: float = 0.0, grad_sample_mode: str | None = None) -> TrainResult:
+             proximal_mu: float = 0.0, grad_sample_mode: str | None = None, clipping: str = "flat") -> TrainResult:
     """Run ``plan.steps`` DP-SGD steps (Poisson sampling at ``plan.sample_rate``) with ``accountant`` holding the
     history.
 
@@ -204,6 +205,9 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     ``proximal_mu``: FedProx's term, added after the noise (:func:`add_proximal_term`).
     ``grad_sample_mode`` (None = the one ``common/models/grad_sample.py`` registers for the model) only
     changes how Opacus computes the clipped sum, not what it is.
+    ``clipping`` (``common/models/clipping.py``): ``flat`` clips each sample's whole gradient to
+    ``max_grad_norm``; ``per-modality`` gives each trainable branch its own share of it (Opacus' per-layer
+    clipping, same total C, same σ, same ε).
     """
     from opacus import PrivacyEngine  # heavy import: only where DP training runs
 
@@ -217,11 +221,19 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     # secure_mode: Opacus swaps in its CSPRNG for the sampling (switch_generator) and the noise
     loader = poisson_loader(dataset, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
                             generator=None if secure_mode else rng.sampling)
-    mode = grad_sample_mode or _registered_mode(model)
+    spec = CLIPPINGS[clipping]
+    if grad_sample_mode and spec.required_mode and grad_sample_mode != spec.required_mode:
+        raise ValueError(f"clipping={clipping!r} needs grad_sample_mode={spec.required_mode!r}, got "
+                         f"{grad_sample_mode!r}: Opacus 1.6 has no per-layer clipping in that mode")
+    mode = grad_sample_mode or spec.required_mode or _registered_mode(model)
+    # per-modality: one norm per trainable tensor (its branch's share of C); their L2 norm is C, Opacus' noise σ C
+    norms = (max_grad_norm if spec.opacus_clipping == "flat" else
+             tensor_budgets(((n, p) for n, p in model.named_parameters() if p.requires_grad), max_grad_norm))
     prepare_opacus()  # ghost clipping and empty Poisson batches (common/models/grad_sample.py)
     made = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=False,  # the loader above already samples (Poisson)
+        max_grad_norm=norms, clipping=spec.opacus_clipping,
+        poisson_sampling=False,  # the loader above already samples (Poisson)
         noise_generator=None if secure_mode else rng.noise,
         grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(),
     )  # ghost clipping also returns the loss that runs its two backward passes

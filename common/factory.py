@@ -21,8 +21,8 @@ from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncode
 __all__ = ["text_config", "fusion_config", "build_model", "initial_trainable_state", "scenario_schema"]
 
 
-def text_config(kind: str) -> TextEncoderConfig:
-    return TextEncoderConfig(kind=kind)
+def text_config(kind: str, *, public_projection: int = 0) -> TextEncoderConfig:
+    return TextEncoderConfig(kind=kind, public_projection=public_projection)
 
 
 @functools.lru_cache(maxsize=16)
@@ -50,7 +50,7 @@ def fusion_config(model: ModelSettings, *, scenario: Scenario) -> FusionConfig:
     return FusionConfig(
         modalities=mods, fusion=model.fusion, hidden=model.hidden_dim, num_classes=len(label_classes(schema)),
         tabular=TabularEncoderConfig(in_features=tabular_width(schema)) if "tabular" in mods else None,
-        text=text_config(model.text_encoder) if "text" in mods else None,
+        text=text_config(model.text_encoder, public_projection=model.text_projection) if "text" in mods else None,
         image=ImageEncoderConfig(kind=model.image_encoder, in_channels=_image_channels(schema))
         if "image" in mods else None,
     )

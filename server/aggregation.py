@@ -147,6 +147,9 @@ def merge(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update], *,
           num_malicious: int = 0) -> Merge:
     """Each branch combined over the updates that carry it (by ``aggregator``); other tensors stay global.
 
+    The updates are combined in the order of their site names, whatever order they came in: the same updates give
+    the same bits.
+
     Parameters
     ----------
     global_arrays
@@ -165,7 +168,9 @@ def merge(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update], *,
     branches = sorted({branch_of(k) for k in global_arrays})
     for branch in branches:
         keys = [k for k in global_arrays if branch_of(k) == branch]
-        holders = [u for u in updates if keys[0] in u.arrays]
+        # in site order, not arrival order: a round's result must not depend on which reply came first (float sums
+        # are not associative; Flower samples nodes in random order)
+        holders = sorted((u for u in updates if keys[0] in u.arrays), key=lambda u: u.site)
         if not holders:
             continue
         if len(holders) < least(num_malicious):

@@ -1,7 +1,7 @@
 """What the server keeps of a run: its ledger, per-site metrics, the summary.
 
-* ``ledger.sqlite``: one row per site per round (trained, declined or failed) with the
-  mechanism and the cumulative ε the site reported; append-only and hash-chained
+* ``ledger.sqlite``: one row per site per round (trained, declined, failed, or no-reply: sampled, never answered)
+  with the mechanism and the cumulative ε the site reported; append-only and hash-chained
   (``common/privacy/ledger.py``, the same format as a site's own ledger).
 * ``metrics.csv``: one row per site per round (status, evaluation metrics, ε). No training loss: a site keeps it
   in its own log (it is computed from the training rows outside the DP mechanism).
@@ -48,7 +48,7 @@ from common.privacy.signing import (
 from common.records import COMPUTE_SECONDS, SETUP_SECONDS, STARTUP_SECONDS, TIMING_KEYS
 from common.storage import arrays_digest, atomic_write_text
 from server.checkpoint import Checkpoint, save_checkpoint
-from server.replies import SiteEvaluation, SiteReply
+from server.replies import NO_REPLY, SiteEvaluation, SiteReply
 
 __all__ = ["RunRecorder"]
 
@@ -164,17 +164,19 @@ class RunRecorder:
         """Record the round: every reply's row and each signed head that verifies, in ONE ledger transaction."""
         entries, heads = [], []
         for r in replies:
-            event = {"trained": "trained", "replayed": "trained", "declined": "declined"}.get(r.status, "failed")
+            event = {"trained": "trained", "replayed": "trained", "declined": "declined",
+                     NO_REPLY: NO_REPLY}.get(r.status, "failed")
             if event == "trained" and self.recorded_digest(r.site, server_round) is not None:
                 continue  # the same update, sent again after a restart: neither counted nor logged twice
             p = {} if r.rejected else r.privacy  # what the server failed is evidence in its ledger row, not a fact
             s = self._site(r.site)
-            s[f"rounds_{event}"] += 1
+            counter = f"rounds_{event.replace('-', '_')}"
+            s[counter] = s.get(counter, 0) + 1
             if p:
                 s.update(_site_summary(p))
                 if r.status == "declined":
                     s["last_decline_reason"] = str(p.get("reason", ""))
-            if r.status == "failed":
+            if r.status in ("failed", NO_REPLY):
                 s["last_error"] = r.error
             self._row(server_round, r.site).update({
                 "status": r.status, "mode": str(p.get("mode", "")), "epsilon": _num(p.get("epsilon")),
@@ -198,7 +200,7 @@ class RunRecorder:
         p = r.privacy
         if r.rejected:
             reason = f"rejected by the server: {r.error}"
-        elif r.status == "failed":
+        elif r.status in ("failed", NO_REPLY):
             reason = r.error
         else:
             reason = str(p.get("reason", ""))

@@ -42,10 +42,12 @@ from server.aggregation import Update
 from server.array_io import all_finite, npy_view
 from server.identity import RegisteredSite, SiteRegistry
 
-__all__ = ["STATUSES", "ReadReply", "Rejected", "ReplyRules", "SiteEvaluation", "SiteReply", "read_evaluation",
-           "read_train_reply"]
+__all__ = ["NO_REPLY", "STATUSES", "ReadReply", "Rejected", "ReplyRules", "SiteEvaluation", "SiteReply", "no_reply",
+           "read_evaluation", "read_train_reply"]
 
 STATUSES = (STATUS_TRAINED, STATUS_REPLAYED, STATUS_DECLINED, STATUS_FAILED)  # the closed set
+#: the server's own status for a sampled node that sent no reply at all (never one a site can send)
+NO_REPLY = "no-reply"
 _MODES = ("sample", "none")  # mechanisms of a sample-mode federation's releases (central mode: server/central.py)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _EPSILON_SLACK = 0.01  # a reported ε may sit this fraction below the server's own recomputation (numerics)
@@ -313,6 +315,18 @@ def read_train_reply(msg: Message, rules: ReplyRules) -> ReadReply:
     except Exception as err:  # noqa: BLE001 - a reply the checks did not foresee still never ends the run
         why = f"unreadable reply ({type(err).__name__})"
         return ReadReply(SiteReply(name, node, STATUS_FAILED, 0.0, privacy, error=why, rejected=True), None, None)
+
+
+def no_reply(node: int, registry: SiteRegistry) -> SiteReply:
+    """The server's record of a node it sent a train message to that never answered (timeout, crash, gone).
+
+    The site may have reserved and spent the round before it went silent: its row says so, and the audit then
+    compares it with the site's own ledger (a reservation there is a WARN, not a round the server never heard of).
+    """
+    site = registry.lookup(node)
+    return SiteReply(site.name if site else f"node-{node}", node, NO_REPLY, 0.0,
+                     error="no reply to this round's train message (timed out, crashed or disconnected); "
+                           "the site may have spent this round")
 
 
 def read_evaluation(msg: Message, registry: SiteRegistry) -> SiteEvaluation | None:

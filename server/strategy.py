@@ -9,7 +9,8 @@ they claim, and replaces the global model with whatever it returns. This subclas
    reply, with a logged reason, and the round goes on;
 2. a reply for a (site, round) this server already recorded must carry the update it recorded (same digest);
 3. the round is recorded once, after validation (``server/recorder.py``: one ledger transaction for all replies,
-   failed ones included, with each signed ledger head that verifies);
+   failed ones included, with each signed ledger head that verifies); a node sampled in ``configure_train`` that
+   sent no reply at all (timed out, crashed, disconnected) gets a ``no-reply`` row: it may have spent the round;
 4. each branch is combined over the sites that sent it by the ``aggregator`` setting (``server/aggregation.py``,
    Flower's own functions) and merged into the global arrays, which ``aggregate_train`` returns.
 
@@ -35,7 +36,16 @@ from common.privacy.accountant import Mechanism
 from common.records import ARRAYS, CONFIG, EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
 from server.aggregation import merge
 from server.identity import SiteRegistry
-from server.replies import ReadReply, ReplyRules, SiteEvaluation, SiteReply, read_evaluation, read_train_reply
+from server.replies import (
+    NO_REPLY,
+    ReadReply,
+    ReplyRules,
+    SiteEvaluation,
+    SiteReply,
+    no_reply,
+    read_evaluation,
+    read_train_reply,
+)
 
 __all__ = ["SiteReply", "SiteEvaluation", "RoundRecorder", "ModalityFedAvg", "validation_kwargs"]
 
@@ -112,6 +122,7 @@ class ModalityFedAvg(FedAvg):
         self.fold_evaluation = fold_evaluation
         self.round_offset = round_offset
         self._global: ArrayRecord | None = None
+        self._sampled: list[int] = []  # the nodes this round's train messages went to
 
     # The loop hands us the current global arrays here; keep them to merge into.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -120,7 +131,9 @@ class ModalityFedAvg(FedAvg):
         self._round_started = time.monotonic()
         if self.fold_evaluation:
             config[EVALUATE_GLOBAL] = True
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        self._sampled = [m.metadata.dst_node_id for m in messages]
+        return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
@@ -159,12 +172,15 @@ class ModalityFedAvg(FedAvg):
         global_np = {k: v.numpy() for k, v in self._global.items()}
         rules = self._rules(global_np, server_round)
         read = self._check_round(server_round, [read_train_reply(m, rules) for m in replies])
+        answered = {r.reply.node_id for r in read}
+        read += [ReadReply(no_reply(node, self.registry), None, None) for node in self._sampled if node not in answered]
         site_replies = [r.reply for r in read]
         for r in site_replies:
-            if r.status == STATUS_FAILED:
-                log(WARNING, "round %d: site %s failed%s: %s", server_round, r.site,
+            if r.status in (STATUS_FAILED, NO_REPLY):
+                log(WARNING, "round %d: site %s %s%s: %s", server_round, r.site, r.status,
                     " (rejected by the server)" if r.rejected else "", r.error)
-        counts = {s: sum(r.status == s for r in site_replies) for s in ("trained", "replayed", "declined", "failed")}
+        counts = {s: sum(r.status == s for r in site_replies)
+                  for s in ("trained", "replayed", "declined", "failed", NO_REPLY)}
         log(INFO, "round %d: %s", server_round, ", ".join(f"{v} {k}" for k, v in counts.items() if v))
         updates = [r.update for r in read if r.update is not None]
         if self.recorder:

@@ -141,6 +141,8 @@ def print_report(summary: dict[str, Any], out_dir: Path | None = None) -> None:
     for n, s in sorted(summary.get("sites", {}).items()):
         if s.get("rounds_failed"):
             console.print(f"[red]{n} failed in {s['rounds_failed']} round(s): {s.get('last_error', '')}[/red]")
+        if s.get("rounds_no_reply"):  # sampled, never answered (server/strategy.py): it may have spent the round
+            console.print(f"[red]{n} sent no reply in {s['rounds_no_reply']} round(s) it was sampled for[/red]")
     if out_dir is not None:  # only what is there: a deployed run's site ledgers live at the sites
         names = [n for n in ("summary.json", "metrics.csv", "ledger.sqlite", "ledger-head.json", "model.safetensors",
                              "checkpoint.safetensors", "rounds.png", "privacy-utility.png", "server_key.pub",

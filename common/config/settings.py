@@ -10,10 +10,9 @@ from typing import Any, Mapping
 
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
-    "CentralSettings", "AggregationSettings", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS", "STRATEGIES",
-    "PLAIN_OPTIMIZERS",
-    "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU", "app_defaults",
-    "parse_run_config",
+    "CentralSettings", "AggregationSettings", "DUPLICATE_POLICIES", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS",
+    "STRATEGIES", "PLAIN_OPTIMIZERS", "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES",
+    "MAX_PROXIMAL_MU", "app_defaults", "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
@@ -22,6 +21,7 @@ APP_DIR = Path(__file__).resolve().parents[2]
 PACKAGED_SCENARIOS = APP_DIR / "simulations" / "scenarios"
 
 FUSIONS = ("concat", "attention", "late")
+CLIPPINGS = ("flat", "per-modality")  # common/models/clipping.py CLIPPINGS (checked equal in the tests)
 TEXT_ENCODERS = ("minilm-frozen", "minilm-finetune-top", "tiny-bert")
 IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
 ACCOUNTANTS = ("prv", "rdp")
@@ -29,6 +29,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: where DP-SGD's randomness (Poisson sampling, Gaussian noise) comes from: client/dp_random.py
 NOISE_SEEDS = ("secret", "run-seed")
 MODALITIES = ("tabular", "text", "image")
+#: ``duplicate-records`` of a site's own privacy file (common/data/duplicates.py): refuse to train on records that
+#: are copies of one another in content (default), or allow them (the ledger then states the largest number of copies)
+DUPLICATE_POLICIES = ("refuse", "allow")
 PRIVACY_MODES = ("sample", "central")  # sample: per-site DP-SGD | central: site-level DP by Flower's wrapper
 #: how the holders of a branch are combined (server/aggregation.py: Flower's own functions, per branch)
 AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "bulyan")
@@ -68,6 +71,7 @@ class ModelSettings:
     text_encoder: str  # minilm-frozen | minilm-finetune-top | tiny-bert
     image_encoder: str  # small-cnn | resnet18-gn
     hidden_dim: int  # width of the fused representation
+    text_projection: int = 0  # minilm-frozen: width of a fixed public random projection of the embedding (0 = none)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class TrainSettings:
     learning_rate: float  # DP-SGD learning rate (steps on clipped, noised mean gradients)
     momentum: float  # SGD momentum
     modality_dropout: float  # probability of hiding a present modality of a training sample
+    clipping: str  # DP-SGD clipping: flat | per-modality (common/models/clipping.py; same C, σ and ε)
     device: str  # auto | cpu | cuda
     embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
     # training WITHOUT DP (dp = false; baselines): its own optimiser and learning rate, chosen on public proxy data
@@ -105,6 +110,10 @@ class PrivacySettings:
     # privacy-mode: in a run config the mode the run asks for; in a site's file the least private mode the site
     # accepts ("central": it lets the server see its raw model updates, a trusted curator)
     privacy_mode: str = "sample"
+    # The site's own file only: "refuse" (default) = never train on records that are copies of one another in
+    # content (DP's record would no longer be one person, common/data/duplicates.py); "allow" = the site states that
+    # such records are different people, and its ledger rows state the largest number of copies
+    duplicate_records: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -254,6 +263,8 @@ def _privacy(r: _Reader) -> PrivacySettings:
         noise_seed=r.choice("noise-seed", NOISE_SEEDS),
         max_records=r.integer("max-records", low=1) if "max-records" in r.values else None,
         privacy_mode=r.choice("privacy-mode", PRIVACY_MODES) if "privacy-mode" in r.values else "sample",
+        duplicate_records=(r.choice("duplicate-records", DUPLICATE_POLICIES) if "duplicate-records" in r.values
+                           else "refuse"),
     )
     if p.target_epsilon > p.epsilon_budget:
         raise ConfigError(
@@ -286,13 +297,18 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         text_encoder=r.choice("text-encoder", TEXT_ENCODERS),
         image_encoder=r.choice("image-encoder", IMAGE_ENCODERS),
         hidden_dim=r.integer("hidden-dim", low=2),
+        text_projection=r.integer("text-projection", low=0),
     )
+    if model.text_projection and model.text_encoder != "minilm-frozen":
+        raise ConfigError(f"{source}: 'text-projection' = {model.text_projection} needs text-encoder = "
+                          f"'minilm-frozen' (got {model.text_encoder!r}): only its embedding is fixed; set it to 0")
     train = TrainSettings(
         local_epochs=r.integer("local-epochs", low=1),
         batch_size=r.integer("batch-size", low=1),
         learning_rate=r.number("learning-rate", low=0.0, low_open=True),
         momentum=r.number("momentum", low=0.0, high=0.999),
         modality_dropout=r.number("modality-dropout", low=0.0, high=0.9),
+        clipping=r.choice("clipping", CLIPPINGS),
         device=r.choice("device", DEVICES),
         embedding_views=r.boolean("embedding-views"),
         plain_optimizer=r.choice("plain-optimizer", PLAIN_OPTIMIZERS),

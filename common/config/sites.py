@@ -96,7 +96,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 _PRIVACY_KEYS = ("dp", "target-epsilon", "epsilon-budget", "delta", "max-grad-norm", "accountant",
-                 "secure-mode", "noise-seed", "max-records", "privacy-mode")
+                 "secure-mode", "noise-seed", "max-records", "privacy-mode", "duplicate-records")
 
 
 def _site_spec(raw: Mapping[str, Any], where: str) -> SiteSpec:

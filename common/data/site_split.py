@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.data.duplicates import record_digests
 from common.data.features import encode_labels, encode_tabular, label_classes
 from common.data.generators import MnistByLabel, TemplateText, build_generator
 from common.data.images import load_image
@@ -38,12 +39,15 @@ class SiteSplit:
     images: np.ndarray | None = None  # float32 (n, C, H, W) in [0, 1], if the site holds the image modality
     image_present: np.ndarray | None = None  # bool (n,): the record has an image
     num_classes: int = 2
+    # sha256 of each record's content but its id (common.data.duplicates): equal digests = copies of one record
+    content: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.ids)
         lengths = {"labels": len(self.labels), "tabular": len(self.tabular), "tabular_mask": len(self.tabular_mask)}
         lengths |= {"text": len(self.text)} if self.text is not None else {}
         lengths |= {"images": len(self.images)} if self.images is not None else {}
+        lengths |= {"content": len(self.content)} if self.content is not None else {}
         wrong = {name: length for name, length in lengths.items() if length != n}
         if wrong:
             raise ValueError(f"SiteSplit: ids has {n} rows but {wrong}")
@@ -60,7 +64,8 @@ class SiteSplit:
                          text=tuple(self.text[i] for i in rows) if self.text is not None else None,
                          images=self.images[rows] if self.images is not None else None,
                          image_present=self.image_present[rows] if self.image_present is not None else None,
-                         num_classes=self.num_classes)  # fmt: skip
+                         num_classes=self.num_classes,
+                         content=None if self.content is None else tuple(self.content[i] for i in rows))  # fmt: skip
 
 
 def _modality_feature(schema: Schema, kind: str) -> FeatureSpec:
@@ -111,6 +116,26 @@ def _images(table: pd.DataFrame, schema: Schema, ids: np.ndarray, labels: np.nda
     return images, present
 
 
+def _content(table: pd.DataFrame, mapping: SiteMapping, id_name: str, text: tuple[str, ...] | None,
+             images: np.ndarray | None) -> tuple[str, ...]:
+    """Each record's content digest: its mapped row without the id; a note or image read from the site's own
+    files by its content instead of its path; generated notes and images (a function of the row) left out."""
+    schema, exclude = mapping.schema, [id_name]
+    own_text = own_images = None
+    if text is not None:
+        spec = _modality_feature(schema, "text")
+        rule = next((r for r in mapping.columns if r.feature.name == spec.name), None)
+        if spec.generated is None and rule is not None and rule.content == "file":
+            exclude.append(spec.name)
+            own_text = text
+    if images is not None:
+        spec = _modality_feature(schema, "image")
+        if spec.generated is None:
+            exclude.append(spec.name)
+            own_images = images
+    return record_digests(table, exclude=exclude, text=own_text, images=own_images)
+
+
 def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterable[str], data_dir: Path,
                 split_key: str, test_fraction: float) -> tuple[SiteSplit, SiteSplit]:
     """The site's (train, test) records from its mapped table.
@@ -144,5 +169,6 @@ def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterab
     if "image" in modalities:
         images, present = _images(table, schema, ids, labels, is_test, data_dir)
     whole = SiteSplit(ids=ids, labels=labels, tabular=tabular, tabular_mask=mask, text=text, images=images,
-                      image_present=present, num_classes=len(label_classes(schema)))  # fmt: skip
+                      image_present=present, num_classes=len(label_classes(schema)),
+                      content=_content(table, mapping, id_feature.name, text, images))  # fmt: skip
     return whole.take(train_idx), whole.take(test_idx)

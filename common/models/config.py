@@ -73,10 +73,20 @@ class TextEncoderConfig:
     tiny_intermediate: int = 64  # tiny-bert: width of each layer's feed-forward block
     dropout: float = 0.1  # dropout inside the trainable BERT layers and on the pooled feature
     featurize_batch_size: int = 32  # notes per MiniLM forward pass in TextFeaturizer
+    # minilm-frozen: k > 0 maps the 384-d embedding through a FIXED random k x 384 Gaussian matrix (public: drawn
+    # from a constant seed, never fitted on any data, never trained or sent); 0 = pass the embedding on as is
+    public_projection: int = 0
 
     def __post_init__(self) -> None:
         owner = "TextEncoderConfig"
         _require_choice(owner, "kind", self.kind, get_args(TextKind))
+        if not isinstance(self.public_projection, int) or isinstance(self.public_projection, bool) \
+                or self.public_projection < 0:
+            raise ValueError(f"{owner}.public_projection={self.public_projection!r}: must be an integer >= 0 "
+                             "(0 = no projection)")
+        if self.public_projection and self.kind != "minilm-frozen":
+            raise ValueError(f"{owner}.public_projection={self.public_projection} with kind={self.kind!r}: only "
+                             "minilm-frozen has a fixed embedding to project; the other kinds train their own output")
         _require_positive(
             owner,
             out_dim=self.out_dim,

@@ -137,13 +137,34 @@ def _require_attention_mask(inputs: Mapping[str, Tensor], kind: str) -> Tensor:
 
 
 # ------------------------------------------------------------------------------------------- encoders
+PUBLIC_PROJECTION_SEED = 20250414  # constant, public: every site and the server draw the same matrix
+
+
+def public_projection_matrix(k: int) -> Tensor:
+    """The fixed (k, 384) projection of minilm-frozen: N(0, 1) entries from :data:`PUBLIC_PROJECTION_SEED`.
+
+    Data-independent (a Johnson-Lindenstrauss map), so using it costs no privacy. A unit-norm MiniLM embedding x maps
+    to R x whose coordinates have variance ||x||^2 = 1: the projected feature has unit scale per coordinate.
+    """
+    gen = torch.Generator().manual_seed(PUBLIC_PROJECTION_SEED)
+    return torch.randn(k, MINILM_DIM, generator=gen, dtype=torch.float32)
+
+
 class FrozenMiniLMEncoder(nn.Module):
-    """minilm-frozen: passes the cached (B, 384) sentence embeddings through; has no parameters."""
+    """minilm-frozen: the cached (B, 384) sentence embeddings, optionally through a fixed public projection.
+
+    No trainable parameters. With ``public_projection = k`` the output is (B, k) = embeddings @ R^T for the fixed
+    matrix of :func:`public_projection_matrix` (a non-persistent buffer: not in the state dict, never sent): the
+    fusion's text projection then trains k x hidden weights instead of 384 x hidden, so DP-SGD adds noise to ~384/k
+    times fewer coordinates of the text branch (BENCHMARKS.md "Every modality under DP").
+    """
 
     def __init__(self, config: TextEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.out_dim = MINILM_DIM
+        k = config.public_projection
+        self.out_dim = k or MINILM_DIM
+        self.register_buffer("projection", public_projection_matrix(k) if k else None, persistent=False)
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         embeddings = inputs["text"]
@@ -152,7 +173,9 @@ class FrozenMiniLMEncoder(nn.Module):
                 f"inputs['text'] is {tuple(embeddings.shape)} {embeddings.dtype}; minilm-frozen reads "
                 f"(B, {MINILM_DIM}) float sentence embeddings from TextFeaturizer(kind='minilm-frozen')"
             )
-        return embeddings
+        if self.projection is None:
+            return embeddings
+        return embeddings @ self.projection.to(embeddings.dtype).T
 
 
 class MiniLMTopLayerEncoder(nn.Module):

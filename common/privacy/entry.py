@@ -19,7 +19,8 @@ A row's ``reason`` may open with a ``mode=...`` statement (:func:`statement_mode
 WITHOUT differential privacy that the site's own file allowed (``dp = false``): a reserve row
 with no mechanism and ``epsilon = inf``; every later ε of that site is ∞.
 
-Server (``SERVER_EVENTS``): ``"trained"``, ``"declined"``, ``"failed"`` — what a site reported.
+Server (``SERVER_EVENTS``): ``"trained"``, ``"declined"``, ``"failed"`` — what a site reported; ``"no-reply"`` —
+a site sampled for the round never answered (it may have spent the round).
 
 Hash
 ----
@@ -52,15 +53,18 @@ __all__ = [
     "SITE_EVENTS",
     "LedgerEntry",
     "canonical_json",
+    "copies_statement",
     "entry_hash",
+    "statement_copies",
     "statement_mode",
 ]
 
 SITE_EVENTS: tuple[str, ...] = ("reserve", "confirm", "decline")
-SERVER_EVENTS: tuple[str, ...] = ("trained", "declined", "failed")
+SERVER_EVENTS: tuple[str, ...] = ("trained", "declined", "failed", "no-reply")
 EVENTS: tuple[str, ...] = SITE_EVENTS + SERVER_EVENTS
 GENESIS_HASH = "0" * 64  # prev_hash of the first row
 NO_DP = "none"  # statement_mode of a release without DP (ε = ∞)
+_COPIES = "max-copies="  # copies_statement: the largest number of training records that are copies of one another
 #: the ``reason`` of a release without DP, in the site's ledger and the server's (``mode=none``: ε = ∞)
 NO_DP_STATEMENT = f"mode={NO_DP}; release=without-dp; allowed-by=the site's own file (dp = false); epsilon=inf"
 #: the ``reason`` of a site's OWN ledger row of its central participation (record-level: the server's σ/2;
@@ -68,6 +72,22 @@ NO_DP_STATEMENT = f"mode={NO_DP}; release=without-dp; allowed-by=the site's own 
 SITE_RECORD_STATEMENT = ("mode=central; unit=record; relation=add-or-remove-one-record; sampling=no-amplification; "
                          "noise=the server's sigma/2 (it clips this site's whole update to C: sensitivity 2C); "
                          "trusted-curator=the server sees this site's raw update")
+
+
+def copies_statement(copies: int) -> str:
+    """The statement a site's release rows carry when its own file allows records that are copies of one another
+    in content (``duplicate-records = "allow"``; common/data/duplicates.py): the largest number of copies."""
+    return (f"duplicate-records=allow; {_COPIES}{copies}; group-privacy=a person whose record appears {copies} times "
+            f"is protected as a group of {copies} records, not by the stated epsilon")
+
+
+def statement_copies(reason: str) -> int:
+    """The largest number of copies a row's ``reason`` states (:func:`copies_statement`); 1 if it states none."""
+    for part in str(reason or "").split(";"):
+        part = part.strip()
+        if part.startswith(_COPIES) and part[len(_COPIES):].isdigit():
+            return int(part[len(_COPIES):])
+    return 1
 
 
 def statement_mode(reason: str) -> str:

@@ -14,7 +14,8 @@ For each server row about the site:
   reserved and confirmed instead, it spent ε while telling the server it had not (FAIL); a
   reservation never confirmed (a crash, after which the site refuses to spend the round twice)
   is a WARN;
-* ``failed``: a site reservation for that round is a WARN (spent, but the server has no result).
+* ``failed`` or ``no-reply`` (sampled, never answered): a site reservation for that round is a WARN (spent, but
+  the server has no result).
 
 A site reservation with no server row at all is a FAIL: the server's ledger has a row for every
 reply, failures included, so the site spent ε that the server never heard about. A site
@@ -124,8 +125,9 @@ def compare_site_server(site: str, site_rows: Sequence[LedgerEntry], server_rows
                 if diffs:
                     add(FAIL, s.round, "the site's decline and the server's disagree: " + "; ".join(diffs),
                         declines[-1].seq)
-        elif reserves:  # failed
-            add(WARN, s.round, f"the server recorded a failure, but the site reserved ε={_fmt(reserves[-1].epsilon)} "
+        elif reserves:  # failed, no-reply
+            what = "no reply" if s.event == "no-reply" else "a failure"
+            add(WARN, s.round, f"the server recorded {what}, but the site reserved ε={_fmt(reserves[-1].epsilon)} "
                                "for it: spent without a result (counted from the site's ledger)", reserves[-1].seq)
     for key, g in sorted(groups.items()):
         if key in seen:

@@ -40,7 +40,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common.privacy.entry import LedgerEntry
+from common.privacy.entry import LedgerEntry, statement_copies
 from common.privacy.reference import PLD_VALUE_DISCRETIZATION_INTERVAL
 from server.audit.epsilons import (FINE_PLD_DISCRETIZATION_INTERVAL, Step, cumulative_epsilons, judge_reported,
                                    rdp_orders_excluded)
@@ -205,6 +205,13 @@ def recompute_site(audit: SiteAudit, rows: Sequence[LedgerEntry], *, budget_for:
         audit.rows.append(_with(rr, pld_epsilon=pld, rdp_epsilon=rdp, status=status))
     _summarise(audit, rows, prefix, states)
     audit.released_without_dp = any(step[0] == "none" for step in prefix)
+    copies = [(statement_copies(r.reason), r) for r in rows if r.event in compose]
+    k, row = max(copies, key=lambda c: c[0], default=(1, None))
+    if k > 1 and row is not None:  # the site's own file allowed copies (duplicate-records = "allow")
+        finding(WARN, "group-privacy", row, f"the site's file allows training records that are copies of one another "
+                                            f"(duplicate-records = allow), up to {k} of one record: a person with {k} "
+                                            f"records is protected as a group of {k} (for (ε, δ)-DP about {k}ε), "
+                                            "not by the ε stated")
     return findings
 
 

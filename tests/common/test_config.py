@@ -26,12 +26,20 @@ def test_every_default_in_pyproject_parses():
         ("target-epsilon", -1.0, "'target-epsilon' must be > 0"),
         ("dp", "yes", "'dp' must be true or false"),
         ("target-epsilon", 50.0, "exceeds epsilon-budget"),
+        ("clipping", "per-layer", "'clipping' must be one of flat, per-modality"),
+        ("text-projection", -1, "'text-projection' must be >= 0"),
     ],
 )
 def test_bad_settings_name_the_key(key, value, match):
     cfg = app_defaults() | {key: value}
     with pytest.raises(ConfigError, match=match):
         parse_run_config(cfg)
+
+
+def test_a_public_projection_needs_the_frozen_encoder():
+    with pytest.raises(ConfigError, match="'text-projection' = 16 needs text-encoder = 'minilm-frozen'"):
+        parse_run_config(app_defaults() | {"text-projection": 16, "text-encoder": "tiny-bert"})
+    assert parse_run_config(app_defaults() | {"text-projection": 16}).model.text_projection == 16
 
 
 def test_missing_key_is_named():
