@@ -34,7 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +44,76 @@ if str(ROOT) not in sys.path:  # run as a script: the project's packages (a site
     sys.path.insert(0, str(ROOT))
 
 from common.config import app_defaults, write_with_site_privacy  # noqa: E402
+from simulations.baselines import BASELINES  # noqa: E402
 from simulations.inprocess import FederationResult, fresh_ledgers, run_federation, weighted  # noqa: E402
 
-__all__ = ["Row", "rows", "run_row", "summarise", "main"]
+__all__ = ["Row", "ROW_FAMILIES", "register_rows", "rows", "METRICS", "run_row", "summarise", "main"]
 
 SCENARIO = ROOT / "simulations" / "scenarios" / "hospitals.toml"
 NOTES_SITES = ("cleveland", "hungary", "switzerland")  # the sites of the scenario holding clinical notes
 
 
+@dataclass(frozen=True)
 class Row:
-    """One table row: a name, the site-file changes (the scenario copy) and the run-setting changes."""
+    """One table row: a name, how a result is produced, the site-file changes (the scenario copy) and run settings.
 
-    def __init__(self, name: str, site_privacy: dict[str, Any], settings: dict[str, Any], epsilon: float) -> None:
-        self.name, self.site_privacy, self.settings, self.epsilon = name, site_privacy, settings, epsilon
+    ``train`` takes a complete run config and returns per-site results: ``run_federation`` (a federation) or one
+    of ``simulations.baselines.BASELINES`` (pooled, local-only).
+    """
+
+    name: str
+    site_privacy: dict[str, Any]
+    settings: dict[str, Any]
+    epsilon: float  # the target ε (inf: no DP)
+    train: Callable[[Mapping[str, Any]], FederationResult] = run_federation
+    note: str = ""  # the row's own hyperparameters / caveat, printed under the table
 
 
-def rows(epsilons: list[float]) -> list[Row]:
-    """The rows: two non-private references, then DP at each target ε."""
-    out = [Row("fedavg, no DP", {"dp": False}, {"dp": False}, math.inf),
-           Row("fedyogi, no DP", {"dp": False}, {"dp": False, "strategy": "fedyogi"}, math.inf)]
-    for e in epsilons:
-        out.append(Row(f"fedavg, ε = {e:g}", {"target-epsilon": e, "epsilon-budget": e},
-                       {"target-epsilon": e, "epsilon-budget": e}, e))
+NO_DP = {"dp": False}
+
+
+def _references(epsilons: list[float]) -> list[Row]:
+    """Non-private references: pooled, local-only (plain optimiser, rounds x local-epochs passes), federated."""
+    del epsilons
+    plain = "plain-optimizer / plain-learning-rate (pyproject), num-server-rounds x local-epochs passes"
+    return [Row("pooled, no DP", NO_DP, NO_DP, math.inf, BASELINES["pooled"],
+                f"one model on all sites' train rows; {plain}"),
+            Row("local-only, no DP", NO_DP, NO_DP, math.inf, BASELINES["local-only"],
+                f"each site alone, scored on its own test rows; {plain}"),
+            Row("fedavg, no DP", NO_DP, NO_DP, math.inf, note="plain-optimizer / plain-learning-rate at each site"),
+            Row("fedyogi, no DP", NO_DP, {**NO_DP, "strategy": "fedyogi"}, math.inf,
+                note="server-* settings: Flower's / Reddi et al.'s published defaults")]
+
+
+def _dp_grid(epsilons: list[float]) -> list[Row]:
+    """DP-SGD at each target ε (the scenario copy's site files set target-epsilon = epsilon-budget = ε)."""
+    return [Row(f"fedavg, ε = {e:g}", {"target-epsilon": e, "epsilon-budget": e},
+                {"target-epsilon": e, "epsilon-budget": e}, e) for e in epsilons]
+
+
+#: row families, in table order: name -> (ε grid) -> rows. Add a family with :func:`register_rows`.
+ROW_FAMILIES: dict[str, Callable[[list[float]], list[Row]]] = {"references": _references, "dp": _dp_grid}
+
+
+def register_rows(family: str) -> Callable[[Callable[[list[float]], list[Row]]], Callable[[list[float]], list[Row]]]:
+    """Decorator: add a family of rows (e.g. each modality alone at every ε) to the table, after the others."""
+    def add(make: Callable[[list[float]], list[Row]]) -> Callable[[list[float]], list[Row]]:
+        if family in ROW_FAMILIES:
+            raise ValueError(f"row family {family!r} is already registered")
+        ROW_FAMILIES[family] = make
+        return make
+    return add
+
+
+def rows(epsilons: list[float], families: list[str] | None = None) -> list[Row]:
+    """Every row of the chosen ``families`` (default all, in registration order); row names are unique."""
+    unknown = sorted(set(families or ()) - set(ROW_FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown row families {unknown}: known are {list(ROW_FAMILIES)}")
+    out = [r for name, make in ROW_FAMILIES.items() if not families or name in families for r in make(epsilons)]
+    names = [r.name for r in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate row names in {names}")
     return out
 
 
@@ -93,14 +142,15 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def run_row(row: Row, *, seed: int, rounds: int, work: Path, overrides: dict[str, Any]) -> dict[str, Any]:
-    """One federation of ``row`` at ``seed``: its summary metrics and per-site metrics."""
-    scenario = write_with_site_privacy(SCENARIO, work / f"{_slug(row.name)}.toml", row.site_privacy)
+def run_row(row: Row, *, seed: int, rounds: int, work: Path, overrides: dict[str, Any],
+            scenario: Path = SCENARIO) -> dict[str, Any]:
+    """One result of ``row`` at ``seed`` (a federation, or a baseline): summary metrics and per-site metrics."""
+    copy = write_with_site_privacy(scenario, work / f"{_slug(row.name)}.toml", row.site_privacy)
     state = work / "state"  # shared: feature caches stay, ledgers are removed before each run
     fresh_ledgers(state)
-    config = {**app_defaults(), "scenario-file": str(scenario), "site-state-root": str(state), "seed": seed,
+    config = {**app_defaults(), "scenario-file": str(copy), "site-state-root": str(state), "seed": seed,
               "num-server-rounds": rounds, **overrides, **row.settings}
-    result = run_federation(config, run_id=f"utility-{_slug(row.name)}")
+    result = row.train(config)
     return {"summary": {k: f(result) for k, f in METRICS.items()},
             "sites": {n: {"epsilon": s.epsilon, "delta": s.delta, **s.metrics} for n, s in result.sites.items()}}
 
@@ -118,14 +168,17 @@ def _slug(name: str) -> str:
 
 
 def write_table(results: dict[str, list[dict[str, Any]]], path: Path, *, seeds: int, rounds: int,
-                overrides: dict[str, Any]) -> None:
+                overrides: dict[str, Any], rows_by_name: Mapping[str, Row]) -> None:
     cols = list(METRICS)
     changed = ", ".join(f"{k} = {v!r}" for k, v in overrides.items()) or "none"
     lines = [f"Hospitals scenario (920 patients, 4 sites), {rounds} rounds, mean ± sd over {seeds} seeds "
              f"(test-row-weighted over sites); settings changed from the defaults: {changed}.", "",
              "| row | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, runs in results.items():
-        lines.append(f"| {name} | " + " | ".join(summarise([r["summary"][c] for r in runs]) for c in cols) + " |")
+        lines.append(f"| {name} ({len(runs)}) | " + " | ".join(summarise([r["summary"][c] for r in runs])
+                                                         for c in cols) + " |")
+    notes = {r.name: r.note for r in rows_by_name.values() if r.note and r.name in results}
+    lines += ["", "(n) = seeds finished."] + [f"* {name}: {note}" for name, note in notes.items()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -167,22 +220,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default="", help="row names to run, separated by ; (default: all)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a run setting for every row, e.g. fusion=late (repeatable; recorded in utility.json)")
+    p.add_argument("--families", default="", help="row families to run, separated by , (default: all: "
+                   + ", ".join(ROW_FAMILIES) + ")")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "utility")
+    p.add_argument("--work", type=Path, default=None, help="folder for the sites' state (feature caches are kept; "
+                   "ledgers are removed before each run); default a temporary folder")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)  # every site logs each round; the table is the output
     args.out.mkdir(parents=True, exist_ok=True)
-    selected = [r for r in rows([float(e) for e in args.epsilons.split(",")])
+    families = [f for f in args.families.split(",") if f] or None
+    selected = [r for r in rows([float(e) for e in args.epsilons.split(",")], families)
                 if not args.rows or r.name in args.rows.split(";")]
     overrides = parse_sets(args.set)
     results: dict[str, list[dict[str, Any]]] = {}
     started = time.monotonic()
+    # seeds outermost: an interrupted grid has every row at the seeds it finished (json written after every run)
     with tempfile.TemporaryDirectory(prefix="fedfusion-utility-") as tmp:
-        for row in selected:
-            for seed in range(args.seeds):
+        work = args.work or Path(tmp)  # --work keeps the sites' feature caches across invocations
+        work.mkdir(parents=True, exist_ok=True)
+        for seed in range(args.seeds):
+            for row in selected:
                 t = time.monotonic()
-                results.setdefault(row.name, []).append(run_row(row, seed=seed, rounds=args.rounds, work=Path(tmp),
-                                                                       overrides=overrides))
-                # written after every run: an interrupted grid keeps its finished rows
+                results.setdefault(row.name, []).append(run_row(row, seed=seed, rounds=args.rounds, work=work,
+                                                                overrides=overrides))
                 (args.out / "utility.json").write_text(json.dumps(
                     {"seeds": args.seeds, "rounds": args.rounds, "settings": overrides, "complete": False,
                      "rows": results}, indent=1))
@@ -194,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "utility.json").write_text(json.dumps({"seeds": args.seeds, "rounds": args.rounds,
                                                        "settings": overrides, "complete": True,
                                                        "seconds": elapsed, "rows": results}, indent=1))
-    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides)
+    write_table(results, args.out / "utility.md", seeds=args.seeds, rounds=args.rounds, overrides=overrides,
+                rows_by_name={r.name: r for r in selected})
     write_plot(results, args.out / "privacy-utility.png")
     print((args.out / "utility.md").read_text())
     print(f"{elapsed:.0f} s in all; {args.out}")

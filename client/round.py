@@ -207,9 +207,10 @@ class SiteRound:
         steps = plan_steps(max_records=sp.max_records, batch_size=t.batch_size, epochs=t.local_epochs)
         model = self.model(global_state, data)
         plan = sp.release_without_dp(steps=steps.steps, **self._ids())  # recorded before anything leaves
-        res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size, lr=t.learning_rate,
-                          momentum=t.momentum, modality_dropout=t.modality_dropout,
-                          device=resolve_device(self.site.device), seed=self._seed(), proximal_mu=self.proximal_mu())
+        res = train_plain(model, data.train, epochs=t.local_epochs, batch_size=t.batch_size,
+                          optimizer=t.plain_optimizer, lr=t.plain_learning_rate, momentum=t.momentum,
+                          modality_dropout=t.modality_dropout, device=resolve_device(self.site.device),
+                          seed=self._seed(), proximal_mu=self.proximal_mu())
         log.warning("site %s round %d: released WITHOUT DP (its own file allows dp = false): epsilon is infinite; "
                     "local only: loss %.4f", self.site.spec.name, self.server_round, res.loss)
         return TrainOutcome(_cpu(trainable_state(model, branches=(*data.modalities, "head"))),

@@ -18,9 +18,10 @@ costs no privacy. The non-private path adds it the same way.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable, Mapping
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ from common.models.grad_sample import prepare_opacus
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader", "poisson_loader",
     "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate", "noise_generator_problem",
-    "add_proximal_term",
+    "add_proximal_term", "PLAIN_OPTIMIZERS",
 ]
 
 LABEL, MODALITY_MASK = "label", "modality_mask"
@@ -248,19 +249,48 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
                        num_examples=len(dataset), sample_rate=sample_rate)
 
 
+#: optimiser of non-private training (``plain-optimizer``): name -> (parameters, lr, momentum) -> optimiser.
+#: DP-SGD always steps with SGD on the clipped, noised mean gradient (norm <= C, so ``learning-rate`` 1.0 suits it);
+#: raw gradients are unbounded, and the same SGD step can diverge or stall, hence a separate choice (README,
+#: "Hyperparameters").
+PLAIN_OPTIMIZERS: dict[str, Callable[[list[nn.Parameter], float, float], torch.optim.Optimizer]] = {
+    "sgd": lambda params, lr, momentum: torch.optim.SGD(params, lr=lr, momentum=momentum),
+    "adam": lambda params, lr, momentum: torch.optim.Adam(params, lr=lr),  # momentum: Adam's own β1
+}
+
+
 def train_plain(model: nn.Module, dataset: Dataset, *, epochs: int, batch_size: int, lr: float, momentum: float,
-                modality_dropout: float, device: torch.device, seed: int, proximal_mu: float = 0.0) -> TrainResult:
-    """Non-private SGD: baselines and benchmarks only."""
+                modality_dropout: float, device: torch.device, seed: int, proximal_mu: float = 0.0,
+                optimizer: str = "sgd", max_steps: int | None = None) -> TrainResult:
+    """Non-private training (``optimizer`` from :data:`PLAIN_OPTIMIZERS`): baselines, benchmarks, ``dp = false``.
+
+    ``max_steps``: stop after that many optimizer steps (FLamby's "local updates"), passing over the data as
+    many times as needed (``epochs`` is then ignored); None = ``epochs`` full passes.
+    """
+    try:
+        make_optimizer = PLAIN_OPTIMIZERS[optimizer]
+    except KeyError:
+        raise ValueError(f"optimizer must be one of {sorted(PLAIN_OPTIMIZERS)}, got {optimizer!r}") from None
     torch.manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
-    add_proximal_term(optimizer, params, mu=proximal_mu)
+    opt = make_optimizer(params, lr, momentum)
+    add_proximal_term(opt, params, mu=proximal_mu)
     loader = make_loader(dataset, batch_size=batch_size, generator=torch.Generator().manual_seed(seed))
-    losses, steps = run_epochs(model, optimizer, loader, epochs=epochs, device=device,
+    if max_steps is not None:
+        loader = _first_steps(loader, max_steps)
+        epochs = 1
+    losses, steps = run_epochs(model, opt, loader, epochs=epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=0.0)
+
+
+def _first_steps(loader: DataLoader, steps: int) -> Iterator[dict[str, torch.Tensor]]:
+    """``steps`` batches: ``loader`` passed over again and again (each pass reshuffles), cut after ``steps``."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"max_steps must be an integer >= 1, got {steps!r}")
+    return itertools.islice(itertools.chain.from_iterable(iter(loader) for _ in itertools.count()), steps)
 
 
 def _registered_mode(model: nn.Module) -> str:

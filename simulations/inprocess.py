@@ -31,6 +31,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.round import SiteRound
 from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
+from common.privacy.ledger_guard import HEAD_MARK_FILE
 from common.records import ARRAYS, CONFIG, METRICS, PRIVACY
 from server.identity import registry_from_scenario
 from server.optimizers import build_strategy
@@ -65,9 +66,13 @@ class FederationResult:
 
 
 def fresh_ledgers(state_root: Path) -> None:
-    """Remove every site's ledger (and its replay cache) under ``state_root``; feature and calibration caches stay."""
+    """Remove every site's ledger, its signed-head mark and its replay cache under ``state_root``: each benchmark
+    run is a new dataset's first run (the site's guard refuses a missing ledger beside a head mark); feature and
+    calibration caches stay."""
     for ledger in state_root.glob("*/ledger.sqlite*"):
         ledger.unlink()
+    for mark in state_root.glob(f"*/{HEAD_MARK_FILE}"):
+        mark.unlink()
     for replay in state_root.glob("*/replay"):
         shutil.rmtree(replay, ignore_errors=True)
 

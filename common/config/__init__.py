@@ -18,8 +18,8 @@ The package has three modules: ``settings`` (run settings), ``sites`` (scenario 
 """
 
 from common.config.settings import (AGGREGATORS, APP_DIR, MAX_PROXIMAL_MU, MODALITIES, NOISE_SEEDS, PACKAGED_SCENARIOS,
-                                    PRIVACY_MODES, STRATEGIES, WEIGHTINGS, AggregationSettings, CentralSettings,
-                                    ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
+                                    PLAIN_OPTIMIZERS, PRIVACY_MODES, STRATEGIES, WEIGHTINGS, AggregationSettings,
+                                    CentralSettings, ConfigError, FederationSettings, ModelSettings, PathSettings, PrivacySettings,
                                     RunConfig, StrategySettings, TrainSettings, app_defaults, parse_run_config)
 from common.config.sites import (Scenario, SiteConfig, SiteSpec, load_scenario, load_site_file, resolve_site,
                                  scenario_data_dir, site_privacy, write_with_site_privacy)
@@ -28,7 +28,7 @@ from common.config.terms import PrivacyTerms, Refusal, privacy_terms
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "AggregationSettings", "AGGREGATORS", "WEIGHTINGS", "PRIVACY_MODES", "STRATEGIES",
-    "StrategySettings", "MAX_PROXIMAL_MU", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
+    "PLAIN_OPTIMIZERS", "StrategySettings", "MAX_PROXIMAL_MU", "RunConfig", "SiteSpec", "Scenario", "SiteConfig", "APP_DIR",
     "PACKAGED_SCENARIOS", "MODALITIES", "NOISE_SEEDS", "app_defaults", "parse_run_config", "load_scenario",
     "resolve_site", "load_site_file", "scenario_data_dir", "site_privacy", "write_with_site_privacy", "PrivacyTerms",
     "Refusal", "privacy_terms",

@@ -11,8 +11,8 @@ from typing import Any, Mapping
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "AggregationSettings", "DUPLICATE_POLICIES", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS",
-    "STRATEGIES", "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES", "MAX_PROXIMAL_MU",
-    "app_defaults", "parse_run_config",
+    "STRATEGIES", "PLAIN_OPTIMIZERS", "StrategySettings", "RunConfig", "APP_DIR", "PACKAGED_SCENARIOS", "MODALITIES",
+    "MAX_PROXIMAL_MU", "app_defaults", "parse_run_config",
 ]
 
 #: Folder holding ``pyproject.toml`` (the Flower app). In an installed app bundle this is
@@ -39,6 +39,8 @@ AGGREGATORS = ("weighted-mean", "trimmed-mean", "median", "krum", "multikrum", "
 WEIGHTINGS = ("max-records", "equal")
 #: server strategies (server/optimizers.py: Flower's class of each, composed with the modality-aware merge)
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+#: optimisers of training without DP (client/train.py PLAIN_OPTIMIZERS; DP-SGD always steps with SGD)
+PLAIN_OPTIMIZERS = ("sgd", "adam")
 
 
 MAX_PROXIMAL_MU = 100.0  # a larger μ pins every site to the global model (also the site's check of a message's μ)
@@ -76,12 +78,15 @@ class ModelSettings:
 class TrainSettings:
     local_epochs: int  # local passes over the site's training data per round
     batch_size: int  # expected Poisson batch size; Opacus' sample rate is 1/len(loader)
-    learning_rate: float  # SGD learning rate
+    learning_rate: float  # DP-SGD learning rate (steps on clipped, noised mean gradients)
     momentum: float  # SGD momentum
     modality_dropout: float  # probability of hiding a present modality of a training sample
     clipping: str  # DP-SGD clipping: flat | per-modality (common/models/clipping.py; same C, σ and ε)
     device: str  # auto | cpu | cuda
     embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
+    # training WITHOUT DP (dp = false; baselines): its own optimiser and learning rate, chosen on public proxy data
+    plain_optimizer: str  # sgd | adam (PLAIN_OPTIMIZERS)
+    plain_learning_rate: float
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,8 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         clipping=r.choice("clipping", CLIPPINGS),
         device=r.choice("device", DEVICES),
         embedding_views=r.boolean("embedding-views"),
+        plain_optimizer=r.choice("plain-optimizer", PLAIN_OPTIMIZERS),
+        plain_learning_rate=r.number("plain-learning-rate", low=0.0, low_open=True),
     )
     scenario = r.path("scenario-file") or PACKAGED_SCENARIOS / "hospitals.toml"
     paths = PathSettings(
