@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID
 
 from common.models.params import branch_of
 from common.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_from_history, plan_steps
@@ -274,9 +275,16 @@ def _evaluation(msg: Message, name: str, node: int) -> SiteEvaluation | None:
         return None
 
 
-def read_train_reply(msg: Message, rules: ReplyRules) -> ReadReply:
-    """The server's verdict on one train reply: what it records, and the update it may merge (if any)."""
+def read_train_reply(msg: Message, rules: ReplyRules, *, sent_to: Mapping[str, int] | None = None) -> ReadReply:
+    """The server's verdict on one train reply: what it records, and the update it may merge (if any).
+
+    ``sent_to`` maps the ids of the round's train messages to the nodes they went to: an error reply the SuperLink
+    writes itself (the node vanished; its source is the SuperLink's own node id) is the failure of the node the
+    message went to, and is recorded as that site's, not as an unknown node's.
+    """
     node = msg.metadata.src_node_id
+    if msg.has_error() and node == SUPERLINK_NODE_ID and sent_to:
+        node = sent_to.get(msg.metadata.reply_to_message_id, node)
     site = rules.registry.lookup(node)
     name = site.name if site else f"node-{node}"
     if msg.has_error():  # Flower's own error reply (the ClientApp crashed, or the node vanished)

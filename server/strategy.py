@@ -123,6 +123,7 @@ class ModalityFedAvg(FedAvg):
         self.round_offset = round_offset
         self._global: ArrayRecord | None = None
         self._sampled: list[int] = []  # the nodes this round's train messages went to
+        self._sent: list[Message] = []  # those messages (Flower's grid sets their message ids when it pushes them)
 
     # The loop hands us the current global arrays here; keep them to merge into.
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -133,6 +134,7 @@ class ModalityFedAvg(FedAvg):
             config[EVALUATE_GLOBAL] = True
         messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
+        self._sent = messages
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -171,7 +173,8 @@ class ModalityFedAvg(FedAvg):
         server_round += self.round_offset
         global_np = {k: v.numpy() for k, v in self._global.items()}
         rules = self._rules(global_np, server_round)
-        read = self._check_round(server_round, [read_train_reply(m, rules) for m in replies])
+        sent_to = {m.metadata.message_id: m.metadata.dst_node_id for m in self._sent if m.metadata.message_id}
+        read = self._check_round(server_round, [read_train_reply(m, rules, sent_to=sent_to) for m in replies])
         answered = {r.reply.node_id for r in read}
         read += [ReadReply(no_reply(node, self.registry), None, None) for node in self._sampled if node not in answered]
         site_replies = [r.reply for r in read]

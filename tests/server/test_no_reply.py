@@ -85,3 +85,24 @@ def test_the_audit_sees_a_spent_round_without_reply_as_a_warning_not_a_missing_r
     findings = compare_site_server("va_long_beach", [reserve], server_rows)
     assert [f.level for f in findings] == [WARN] and "no reply" in findings[0].message
     assert FAIL not in {f.level for f in findings}
+
+
+def test_an_error_the_superlink_writes_for_a_vanished_node_is_that_sites_failure(tmp_path, keys):
+    """A node that vanishes mid-round gets an error reply written by the SuperLink itself: its source is the
+    SuperLink's node id, and it answers the message sent to the site (``reply_to_message_id``). It is recorded as
+    that site's ``failed`` row: not as an unknown node's, and not as a second, ``no-reply`` row for the site
+    (found by tests/integration/test_deploy.py, which kills a SuperNode in round 1)."""
+    from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
+
+    strategy = _strategy(tmp_path)
+    msgs = sorted(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in GLOBAL.items()}), ConfigRecord(),
+                                           FakeGrid([1, 2, 3])), key=lambda m: m.metadata.dst_node_id)
+    for m in msgs:  # what Flower's grid does when it pushes them
+        m.metadata.__dict__["_message_id"] = m.object_id
+    error = create_message_error_unavailable_res_message(msgs[2].metadata, "node_unavail")  # the SuperLink's own
+    replies = [_message(m, *_honest(SITES[m.metadata.dst_node_id - 1], keys[SITES[m.metadata.dst_node_id - 1].name], 1))
+               for m in msgs[:2]] + [error]
+    strategy.aggregate_train(1, replies)
+    rows = _rows(tmp_path, 1)
+    assert sorted((s, e.event) for (s, _), e in rows.items()) == [
+        ("cleveland", "trained"), ("hungary", "trained"), ("va_long_beach", "failed")]
