@@ -43,6 +43,11 @@ def _image_channels(schema: Schema) -> int:
     return image.channels
 
 
+def _projection(model: ModelSettings) -> int:
+    """``text-projection`` applies to the frozen MiniLM embedding only: the fine-tuned encoders learn their output."""
+    return model.text_projection if model.text_encoder == "minilm-frozen" else 0
+
+
 def fusion_config(model: ModelSettings, *, scenario: Scenario) -> FusionConfig:
     """The model's config: modalities from the scenario, every width from its schema."""
     schema = scenario_schema(scenario)
@@ -50,7 +55,7 @@ def fusion_config(model: ModelSettings, *, scenario: Scenario) -> FusionConfig:
     return FusionConfig(
         modalities=mods, fusion=model.fusion, hidden=model.hidden_dim, num_classes=len(label_classes(schema)),
         tabular=TabularEncoderConfig(in_features=tabular_width(schema)) if "tabular" in mods else None,
-        text=text_config(model.text_encoder, public_projection=model.text_projection) if "text" in mods else None,
+        text=text_config(model.text_encoder, public_projection=_projection(model)) if "text" in mods else None,
         image=ImageEncoderConfig(kind=model.image_encoder, in_channels=_image_channels(schema))
         if "image" in mods else None,
     )

@@ -71,7 +71,9 @@ class ModelSettings:
     text_encoder: str  # minilm-frozen | minilm-finetune-top | tiny-bert
     image_encoder: str  # small-cnn | resnet18-gn
     hidden_dim: int  # width of the fused representation
-    text_projection: int = 0  # minilm-frozen: width of a fixed public random projection of the embedding (0 = none)
+    # minilm-frozen only: width of a fixed public random projection of its embedding (0 = none); the fine-tuned
+    # encoders (tiny-bert, minilm-finetune-top) train their own output and do not use it
+    text_projection: int = 16
 
 
 @dataclass(frozen=True)
@@ -299,9 +301,6 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         hidden_dim=r.integer("hidden-dim", low=2),
         text_projection=r.integer("text-projection", low=0),
     )
-    if model.text_projection and model.text_encoder != "minilm-frozen":
-        raise ConfigError(f"{source}: 'text-projection' = {model.text_projection} needs text-encoder = "
-                          f"'minilm-frozen' (got {model.text_encoder!r}): only its embedding is fixed; set it to 0")
     train = TrainSettings(
         local_epochs=r.integer("local-epochs", low=1),
         batch_size=r.integer("batch-size", low=1),

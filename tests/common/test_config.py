@@ -36,10 +36,17 @@ def test_bad_settings_name_the_key(key, value, match):
         parse_run_config(cfg)
 
 
-def test_a_public_projection_needs_the_frozen_encoder():
-    with pytest.raises(ConfigError, match="'text-projection' = 16 needs text-encoder = 'minilm-frozen'"):
-        parse_run_config(app_defaults() | {"text-projection": 16, "text-encoder": "tiny-bert"})
-    assert parse_run_config(app_defaults() | {"text-projection": 16}).model.text_projection == 16
+def test_the_public_projection_applies_to_the_frozen_encoder_only():
+    from common.factory import text_config
+    from common.factory import _projection
+
+    assert app_defaults()["text-projection"] == 16  # the default (README "Model"): the frozen MiniLM is projected
+    frozen = parse_run_config(app_defaults()).model
+    assert frozen.text_projection == 16 and _projection(frozen) == 16
+    tiny = parse_run_config(app_defaults() | {"text-encoder": "tiny-bert"}).model
+    assert _projection(tiny) == 0  # a fine-tuned encoder learns its own output: nothing fixed to project
+    assert text_config("tiny-bert", public_projection=_projection(tiny)).public_projection == 0
+    assert _projection(parse_run_config(app_defaults() | {"text-projection": 0}).model) == 0
 
 
 def test_missing_key_is_named():

@@ -153,3 +153,11 @@ def test_parameter_counts_of_the_default_configuration(fusion: str, expected: di
         image=ImageEncoderConfig(kind="small-cnn"),
     )
     assert parameter_counts(FusionModel(config)) == expected
+
+
+def test_the_run_default_projects_the_note_embedding_to_16_before_the_trained_projection() -> None:
+    # pyproject's text-projection = 16: the trained text projection is Linear(16, 64) = 1088 instead of 24640
+    config = FusionConfig(modalities=MODALITIES, fusion="attention", tabular=TabularEncoderConfig(in_features=7),
+                          text=TextEncoderConfig(kind="minilm-frozen", public_projection=16),
+                          image=ImageEncoderConfig(kind="small-cnn"))
+    assert parameter_counts(FusionModel(config)) == {"tabular": 5152, "text": 1088, "image": 8064, "head": 12675}
