@@ -265,7 +265,9 @@ class SiteRound:
             "noise-multiplier": plan.noise_multiplier, "sample-rate": plan.sample_rate}
         # the largest number of copies k (duplicate-records = "allow") is a count of the site's rows: it stays in the
         # site's own ledger (the audit reads it there) and never rides on the reply, which its ε does not cover
-        reason = "; ".join(part for part in reason.split("; ") if part and part != sp.copies)
+        # (the statement has parts of its own, "duplicate-records=allow; max-copies=k; group-privacy=...": each goes)
+        copies = set(sp.copies.split("; ")) if sp.copies else set()
+        reason = "; ".join(part for part in reason.split("; ") if part and part not in copies)
         return head | mechanism | {
             "status": status, "reason": reason, "code": code, "site": self.site.spec.name, "mode": mode,
             "dataset-id": sp.dataset_id, "max-records": sp.max_records,
