@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
+XDIST  ?= -n 3 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast clean
 
@@ -19,9 +20,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/fedfusion simulate --scenario hospitals $(ARGS)
 
-## the whole test suite, slow end-to-end tests included
+## the whole test suite, slow end-to-end tests included, on XDIST workers (one test file per worker at a time;
+## tests/conftest.py hands out the files with slow tests first). XDIST= runs it in this process.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra $(ARGS)
+	$(BIN)/python -m pytest -q -ra $(XDIST) $(ARGS)
 
 ## unit tests only
 test-fast: $(STAMP)

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -125,7 +126,10 @@ class Deployment:
                     "register": ["supernode", "register", str(rogue_key), "evil", "--name", "rogue"],
                     "list-nodes": ["supernode", "list", "evil"], "list-runs": ["ls", "evil"],
                     "stop": ["stop", "1", "evil"], "unregister": ["supernode", "unregister", "1", "evil"]}
-        return {name: self.flwr(*args, home=home) for name, args in commands.items()}
+        # each must be refused on its own: they are sent at once (each is a `flwr` process of its own)
+        with ThreadPoolExecutor(len(commands)) as pool:
+            sent = {name: pool.submit(self.flwr, *args, home=home) for name, args in commands.items()}
+        return {name: future.result() for name, future in sent.items()}
 
 
 def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import time
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -61,14 +62,21 @@ def deployment(tmp_path_factory, kit):
     try:
         ok(dep.cli("federation", "init", str(dep.op), "--host", "127.0.0.1", "--port", str(dep.port)))
         dep.start_superlink()
-        for name in (*HOSPITALS, VICTIM):
+        names = (*HOSPITALS, VICTIM)
+
+        def init_and_check(name: str) -> None:  # each site on its own machine: the four run at once
             mods = ["--modalities", "tabular"] if name == "va_long_beach" else []
             ok(dep.cli("site", "init", str(tmp / "sites" / name), "--name", name, "--example-data", name, *mods))
-            dep.sites[name] = tmp / "sites" / name / "site.toml"
+            site_toml = tmp / "sites" / name / "site.toml"
             if name == COLD:
-                dep.sites[name].write_text(dep.sites[name].read_text().replace("warm-start = true",
-                                                                               "warm-start = false"))
-            ok(dep.cli("site", "check", str(dep.sites[name])))
+                site_toml.write_text(site_toml.read_text().replace("warm-start = true", "warm-start = false"))
+            ok(dep.cli("site", "check", str(site_toml)))
+
+        with ThreadPoolExecutor(len(names)) as pool:
+            for done in [pool.submit(init_and_check, name) for name in names]:
+                done.result()
+        for name in names:  # the operator registers them one after the other, then each site joins
+            dep.sites[name] = tmp / "sites" / name / "site.toml"
             ok(dep.cli("federation", "register", str(dep.op), str(tmp / "sites" / name / "keys" / "site_ecdsa.pub"),
                        "--name", name, *_declared(dep.sites[name])))
             dep.joins[name] = dep.join(name)
