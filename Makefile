@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
-XDIST  ?= -n 3 --dist loadfile --no-loadscope-reorder
+XDIST  ?= -n 2 --dist loadfile --no-loadscope-reorder
 
 .PHONY: install run test test-fast clean
 
