@@ -15,7 +15,8 @@ from common.privacy.ledger import Ledger
 # run-seeded noise: the site's own table allows it and the run asks for it (tests/client/test_dp_random.py)
 LEAN = {"batch-size": 100, "hidden-dim": 16, "num-server-rounds": 1, "noise-seed": "run-seed",
         "site_privacy": {"noise-seed": "run-seed"}}
-ABLATIONS = {f"{kind}-{tag}-{m}" for kind in ("bacc", "auc") for tag in ("without", "only") for m in ("tabular", "text")}
+ABLATIONS = {f"{kind}-{tag}-{m}" for kind in ("bacc", "auc") for tag in ("without", "only")
+             for m in ("tabular", "text")}
 
 
 def _rows(job) -> list[tuple]:

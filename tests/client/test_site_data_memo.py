@@ -27,7 +27,8 @@ def _prepare(tmp_path: Path) -> Path:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     data = tmp_path / "data"
-    assert module.main(["--source", str(FASHION / "sample"), "--out", str(data / "fashion-mnist"), "--limit", "30"]) == 0
+    out = data / "fashion-mnist"
+    assert module.main(["--source", str(FASHION / "sample"), "--out", str(out), "--limit", "30"]) == 0
     for name in ("mapping.toml", "schema.toml"):
         shutil.copy(FASHION / name, data / "fashion-mnist" / name)
     scenario = tmp_path / "one.toml"
