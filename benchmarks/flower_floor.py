@@ -133,7 +133,8 @@ def run_floor(shape: Shape, shapes: dict[str, tuple[int, ...]], work: Path) -> R
     return Result(times.total_s, rec["round_s"], rss.peak / 2**30, per_round)
 
 
-def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True, tag: str = "") -> Result:
+def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True, tag: str = "",
+             settings: tuple[str, ...] = ()) -> Result:
     """``fedfusion simulate`` of ``shape`` in a new run folder under ``work`` (site cache: ``work/.site-cache``)."""
     out = work / f"ours-{shape.nodes}x{shape.rounds}-{shape.fraction:g}{tag}"
     cmd = [str(Path(sys.executable).parent / "fedfusion"), "simulate", "--scenario", scenario, "--out", str(out),
@@ -142,6 +143,8 @@ def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True
         cmd += ["--set", f"min-available-nodes={shape.nodes}"]
     if shape.fraction < 1:  # the final evaluation (outside the rounds) asks the same share of the sites
         cmd += ["--set", f"fraction-evaluate={shape.fraction}"]
+    for kv in settings:  # e.g. missing-modality-evaluation=false for the scale runs
+        cmd += ["--set", kv]
     if not site_check:  # start-up without the check of every site's data (time it with simulations/preflight.py)
         cmd += ["--no-site-check"]
     t0 = time.monotonic()
@@ -212,6 +215,9 @@ def main() -> None:
                     help="run ours a second time, in a new run folder beside the first (new ledgers; the virtual "
                          "sites' cache of text features and σ beside the run folders is then warm): the data "
                          "scientist's next run")
+    ap.add_argument("--ours-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a run setting for ours (`fedfusion simulate --set`), e.g. missing-modality-evaluation=false "
+                         "for the 1000-site scenario; repeatable")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true", help="keep the run folders (printed)")
     args = ap.parse_args()
@@ -236,12 +242,13 @@ def main() -> None:
                 print(f"{'ours':<22s} skipped: no {shape.nodes}-site scenario given (--ours-scenario, --ours-virtual)")
                 continue
             scenario = str(virtual_scenario(shape.nodes, work))
-        ours = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check)
+        ours = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check, settings=tuple(args.ours_set))
         print(_row(f"ours ({Path(scenario).stem})"[:22], ours))
         print(_ratio(ours, floor), flush=True)
         results[str(shape)]["ours"] = vars(ours)
         if args.ours_again:
-            again = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check, tag="-again")
+            again = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check, tag="-again",
+                             settings=tuple(args.ours_set))
             print(_row("ours, next run", again))
             print(_ratio(again, floor), flush=True)
             results[str(shape)]["ours-again"] = vars(again)

@@ -96,7 +96,9 @@ def profile(args: argparse.Namespace, work: Path) -> tuple[dict[str, list[Path]]
         raise SystemExit("py-spy is not installed: `.venv/bin/python -m pip install py-spy==0.4.3` (a dev tool only)")
     out = work / "run"
     cmd = [str(Path(sys.executable).parent / "fedfusion"), "simulate", "--scenario", args.scenario, "--out", str(out),
-           "--quiet", "--rounds", str(args.rounds)]
+           "--quiet", "--rounds", str(args.rounds), *(f"--set={kv}" for kv in args.set)]
+    if args.no_site_check:
+        cmd.append("--no-site-check")
     t0 = time.monotonic()
     run = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=(work / "simulate.log").open("w"))
     attached: dict[int, tuple[str, subprocess.Popen, Path]] = {}
@@ -141,6 +143,9 @@ def main() -> None:
     ap.add_argument("--scenario", default="hospitals")
     ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="passed to `fedfusion simulate --set` (e.g. fraction-train=0.05)")
+    ap.add_argument("--no-site-check", action="store_true", help="passed to `fedfusion simulate`")
     ap.add_argument("--keep", action="store_true", help="keep the run folder and the raw profiles (printed)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ff-profile-"))

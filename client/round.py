@@ -293,9 +293,10 @@ class SiteRound:
             write_embedding_views(model, data.test, self.site.state_dir / "views" / f"round-{self.server_round:03d}.png",
                                   device=device, modalities=self.scenario.modalities,
                                   title=f"{self.site.spec.name}, round {self.server_round}, test rows")
-        # Missing-modality robustness: each held modality removed in turn, and each alone.
+        # Missing-modality robustness: each held modality removed in turn, and each alone (unless the run turns
+        # these extra evaluations off: missing-modality-evaluation = false, for scale runs)
         mods = self.scenario.modalities
-        if len(data.modalities) > 1:
+        if self.run.train.missing_modality_evaluation and len(data.modalities) > 1:
             for m in data.modalities:
                 j = mods.index(m)
                 others = tuple(i for i, o in enumerate(mods) if o != m)

@@ -22,8 +22,9 @@ from client.train import LABEL, MODALITY_MASK, TensorDictDataset
 from common.config import SiteConfig
 from common.data.duplicates import check_copies
 from common.data.site_split import SiteSplit
-from common.data.sources import load_site_data
+from common.data.sources import load_site_data, site_files
 from common.factory import text_config
+from common.file_memo import FileMemo
 from common.storage import atomic_write_bytes
 
 __all__ = ["SiteData", "load_site", "text_features"]
@@ -40,7 +41,10 @@ class SiteData:
     max_copies: int = 1
 
 
-_MEMO: dict[tuple, SiteData] = {}
+#: the sites' data loaded in this process (a simulation actor serves many sites, message after message), each kept
+#: while every file it was read from is unchanged (``sources.site_files``: mapping, schema, data file, the site's own
+#: image and text files; and the federation's schema): a file rewritten while the actor lives is read again
+_MEMO: FileMemo[SiteData] = FileMemo(size=4096)
 
 
 def _fingerprint(split: SiteSplit) -> str:
@@ -131,9 +135,19 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
     same contract (else ValueError saying so), since the model's input widths come from it.
     """
     key = (repr(site.spec), str(site.data_dir), str(site.state_dir), str(site.feature_cache_path), model_modalities,
-           text_encoder, str(schema))
-    if key in _MEMO:
-        return _MEMO[key]
+           text_encoder, str(schema), site.privacy.duplicate_records)
+    site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
+    try:
+        files = site_files(site.spec.source, site.spec.source_args, data_dir=site.data_dir, modalities=site_mods)
+    except Exception:  # noqa: BLE001 - unreadable or invalid: no memo; the load below raises its own clear error
+        return _load(site, model_modalities=model_modalities, text_encoder=text_encoder, schema=schema)
+    files += (schema,) if schema is not None else ()
+    return _MEMO.get(files, key, lambda: _load(site, model_modalities=model_modalities, text_encoder=text_encoder,
+                                               schema=schema))
+
+
+def _load(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encoder: str,
+          schema: Path | None) -> SiteData:
     if schema is not None:
         _check_schema(site, schema)
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
@@ -143,7 +157,5 @@ def load_site(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encod
                      source_args=site.spec.source_args)  # before anything is computed or spent on the rows
     cache = site.feature_cache_path
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
-    data = SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
+    return SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
                     dataset_id=_fingerprint(train), modalities=site_mods, max_copies=k)
-    _MEMO[key] = data
-    return data

@@ -23,13 +23,15 @@ T = TypeVar("T")
 
 
 def file_identity(path: Path | str) -> tuple | None:
-    """``(resolved path, device, inode, size, mtime_ns, ctime_ns)`` of ``path``; None if it cannot be stat'ed."""
-    p = Path(path)
+    """``(path, device, inode, size, mtime_ns, ctime_ns)`` of ``path`` (links followed); None if it cannot be stat'ed.
+
+    The device and inode name the file whatever path reaches it (a link re-pointed elsewhere gives another inode),
+    so the path is not resolved: one ``stat`` per file, as a site's memo checks each of its image files."""
     try:
-        st = os.stat(p)
+        st = os.stat(path)
     except OSError:
         return None
-    return (str(p.resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class FileMemo(Generic[T]):

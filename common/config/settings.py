@@ -86,6 +86,7 @@ class TrainSettings:
     clipping: str  # DP-SGD clipping: flat | per-modality (common/models/clipping.py; same C, σ and ε)
     device: str  # auto | cpu | cuda
     embedding_views: bool  # write PCA/t-SNE of fused representations at the site (never sent)
+    missing_modality_evaluation: bool  # also evaluate with each held modality removed and alone (robustness metrics)
     # training WITHOUT DP (dp = false; baselines): its own optimiser and learning rate, chosen on public proxy data
     plain_optimizer: str  # sgd | adam (PLAIN_OPTIMIZERS)
     plain_learning_rate: float
@@ -310,6 +311,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         clipping=r.choice("clipping", CLIPPINGS),
         device=r.choice("device", DEVICES),
         embedding_views=r.boolean("embedding-views"),
+        missing_modality_evaluation=r.boolean("missing-modality-evaluation"),
         plain_optimizer=r.choice("plain-optimizer", PLAIN_OPTIMIZERS),
         plain_learning_rate=r.number("plain-learning-rate", low=0.0, low_open=True),
     )

@@ -28,7 +28,7 @@ from common.data.split import DEFAULT_TEST_FRACTION
 from common.file_memo import FileMemo, file_identity
 
 __all__ = ["SOURCE_KEYS", "SOURCES", "DataSource", "SourceArgs", "get_source", "load_site_data", "mapped_table",
-           "site_schema", "source_args"]  # fmt: skip
+           "site_files", "site_schema", "source_args"]  # fmt: skip
 
 #: keys of a site entry that belong to its data source (one list, kept where site entries are read)
 SOURCE_KEYS = SOURCE_ARG_KEYS
@@ -145,8 +145,8 @@ def mapped_table(path: Path) -> MappedTable:
     return _TABLES.get(_files(path, mapping), str(path), lambda: apply_mapping(mapping))
 
 
-def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
-    a = source_args(args)
+def _site_table(a: SourceArgs, data_dir: Path) -> tuple[pd.DataFrame, MappedTable]:
+    """The site's rows of its mapped file (its partition part and selection), and the whole mapped file."""
     path = data_dir / a.mapping
     mapped = mapped_table(path)
     if a.partition is not None:
@@ -154,8 +154,35 @@ def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) 
     else:
         table = mapped.table.reset_index(drop=True)
     table = _select(table, mapped.mapping, a.select) if a.select or a.partition is None else table
+    return table, mapped
+
+
+def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
+    a = source_args(args)
+    table, mapped = _site_table(a, data_dir)
     return build_split(table, mapped.mapping, modalities=modalities, data_dir=data_dir,
                        split_key=a.split_key or mapped.mapping.schema.name, test_fraction=a.test_fraction)
+
+
+def site_files(source: str, args: Mapping[str, Any], *, data_dir: Path,
+               modalities: Iterable[str] = ("tabular",)) -> tuple[Path, ...]:
+    """Every file a site's records are read from: its mapping, the mapping's schema and data file, and the site's
+    own per-record image and text files (those of its rows, for the ``modalities`` it holds; generated ones have
+    none). A memo of the site's data is valid while all of these are unchanged (``common.file_memo``)."""
+    get_source(source)
+    a = source_args(args)
+    table, mapped = _site_table(a, data_dir)
+    mapping, modalities = mapped.mapping, set(modalities)
+    out = list(_files(data_dir / a.mapping, mapping))
+    for kind in ("image", "text"):
+        feature = next((f for f in mapping.schema.features if f.role == "feature" and f.type == kind), None)
+        if kind not in modalities or feature is None or feature.generated is not None:
+            continue
+        rule = next((r for r in mapping.columns if r.feature.name == feature.name), None)
+        if kind == "text" and (rule is None or rule.content != "file"):
+            continue  # the text is a cell of the data file
+        out += [data_dir / str(v) for v in table[feature.name] if not pd.isna(v)]
+    return tuple(out)
 
 
 @dataclass(frozen=True)
