@@ -30,7 +30,10 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     "minilm-finetune-top": "hooks",  # one BertLayer over 64 tokens: hooks a little faster, ghost a third of the memory
     "tiny-bert": "ghost",  # the 30522-word embedding table: ghost norms instead of B copies of its gradient
     "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
-    "resnet18-gn": "ghost",  # per-layer gradients freed after their norm, one clipped backward: less memory traffic
+    # convolutions have no ghost norm in Opacus 1.6: ghost computes their per-sample gradients AND runs a second
+    # backward. Measured side by side (BENCHMARKS.md, 2026-12-02, 3 interleaved repeats): hooks 2.59x plain,
+    # ghost 4.93x (an earlier single repeat: 2.64x vs 10.5x); hooks peaks at 2.4x ghost's memory (1.47 vs 0.62 GB)
+    "resnet18-gn": "hooks",
 }
 
 PRECEDENCE: tuple[str, ...] = (
