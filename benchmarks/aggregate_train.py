@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.server.honest_site, benchmarks.aggregation
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.server.honest_site
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict  # noqa: E402
 
-from benchmarks.aggregation import model_arrays, numpy_sum  # noqa: E402
+from aggregation import model_arrays, numpy_sum  # noqa: E402 - benchmarks/ is sys.path[0] for a script
 from common.config import AggregationSettings  # noqa: E402
 from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY  # noqa: E402
 from server.identity import RegisteredSite, SiteRegistry  # noqa: E402
