@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/aggregate_train.py [--replies 1000] [--profile]
 
-N registered sites (the default hospitals model's 18 trainable tensors, 42,467 float32 each reply) send what an
+N registered sites (each reply: the default hospitals model's 18 trainable tensors, float32) send what an
 honest site sends: a real signed ledger head, the ε the accountants give for their mechanism, num-examples = their
 public max-records, whole branches of float32 (CONSTRUCTED replies: ``tests/server/honest_site.py``). Timed:
 ``ModalityFedAvg.aggregate_train`` with every check of ``server/replies.py`` (identity, statuses, privacy record,
