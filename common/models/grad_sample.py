@@ -8,7 +8,8 @@ a second backward pass). All give the same clipped, summed gradient; they differ
 (:data:`PRECEDENCE`); every mode is checked against a slow per-sample reference in
 ``tests/common/models/test_grad_sample_modes.py``.
 
-``client/train.py`` passes the mode to ``make_private``, after :func:`prepare_opacus`. Opacus is imported only
+``client/train.py`` passes the mode to ``make_private`` (of ``common/models/dp_optimizers.py``'s engine: Opacus'
+own, without the ghost optimizer's deepcopy per step), after :func:`prepare_opacus`. Opacus is imported only
 there.
 """
 

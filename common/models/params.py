@@ -10,7 +10,6 @@ dropped, so a state taken from a wrapped model loads into a plain one and back.
 from __future__ import annotations
 
 import functools
-
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
