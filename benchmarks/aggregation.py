@@ -237,6 +237,54 @@ def bytes_per_round(site_index: int = 0) -> None:
                   f"{wb / trainable:>8.3f}", flush=True)
 
 
+#: model -> (modalities, text kind, image kind) for the constructed-reply bytes table
+BYTES_MODELS = {
+    "tabular + image (small CNN)": (("tabular", "image"), None, "small-cnn"),
+    "tabular + image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
+    "tabular + text (tiny-BERT, fine-tuned)": (("tabular", "text"), "tiny-bert", None),
+    "tabular + text (frozen MiniLM)": (("tabular", "text"), "minilm-frozen", None),
+}
+
+
+def bytes_of_constructed_replies() -> None:
+    """The reply a site of each model sends, CONSTRUCTED (no training): its trainable tensors, num-examples and an
+    honest privacy record with a real signature (``tests/server/honest_site.py``), serialized as Flower ships it."""
+    import sys
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from common.factory import initial_trainable_state
+    from common.models import FusionModel
+    from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncoderConfig, TextEncoderConfig
+
+    sys.path.insert(0, str(REPO))
+    from tests.server.honest_site import honest_privacy
+
+    key = ec.generate_private_key(ec.SECP384R1())
+    print("\nbytes of a constructed train reply (the model's trainable tensors + metrics + privacy record) vs its "
+          "trainable bytes")
+    print(f"  {'model':<40s} {'tensors':>7s} {'trainable bytes':>16s} {'wire bytes':>11s} {'x trainable':>11s} "
+          f"{'frozen params':>13s}")
+    for name, (mods, text, image) in BYTES_MODELS.items():
+        cfg = FusionConfig(modalities=mods, fusion="attention", tabular=TabularEncoderConfig(in_features=7),
+                           text=TextEncoderConfig(kind=text) if text else None,
+                           image=ImageEncoderConfig(kind=image) if image else None)
+        model = FusionModel(cfg)
+        rng = np.random.default_rng(0)  # trained values differ from each other: Flower stores equal chunks once
+        state = {k: (v.numpy() + rng.standard_normal(tuple(v.shape)) * 1e-3).astype(np.float32)
+                 for k, v in initial_trainable_state(model).items()}
+        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+        ask = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 1})}), dst_node_id=1, message_type="train")
+        reply = Message(RecordDict({
+            ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
+            METRICS: MetricRecord({NUM_EXAMPLES: 250.0}),
+            PRIVACY: ConfigRecord(honest_privacy("site-0001", 250, key, 1, batch_size=32, local_epochs=1))}),
+            reply_to=ask)
+        tb = sum(v.nbytes for v in state.values())
+        wb = wire_bytes(reply)
+        print(f"  {name:<40s} {len(state):>7d} {tb:>16,d} {wb:>11,d} {wb / tb:>11.4f} {frozen:>13,d}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--replies", type=int, default=1000, help="replies of the default model")
@@ -244,6 +292,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
     ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
+    ap.add_argument("--bytes-only", action="store_true", help="only the bytes tables (real round + constructed)")
     args = ap.parse_args()
     import torch
     from flwr.supercore.task_identity import TaskIdentity
@@ -252,10 +301,12 @@ def main() -> None:
     # what the ServerApp process has set when it builds messages (a task of run 1 on the SuperLink's node)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
-    throughput("default model", "default", args.replies, args.repeats)
-    throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
-    memory_growth("resnet", [int(n) for n in args.memory_counts.split(",")])
+    if not args.bytes_only:
+        throughput("default model", "default", args.replies, args.repeats)
+        throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
+        memory_growth("resnet", [int(n) for n in args.memory_counts.split(",")])
     if not args.no_bytes:
+        bytes_of_constructed_replies()
         bytes_per_round()
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 

@@ -11,6 +11,8 @@ DP-SGD (per-sample clipping + noise) built by ``PrivacyEngine.make_private`` in 
   Linear/Embedding/..., other layers fall back to per-sample gradients), then a second backward pass of the
   clipping-weighted loss;
 * ``ew``: PyTorch's ExpandedWeights;
+* ``ghost-opacus``: ``ghost`` with Opacus' own optimizer class (``ghost`` uses ours,
+  ``common/models/dp_optimizers.py``: the same bits without a ``deepcopy`` per tensor per step), side by side;
 * ``vmap-model`` (benchmark only, not an Opacus mode, not used in training): the whole model's per-sample gradients
   from one ``torch.func.vmap(grad(loss))``, flat clipping, noise and SGD written out; printed only after its
   clipped sum matched Opacus' on the same batch. It shows what a whole-model vmap would cost.
@@ -53,6 +55,7 @@ VARIANTS = {
     "tabular+image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
 }
 MODES = ("hooks", "functorch", "ghost", "ew")
+OPACUS_GHOST = "ghost-opacus"  # Opacus' own ghost optimizer (deepcopy per step), beside ours: the before/after
 VMAP = "vmap-model"  # benchmark-only row: whole-model torch.func per-sample gradients (not wired into training)
 WARMUP = 3
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # benchmark noise, not a finding
@@ -216,15 +219,20 @@ def check_vmap(cfg: FusionConfig, batch, device: torch.device) -> None:
     torch.testing.assert_close(clipped_sum(), opacus, rtol=1e-4, atol=1e-5)
 
 
-def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device, *, noise: float = 1.0):
-    """(model, optimizer, criterion) of DP-SGD in ``mode``, wired as ``client/train.py`` wires it (make_private)."""
-    from opacus import PrivacyEngine
+def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device, *, noise: float = 1.0,
+            opacus_own: bool = False):
+    """(model, optimizer, criterion) of DP-SGD in ``mode``, wired as ``client/train.py`` wires it (make_private
+    of ``common.models.dp_optimizers.PrivacyEngine``); ``opacus_own``: Opacus' ``PrivacyEngine`` itself."""
+    from opacus import PrivacyEngine as OpacusEngine
 
+    from common.models.dp_optimizers import PrivacyEngine
+
+    engine = OpacusEngine if opacus_own else PrivacyEngine
     torch.manual_seed(0)
     model = FusionModel(cfg).to(device).train()
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     loader = DataLoader(_Rows(batch), batch_size=len(batch["label"]))
-    made = PrivacyEngine(accountant="prv").make_private(
+    made = engine(accountant="prv").make_private(
         module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise, max_grad_norm=1.0,
         poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     if mode == "ghost":
@@ -235,16 +243,17 @@ def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device, *, noise:
 
 
 def measure(cfg: FusionConfig, batch, *, steps: int, repeats: int, device: torch.device,
-            vmap_row: bool) -> dict[str, Timing | str]:
+            vmap_row: bool, modes: tuple[str, ...] = (*MODES, OPACUS_GHOST)) -> dict[str, Timing | str]:
     """Plain and every mode, interleaved ``repeats`` times (a load change on a shared machine hits all alike);
     the median over the repeats of each one's median step; peak memory from the first repeat."""
     torch.manual_seed(0)
     plain = FusionModel(cfg).to(device).train()
     runs: dict[str, Callable[[], None] | str] = {
         "plain": sgd_step(plain, torch.optim.SGD(plain.parameters(), lr=0.01), nn.CrossEntropyLoss(), batch)}
-    for mode in MODES:
+    for mode in modes:
         try:
-            runs[mode] = sgd_step(*make_dp(cfg, mode, batch, device), batch)
+            runs[mode] = sgd_step(*make_dp(cfg, mode.removesuffix("-opacus"), batch, device,
+                                           opacus_own=mode == OPACUS_GHOST), batch)
             time_steps(runs[mode], 1, device)  # a mode that does not support a layer fails here
         except Exception as err:  # noqa: BLE001 - an unsupported mode is a result
             runs[mode] = f"unsupported: {type(err).__name__}: {str(err).splitlines()[0][:70]}"
@@ -265,6 +274,7 @@ def measure(cfg: FusionConfig, batch, *, steps: int, repeats: int, device: torch
 
 
 def main() -> None:
+    global WARMUP
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of every mode (median is reported)")
@@ -273,8 +283,12 @@ def main() -> None:
     ap.add_argument("--fusion", default="attention")
     ap.add_argument("--device", default="cpu", help="cpu | cuda")
     ap.add_argument("--no-vmap", action="store_true", help="skip the whole-model torch.func row")
+    ap.add_argument("--modes", default=",".join((*MODES, OPACUS_GHOST)),
+                    help="comma-separated grad-sample modes (default: all, and ghost with Opacus' own optimizer)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
     ap.add_argument("--models", default="", help="comma-separated substrings of the variant names (default: all)")
     args = ap.parse_args()
+    WARMUP = args.warmup
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     print(f"batch {args.batch}, {args.repeats} x {args.steps} timed steps after {WARMUP} warm-up, {args.threads} threads, "
@@ -289,9 +303,9 @@ def main() -> None:
         batch = _batch(mods, text, args.batch, device)
         n = sum(p.numel() for p in FusionModel(cfg).parameters() if p.requires_grad)
         results = measure(cfg, batch, steps=args.steps, repeats=args.repeats, device=device,
-                          vmap_row=not args.no_vmap)
+                          vmap_row=not args.no_vmap, modes=tuple(args.modes.split(",")))
         base, default = results["plain"], grad_sample_mode(cfg)
-        for i, mode in enumerate(m for m in ("plain", *MODES, VMAP) if m in results):
+        for i, mode in enumerate(m for m in ("plain", *MODES, OPACUS_GHOST, VMAP) if m in results):
             t = results[mode]
             cells = t if isinstance(t, str) else f"{t.ms:>9.2f} {t.ms / base.ms:>8.2f} {t.peak_mb:>8.1f}"
             label = f"{name:44s} {n:>10,d}" if i == 0 else f"{'':44s} {'':>10s}"

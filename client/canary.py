@@ -8,6 +8,10 @@ and before the Gaussian noise, so it goes through exactly the mechanism the acco
 describes (:class:`CanaryDPOptimizer`). This is the strongest adversary of the DP-SGD threat
 model: it chooses its own gradient rather than an input whose gradient it must hope for.
 
+With ``clipping = "per-modality"`` (Opacus' per-layer clipping, each tensor t to its share C_t of C) a record's
+clipped gradient can put at most C_t on a coordinate of t: a canary there has norm C_t, and its score is counted
+in units of its own norm (``CanaryPerLayerDPOptimizer``). The noise is σ C per coordinate either way.
+
 Score = the signed change of coordinate j(i) between the model before and after training (what
 leaves the site), in units of C: ``-(θ_T - θ_0)_j · B / (lr · C)`` (B = Opacus' expected batch
 size). Without momentum that is (times canary i was sampled) + real-data drift + N(0, T·σ²);
@@ -35,15 +39,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness, dp_randomness
 from client.train import _split, poisson_loader, run_epochs
+from common.models.clipping import CLIPPINGS, tensor_budgets
 from common.privacy.accountant import StepPlan
 
-__all__ = ["CanaryDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries"]
+__all__ = ["CANARY_OPTIMIZERS", "CanaryDPOptimizer", "CanaryPerLayerDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries",
+           "with_canaries"]
 
 
 def _trainable(model: nn.Module) -> list[nn.Parameter]:
@@ -71,17 +77,17 @@ def _locate(params: list[nn.Parameter], coordinates: np.ndarray) -> list[_Target
     return out
 
 
-class CanaryDPOptimizer(DPOptimizer):
-    """Opacus' ``DPOptimizer`` that adds Dirac canaries after clipping, before the noise.
+class _Canaries:
+    """Dirac canaries added after Opacus' clipping, before its noise (mixed into one of Opacus' DP optimizers).
 
     At every step each included canary joins the batch independently with probability
-    ``sample_rate`` (the Poisson rate of the real records) and contributes ``canary_norm`` to its
+    ``sample_rate`` (the Poisson rate of the real records) and contributes its ``canary_norm`` to its
     coordinate of ``p.summed_grad``. ``sampled_counts`` counts how often each one was sampled
     (a diagnostic; the audit never reads it).
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, *, coordinates: np.ndarray, included: np.ndarray,
-                 sample_rate: float, canary_norm: float, canary_seed: int, **dp_kwargs) -> None:
+                 sample_rate: float, canary_norm: float | np.ndarray, canary_seed: int, **dp_kwargs) -> None:
         super().__init__(optimizer, **dp_kwargs)
         coordinates = np.asarray(coordinates, dtype=np.int64)
         total = sum(p.numel() for p in self.params)
@@ -93,28 +99,54 @@ class CanaryDPOptimizer(DPOptimizer):
             raise ValueError("included must hold one flag per canary")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
+        norms = np.broadcast_to(np.asarray(canary_norm, dtype=np.float64), coordinates.shape)
+        if not (np.isfinite(norms).all() and (norms > 0).all()):
+            raise ValueError("canary norms must be finite and > 0 (one for all canaries, or one per canary)")
         self._targets = _locate(self.params, coordinates)
         self._included = torch.as_tensor(np.asarray(included, dtype=bool))
-        self._rate, self._norm = float(sample_rate), float(canary_norm)
+        self._norms = torch.as_tensor(norms.copy())
+        self._rate = float(sample_rate)
         self._canary_gen = torch.Generator().manual_seed(int(canary_seed))
         self.sampled_counts = np.zeros(len(coordinates), dtype=np.int64)
-
-    @classmethod
-    def from_dp_optimizer(cls, dp: DPOptimizer, **canary_kwargs) -> "CanaryDPOptimizer":
-        """The same DP-SGD settings (and the accountant's step hook) as ``dp``, plus canaries."""
-        new = cls(dp.original_optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
-                  expected_batch_size=dp.expected_batch_size, loss_reduction=dp.loss_reduction,
-                  generator=dp.generator, secure_mode=dp.secure_mode, **canary_kwargs)
-        new.step_hook = dp.step_hook
-        return new
 
     def clip_and_accumulate(self) -> None:
         super().clip_and_accumulate()
         sampled = self._included & (torch.rand(len(self._included), generator=self._canary_gen) < self._rate)
         self.sampled_counts += sampled.numpy()
         for param, ids, local in self._targets:
-            add = sampled[ids].to(param.summed_grad.dtype).to(param.summed_grad.device) * self._norm
+            add = (sampled[ids].double() * self._norms[ids]).to(param.summed_grad.dtype).to(param.summed_grad.device)
             param.summed_grad.view(-1).index_add_(0, local, add)  # in place: Opacus' flags stay on the tensor
+
+
+class CanaryDPOptimizer(_Canaries, DPOptimizer):
+    """Opacus' ``DPOptimizer`` (flat clipping to C) with Dirac canaries of norm C."""
+
+
+class CanaryPerLayerDPOptimizer(_Canaries, DPPerLayerOptimizer):
+    """Opacus' ``DPPerLayerOptimizer`` (``clipping = "per-modality"``: tensor t clipped to its C_t) with canaries;
+    a canary on a coordinate of tensor t has norm C_t, the most one record's clipped gradient can put there."""
+
+
+#: Opacus' DP optimizer class (what ``make_private`` built for the configured clipping) -> the same with canaries
+CANARY_OPTIMIZERS: dict[type[DPOptimizer], type[_Canaries]] = {
+    DPOptimizer: CanaryDPOptimizer,
+    DPPerLayerOptimizer: CanaryPerLayerDPOptimizer,
+}
+
+
+def with_canaries(dp: DPOptimizer, **canary_kwargs) -> _Canaries:
+    """The same DP-SGD optimizer as ``dp`` (settings, clipping, generator, accountant's step hook) plus canaries."""
+    try:
+        cls = CANARY_OPTIMIZERS[type(dp)]
+    except KeyError:
+        raise ValueError(f"no canary optimizer for Opacus' {type(dp).__name__}: add one to CANARY_OPTIMIZERS "
+                         "in client/canary.py") from None
+    norm = dp.max_grad_norms if isinstance(dp, DPPerLayerOptimizer) else dp.max_grad_norm
+    new = cls(dp.original_optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=norm,
+              expected_batch_size=dp.expected_batch_size, loss_reduction=dp.loss_reduction,
+              generator=dp.generator, secure_mode=dp.secure_mode, **canary_kwargs)
+    new.step_hook = dp.step_hook
+    return new
 
 
 def _probe_copy(model: nn.Module) -> nn.Module:
@@ -186,10 +218,19 @@ class CanaryTrainResult:
     loss: float  # mean training loss over non-empty batches
 
 
+def _canary_norms(norms: float | list[float], sizes: list[int], coordinates: np.ndarray) -> np.ndarray:
+    """Each canary's norm: C (flat clipping), or C_t of the tensor t its coordinate lies in (per-layer)."""
+    coordinates = np.asarray(coordinates, dtype=np.int64)
+    if isinstance(norms, (int, float)):
+        return np.full(coordinates.shape, float(norms))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    return np.asarray(norms, dtype=np.float64)[np.searchsorted(starts, coordinates, side="right") - 1]
+
+
 def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.ndarray, included: np.ndarray,
                         plan: StepPlan, lr: float, momentum: float, noise_multiplier: float,
                         max_grad_norm: float, secure_mode: bool, modality_dropout: float, device: torch.device,
-                        seed: int, rng: DpRandomness | None = None) -> CanaryTrainResult:
+                        seed: int, rng: DpRandomness | None = None, clipping: str = "flat") -> CanaryTrainResult:
     """DP-SGD exactly as ``client.train.train_dp`` runs it, for ``epochs`` passes, with Dirac canaries.
 
     Parameters
@@ -225,24 +266,28 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     rng = rng or dp_randomness("run-seed", run_seed=seed, site="canary-audit", server_round=0)
     loader = poisson_loader(dataset, sample_rate=plan.sample_rate, steps=plan.steps_per_epoch,
                             generator=None if secure_mode else rng.sampling)
+    spec = CLIPPINGS[clipping]  # as train_dp clips: flat, or each tensor to its branch's share C_t
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    norms = (max_grad_norm if spec.opacus_clipping == "flat" else tensor_budgets(named, max_grad_norm))
     dp_model, dp_opt, dp_loader = engine.make_private(
         module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-        max_grad_norm=max_grad_norm, poisson_sampling=False,  # the loader samples (Poisson), as in train_dp
+        max_grad_norm=norms, clipping=spec.opacus_clipping, grad_sample_mode=spec.required_mode or "hooks",
+        poisson_sampling=False,  # the loader samples (Poisson), as in train_dp
         noise_generator=None if secure_mode else rng.noise,
     )
     dp_model.forbid_grad_accumulation()
     dp_opt.expected_batch_size = plan.expected_batch_size  # public, as in train_dp
     sample_rate = 1.0 / len(dp_loader)
-    opt = CanaryDPOptimizer.from_dp_optimizer(dp_opt, coordinates=coordinates, included=included,
-                                              sample_rate=sample_rate, canary_norm=max_grad_norm,
-                                              canary_seed=seed + 2)
+    canary_norms = _canary_norms(norms, [p.numel() for _, p in named], coordinates)
+    opt = with_canaries(dp_opt, coordinates=coordinates, included=included, sample_rate=sample_rate,
+                        canary_norm=canary_norms, canary_seed=seed + 2)
     losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
                                modality_dropout=modality_dropout, seed=seed)
     dp_model._close()
     after = flat_trainable(model)
     idx = torch.as_tensor(np.asarray(coordinates, dtype=np.int64))
-    scale = opt.expected_batch_size / (lr * max_grad_norm)
-    scores = (-(after[idx] - before[idx]).double() * scale).numpy()
+    scale = opt.expected_batch_size / (lr * torch.as_tensor(canary_norms, dtype=torch.float64))
+    scores = (-(after[idx] - before[idx]).double() * scale).numpy()  # in units of each canary's own norm
     return CanaryTrainResult(scores=scores, sampled_counts=opt.sampled_counts.copy(), steps=steps,
                              sample_rate=sample_rate, expected_batch_size=float(opt.expected_batch_size),
                              history=[tuple(h) for h in engine.accountant.history],

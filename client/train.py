@@ -209,7 +209,7 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     ``max_grad_norm``; ``per-modality`` gives each trainable branch its own share of it (Opacus' per-layer
     clipping, same total C, same σ, same ε).
     """
-    from opacus import PrivacyEngine  # heavy import: only where DP training runs
+    from common.models.dp_optimizers import PrivacyEngine  # Opacus' own, minus a copy per step; heavy import
 
     torch.manual_seed(seed)
     model.to(device).train()

@@ -3,6 +3,7 @@ digest of a set of named arrays that the server and the sites both compute."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tempfile
@@ -34,13 +35,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@functools.lru_cache(maxsize=64)
+def _dtype_text(dtype: np.dtype) -> bytes:
+    return str(dtype).encode()  # numpy builds the name anew on every str(): once per dtype here
+
+
 def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
     """sha256 over names, dtypes, shapes and bytes, in name order (same on server and sites)."""
     h = hashlib.sha256()
     for k in sorted(arrays):
         a = np.ascontiguousarray(arrays[k])
         h.update(k.encode())
-        h.update(str(a.dtype).encode())
+        h.update(_dtype_text(a.dtype))
         h.update(repr(a.shape).encode())
         h.update(a.tobytes())
     return h.hexdigest()

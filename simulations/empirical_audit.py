@@ -3,7 +3,8 @@
 Steinke, Nasr & Jagielski (2023), "Privacy Auditing with One (1) Training Run", in simulation:
 
 1. plant m white-box Dirac gradient canaries (``client/canary.py``), each IN with probability 1/2;
-2. train the site as configured: its real σ (calibrated like the site does, for ``target-epsilon``
+2. train the site as configured (its ``clipping`` too: flat, or per-modality with canaries of each tensor's
+   share C_t): its real σ (calibrated like the site does, for ``target-epsilon``
    over rounds × local-epochs × k steps at q = 1/k, k = ceil(max-records / batch size): ``plan_steps``,
    from the site's public bound exactly as a round plans them), C, lr, batch size — the
    rounds run back to back at this one site, which is what a federation of one site would do;
@@ -188,7 +189,7 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
                               lr=t.learning_rate, momentum=t.momentum,
                               noise_multiplier=sigma_used, max_grad_norm=p.max_grad_norm,
                               secure_mode=p.secure_mode, modality_dropout=t.modality_dropout, device=device,
-                              seed=1000 * req.seed + 1)
+                              seed=1000 * req.seed + 1, clipping=t.clipping)
     if res.steps != steps or not math.isclose(res.sample_rate, q, rel_tol=1e-12):
         raise RuntimeError(f"the canary run took {res.steps} steps at q={res.sample_rate}; planned {steps} at q={q}")
     stat = audit_scores(res.scores, included, delta=audit_delta, confidence=req.confidence)
@@ -200,7 +201,7 @@ def _run(req: EmpiricalAuditRequest) -> dict[str, Any]:
         "site": req.site, "scenario": scenario.name, "canaries": req.canaries, "canaries-in": int(included.sum()),
         "rounds": fed.num_rounds, "local-epochs": t.local_epochs, "train-rows": n, "max-records": p.max_records,
         "batch-size": t.batch_size,
-        "sample-rate": q, "steps": steps, "max-grad-norm": p.max_grad_norm, "delta": delta,
+        "sample-rate": q, "steps": steps, "max-grad-norm": p.max_grad_norm, "clipping": t.clipping, "delta": delta,
         "accountant": p.accountant, "target-epsilon": p.target_epsilon,
         "noise-multiplier-calibrated": sigma, "noise-scale": req.noise_scale, "noise-multiplier-used": sigma_used,
         "epsilon-accounted-site-delta": claimed_site, "audit-delta": audit_delta, "epsilon-accounted": claimed,
@@ -230,7 +231,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"Empirical privacy audit (one run, Steinke-Nasr-Jagielski 2023) — site {r['site']} ({r['scenario']})",
         f"  mechanism   DP-SGD, Poisson q={r['sample-rate']:.4g}, {r['steps']} steps "
-        f"({r['rounds']} rounds × {r['local-epochs']} local epochs), C={r['max-grad-norm']:g}, δ={r['delta']:.1e}",
+        f"({r['rounds']} rounds × {r['local-epochs']} local epochs), C={r['max-grad-norm']:g} "
+        f"({r.get('clipping', 'flat')} clipping), δ={r['delta']:.1e}",
         f"  noise       σ calibrated {r['noise-multiplier-calibrated']:.4f} for ε={r['target-epsilon']:g} "
         f"({r['accountant'].upper()}); σ used {r['noise-multiplier-used']:.4f} (× {r['noise-scale']:g})"
         + ("  <- NEGATIVE CONTROL" if control else ""),

@@ -8,7 +8,8 @@ a second backward pass). All give the same clipped, summed gradient; they differ
 (:data:`PRECEDENCE`); every mode is checked against a slow per-sample reference in
 ``tests/common/models/test_grad_sample_modes.py``.
 
-``client/train.py`` passes the mode to ``make_private``, after :func:`prepare_opacus`. Opacus is imported only
+``client/train.py`` passes the mode to ``make_private`` (of ``common/models/dp_optimizers.py``'s engine: Opacus'
+own, without the ghost optimizer's deepcopy per step), after :func:`prepare_opacus`. Opacus is imported only
 there.
 """
 
@@ -27,10 +28,15 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # encoder kind -> mode: the fastest in BENCHMARKS.md "DP-SGD step time per grad-sample mode", all checked correct
     "tabular": "ghost",  # small Linear layers: ghost norms need no per-sample gradient buffers at all
     "minilm-frozen": "ghost",  # the default model: the same small layers after the cached embedding
-    "minilm-finetune-top": "hooks",  # one BertLayer over 64 tokens: hooks a little faster, ghost a third of the memory
+    # one BertLayer over 64 tokens: ghost 1.78x plain vs hooks 1.85x (3 interleaved repeats, 2026-12-02; one repeat
+    # earlier: 2.53x vs 2.91x), and a third of the memory (106 vs 294 MB)
+    "minilm-finetune-top": "ghost",
     "tiny-bert": "ghost",  # the 30522-word embedding table: ghost norms instead of B copies of its gradient
     "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
-    "resnet18-gn": "ghost",  # per-layer gradients freed after their norm, one clipped backward: less memory traffic
+    # convolutions have no ghost norm in Opacus 1.6: ghost computes their per-sample gradients AND runs a second
+    # backward. Measured side by side (BENCHMARKS.md, 2026-12-02, 3 interleaved repeats): hooks 2.59x plain,
+    # ghost 4.93x (an earlier single repeat: 2.64x vs 10.5x); hooks peaks at 2.4x ghost's memory (1.47 vs 0.62 GB)
+    "resnet18-gn": "hooks",
 }
 
 PRECEDENCE: tuple[str, ...] = (

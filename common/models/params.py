@@ -9,6 +9,7 @@ dropped, so a state taken from a wrapped model loads into a plain one and back.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Mapping
 
 import torch
@@ -38,6 +39,7 @@ def plain_name(name: str) -> str:
     return name
 
 
+@functools.lru_cache(maxsize=8192)
 def branch_of(name: str) -> str:
     """The branch that owns parameter ``name``: one of ``MODALITIES`` or ``"head"``.
 

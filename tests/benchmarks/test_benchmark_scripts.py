@@ -39,7 +39,7 @@ def test_floor_app_shapes_are_parsed_and_refused_clearly():
 @pytest.mark.slow
 def test_dp_step_prints_every_mode_for_the_default_model():
     out = _run("dp_step.py", "--steps", "1", "--repeats", "1", "--threads", "1", "--models", "default")
-    for mode in ("plain", "hooks", "functorch", "ghost", "ew"):
+    for mode in ("plain", "hooks", "functorch", "ghost", "ew", "ghost-opacus"):  # ours and Opacus' own ghost
         assert mode in out
     assert "unsupported" in out  # ExpandedWeights cannot take the model's dict input; said, not hidden
 
@@ -50,6 +50,12 @@ def test_aggregation_prints_throughput_and_memory():
                "--memory-counts", "1,2")
     assert "numpy sum (floor)" in out and "ours: read + merge" in out and "Flower FedAvg" in out
     assert "memory the aggregation adds" in out
+
+
+@pytest.mark.slow
+def test_aggregate_train_times_the_whole_round_against_the_numpy_floor():
+    out = _run("aggregate_train.py", "--replies", "3")
+    assert "3 replies: numpy sum" in out and "aggregate_train" in out
 
 
 @pytest.mark.slow

@@ -116,3 +116,40 @@ def test_cli_reports_json_and_exits_non_zero_when_the_claim_is_broken(scenario, 
     assert report["epsilon-of-mechanism-run"] is None  # σ = 0: no finite ε
     assert report["epsilon-lower-bound"] > report["epsilon-accounted"]
     assert len(report["statement"]) >= 4
+
+
+def test_per_modality_clipping_is_audited_with_canaries_of_each_tensors_share(scenario, tmp_path):
+    """clipping = per-modality: Opacus' per-layer optimizer, each canary of its tensor's C_t (< C), scored in it."""
+    from common.models.clipping import tensor_budgets
+
+    run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "site-state-root": str(tmp_path)})
+    scen = load_scenario(scenario)
+    data = load_site(resolve_site({"partition-id": 0}, run), model_modalities=scen.modalities,
+                     text_encoder=run.model.text_encoder)
+    model = build_model(run.model, scenario=scen, seed=0)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    budgets = tensor_budgets(named, 1.0)
+    coords, _ = quiet_coordinates(model, data.train, m=200, max_grad_norm=1.0, device=torch.device("cpu"))
+    starts = np.cumsum([0] + [p.numel() for _, p in named])[:-1]
+    owner = np.searchsorted(starts, coords, side="right") - 1
+    assert (np.asarray(budgets)[owner] < 0.9).all()  # the canaries' tensors have a share of C well below C
+    before = torch.cat([p.detach().reshape(-1) for _, p in named]).clone()
+    included = np.random.default_rng(3).random(200) < 0.5
+    plan = plan_steps(max_records=210, batch_size=32, epochs=2)
+    res = train_with_canaries(model, data.train, coordinates=coords, included=included, plan=plan, lr=0.1,
+                              momentum=0.0, noise_multiplier=0.0, max_grad_norm=1.0, secure_mode=False,
+                              modality_dropout=0.0, device=torch.device("cpu"), seed=5, clipping="per-modality")
+    after = torch.cat([p.detach().reshape(-1) for _, p in model.named_parameters() if p.requires_grad])
+    assert res.steps == 14 and res.sampled_counts[included].sum() > 0
+    # σ = 0: a canary's coordinate moved by lr x C_t x (times sampled) / B, and its score is that count
+    moved = (-(after - before)[coords].double() * res.expected_batch_size / 0.1).numpy()
+    np.testing.assert_allclose(moved, np.asarray(budgets)[owner] * res.sampled_counts, atol=1e-4)
+    np.testing.assert_allclose(res.scores, res.sampled_counts, atol=1e-4)
+
+
+def test_the_audit_trains_with_the_configured_clipping(scenario, tmp_path):
+    report = run_empirical_audit(EmpiricalAuditRequest(
+        site="cleveland", canaries=200, rounds=1, seed=0, scenario=str(scenario), state_root=tmp_path / "sites",
+        overrides={"clipping": "per-modality"}))
+    assert report["clipping"] == "per-modality"
+    assert report["verdict"] == "PASS"

@@ -100,3 +100,25 @@ def test_a_healthy_site_still_trains(tmp_path):
     reply = _send(_site_file(tmp_path))
     assert reply.content.config_records[PRIVACY]["status"] == "trained"
     assert _spent(tmp_path)[:2] == ["reserve", "confirm"]
+
+
+def test_a_reply_carries_exactly_the_trainable_tensors_of_its_branches_and_never_the_frozen_encoder(tmp_path):
+    """Bytes per site (issue 15): the frozen MiniLM (22.7 M parameters) is never sent; the reply's arrays are the
+    trainable tensors of the branches the site holds (tabular, text projection, head), float32, nothing else."""
+    from common.models.params import branch_of
+
+    site_file = _site_file(tmp_path)
+    site_file.write_text(site_file.read_text().replace('modalities = ["tabular"]', 'modalities = ["tabular", "text"]'))
+    run = parse_run_config(app_defaults())
+    model = build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    reply = _send(site_file)
+
+    assert reply.content.config_records[PRIVACY]["status"] == "trained"
+    sent = {k: a.numpy() for k, a in reply.content.array_records[ARRAYS].items()}
+    expected = {n for n in trainable if branch_of(n) in ("tabular", "text", "head")}
+    assert set(sent) == expected and any(branch_of(n) == "text" for n in sent)
+    assert all(sent[n].dtype == np.float32 and sent[n].shape == tuple(trainable[n].shape) for n in sent)
+    assert sum(v.size for v in sent.values()) == sum(trainable[n].numel() for n in expected) < 100_000
+    assert not any("minilm" in n.lower() or "embeddings" in n for n in sent)

@@ -90,3 +90,28 @@ def test_minimum_holders_and_the_refusal_of_an_aggregator_that_could_never_combi
     check_aggregation("trimmed-mean", 1, {"head": 4, "text": 3})
     with pytest.raises(ConfigError, match="needs at least 7 sites holding each branch.*3 for the text branch"):
         check_aggregation("bulyan", 1, {"head": 4, "text": 3})
+
+
+def test_weighted_mean_is_flowers_aggregate_arrayrecords_bit_for_bit():
+    """The weighted mean hands Flower's function the validated arrays themselves (no Array round trip): same bits as
+    Flower's own records, for float32 tensors of odd sizes and uneven weights (float sums are order-sensitive)."""
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+    rng = np.random.default_rng(7)
+    shapes = {"encoders.tabular.w": (37, 5), "head.w": (3, 11), "head.b": (3,)}
+    glob = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    updates = [Update(f"site-{i:02d}", {k: (v + rng.standard_normal(v.shape).astype(np.float32) * 10 ** (i % 5 - 2))
+                                        for k, v in glob.items()}, weight=float(rng.integers(1, 1000)))
+               for i in range(23)]
+    expected = aggregate_arrayrecords(
+        [RecordDict({"arrays": ArrayRecord({k: Array(u.arrays[k]) for k in shapes}),
+                     "metrics": MetricRecord({"num-examples": u.weight})}) for u in sorted(updates, key=lambda u: u.site)],
+        "num-examples")
+
+    merged = merge_weighted(glob, list(reversed(updates)))  # arrival order does not matter either
+
+    for k in shapes:
+        assert merged[k].dtype == np.float32
+        np.testing.assert_array_equal(merged[k], expected[k].numpy())
+        assert merged[k].tobytes() == expected[k].numpy().tobytes()  # bit for bit (signed zeros included)
