@@ -40,7 +40,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness, dp_randomness
-from client.train import _split, poisson_loader, run_epochs
+from client.train import _split, dropout_generator, poisson_loader, run_epochs
 from common.privacy.accountant import StepPlan
 
 __all__ = ["CanaryDPOptimizer", "CanaryTrainResult", "flat_trainable", "quiet_coordinates", "train_with_canaries"]
@@ -237,7 +237,8 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
                                               sample_rate=sample_rate, canary_norm=max_grad_norm,
                                               canary_seed=seed + 2)
     losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed)
+                               modality_dropout=modality_dropout, seed=seed,
+                               dropout_generator=dropout_generator(rng, modality_dropout))
     dp_model._close()
     after = flat_trainable(model)
     idx = torch.as_tensor(np.asarray(coordinates, dtype=np.int64))

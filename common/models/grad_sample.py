@@ -31,11 +31,12 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     "tiny-bert": "ghost",  # the 30522-word embedding table: ghost norms instead of B copies of its gradient
     "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
     "resnet18-gn": "ghost",  # per-layer gradients freed after their norm, one clipped backward: less memory traffic
+    "pixel-projection": "ghost",  # no trainable encoder parameter: only the fusion's Linear layers, as minilm-frozen
 }
 
 PRECEDENCE: tuple[str, ...] = (
     # most demanding first: a model holding several trainable encoders takes the mode of the first one here
-    "resnet18-gn", "tiny-bert", "minilm-finetune-top", "small-cnn", "minilm-frozen", "tabular",
+    "resnet18-gn", "tiny-bert", "minilm-finetune-top", "small-cnn", "pixel-projection", "minilm-frozen", "tabular",
 )
 
 
