@@ -141,7 +141,7 @@ def _image_rows(epsilons: list[float]) -> list[Job]:
 
 
 #: image-branch levers measured beside today's defaults (run settings changed; see BENCHMARKS.md)
-IMAGE_LEVERS: dict[str, dict[str, Any]] = {}
+IMAGE_LEVERS: dict[str, dict[str, Any]] = {"image-encoder pixel-projection": {"image-encoder": "pixel-projection"}}
 
 #: part name -> (ε grid) -> its jobs, in run order within a seed
 PARTS: dict[str, Callable[[list[float]], list[Job]]] = {
