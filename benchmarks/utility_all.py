@@ -2,6 +2,7 @@
 missing modality, the image branch.
 
     .venv/bin/python benchmarks/utility_all.py [--seeds 5] [--parts flamby,hospitals,alone,missing,image]
+        [--work DIR] [--out DIR] [--tables-only]
     make utility ARGS="--seeds 5"
 
 It runs the rows of the existing scripts with their own functions (nothing is re-implemented here):
@@ -175,8 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "utility-all")
     p.add_argument("--work", type=Path, default=None, help="folder for the sites' state (feature caches kept, "
                    "ledgers removed before each run); default a temporary folder")
+    p.add_argument("--tables-only", action="store_true", help="only (re)write the tables and the plot from the "
+                   "results file in --out (e.g. of an interrupted run: the seeds it finished)")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
+    if args.tables_only:
+        saved = json.loads((args.out / "utility-all.json").read_text())
+        print(tables.write_all(saved.pop("rows"), args.out, meta=saved))
+        return 0
     todo = jobs([x for x in args.parts.split(",") if x], [float(e) for e in args.epsilons.split(",")])
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     args.out.mkdir(parents=True, exist_ok=True)
