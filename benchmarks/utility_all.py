@@ -2,7 +2,7 @@
 missing modality, the image branch.
 
     .venv/bin/python benchmarks/utility_all.py [--seeds 5] [--parts flamby,hospitals,alone,missing,image]
-        [--work DIR] [--out DIR] [--tables-only]
+        [--work DIR] [--out DIR] [--tables-only [--merge DIR ...]]
     make utility ARGS="--seeds 5"
 
 It runs the rows of the existing scripts with their own functions (nothing is re-implemented here):
@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:  # run as a script: a site-packages "benchmarks" p
 
 from common.config import write_with_site_privacy  # noqa: E402
 
-__all__ = ["Job", "PARTS", "jobs", "main"]
+__all__ = ["Job", "PARTS", "jobs", "merge_results", "main"]
 
 
 _spec = importlib.util.spec_from_file_location("fedfusion_bench_utility_tables", BENCH / "utility_tables.py")
@@ -158,6 +158,25 @@ def jobs(parts: list[str], epsilons: list[float]) -> list[Job]:
     return [j for name in dict.fromkeys(parts) for j in PARTS[name](epsilons)]
 
 
+def merge_results(files: list[Path], dest: Path) -> dict[str, Any]:
+    """One results file from several runs' (each row's seeds in seed order; a (part, row, seed) kept once)."""
+    rows: dict[str, dict[str, dict[int, dict[str, Any]]]] = {}
+    runs = []
+    for f in files:
+        saved = json.loads(f.read_text())
+        runs.append({k: v for k, v in saved.items() if k != "rows"} | {"file": str(f)})
+        for part, named in saved["rows"].items():
+            for name, results in named.items():
+                for r in results:
+                    rows.setdefault(part, {}).setdefault(name, {}).setdefault(int(r["seed"]), r)
+    merged = {"seeds": sorted({s for named in rows.values() for by in named.values() for s in by}),
+              "seconds": max((r.get("seconds", 0.0) for r in runs), default=0.0), "merged-from": runs,
+              "complete": all(r.get("complete") for r in runs),
+              "rows": {p: {n: [by[s] for s in sorted(by)] for n, by in named.items()} for p, named in rows.items()}}
+    dest.write_text(json.dumps(merged, indent=1, default=float))
+    return merged
+
+
 def _line(job: Job, result: dict[str, Any]) -> str:
     if job.part == "flamby":
         accs = result["accuracies"]
@@ -179,9 +198,15 @@ def main(argv: list[str] | None = None) -> int:
                    "ledgers removed before each run); default a temporary folder")
     p.add_argument("--tables-only", action="store_true", help="only (re)write the tables and the plot from the "
                    "results file in --out (e.g. of an interrupted run: the seeds it finished)")
+    p.add_argument("--merge", type=Path, nargs="*", default=[], metavar="DIR",
+                   help="with --tables-only: first merge the results files of these --out folders (runs of other "
+                   "parts or seeds side by side) into --out's utility-all.json; a (row, seed) kept once")
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
     if args.tables_only:
+        if args.merge:
+            args.out.mkdir(parents=True, exist_ok=True)
+            merge_results([d / "utility-all.json" for d in args.merge], args.out / "utility-all.json")
         saved = json.loads((args.out / "utility-all.json").read_text())
         print(tables.write_all(saved.pop("rows"), args.out, meta=saved))
         return 0

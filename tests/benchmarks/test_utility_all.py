@@ -34,6 +34,7 @@ def test_every_row_of_the_issue_is_a_job_once():
     assert {"tabular alone, no DP", "tabular alone, ε = 4"} <= set(by_part["alone"])
     assert any("modality-dropout" in n for n in by_part["missing"])
     assert "multimodal, ε = 4" in by_part["image"]
+    assert [j.part for j in _load("utility_all").jobs(["image", "alone"], [4])][::3] == ["image", "alone"]
     with pytest.raises(ValueError, match="unknown parts.*'nope'"):
         _load("utility_all").jobs(["nope"], [4])
 
@@ -65,3 +66,19 @@ def test_site_mean_weights_by_test_rows_and_skips_missing_values():
 def test_the_fedmultimodal_row_states_its_relative_drop():
     row = _load("utility_tables")._fedmultimodal_row()
     assert "0.699" in row and "0.666" in row and "0.582" in row and "16.7 %" in row
+
+
+def test_merged_results_keep_each_row_and_seed_once_in_seed_order(tmp_path):
+    import json
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"seeds": [0, 1], "complete": True, "seconds": 5.0,
+                             "rows": {"hospitals": {"r": [{"seed": 1, "v": "a1"}, {"seed": 0, "v": "a0"}]}}}))
+    b.write_text(json.dumps({"seeds": [0, 2], "complete": False, "seconds": 9.0,
+                             "rows": {"hospitals": {"r": [{"seed": 0, "v": "b0"}, {"seed": 2, "v": "b2"}]},
+                                      "image": {"i": [{"seed": 0, "v": "i0"}]}}}))
+    merged = _load("utility_all").merge_results([a, b], tmp_path / "m.json")
+    assert [r["v"] for r in merged["rows"]["hospitals"]["r"]] == ["a0", "a1", "b2"]  # first file wins seed 0
+    assert merged["rows"]["image"]["i"][0]["v"] == "i0"
+    assert merged["seeds"] == [0, 1, 2] and merged["complete"] is False
+    assert json.loads((tmp_path / "m.json").read_text()) == merged
