@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 ARGS   ?=
 XDIST  ?= -n 2 --dist loadfile --no-loadscope-reorder
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast utility clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 ## unit tests only
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+## issue 14's privacy-utility table, every row (benchmarks/utility_all.py; about an hour on 2 cores)
+utility: $(STAMP)
+	$(BIN)/python benchmarks/utility_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

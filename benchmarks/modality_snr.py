@@ -1,6 +1,6 @@
 """Why a modality learns nothing under DP: signal against noise, per parameter group, in one DP-SGD step.
 
-    .venv/bin/python benchmarks/modality_snr.py [--site cleveland] [--epsilon 4] [--state DIR]
+    .venv/bin/python benchmarks/modality_snr.py [--site cleveland] [--epsilon 4] [--state DIR] [--scenario FILE]
 
 At one site of the packaged hospitals scenario, with the run defaults and the model at its initialisation, it
 computes every training row's gradient (one backward pass per row), clips each to the run's C as Opacus does
@@ -53,6 +53,8 @@ def group_of(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--site", default="cleveland")
+    p.add_argument("--scenario", type=Path, default=SCENARIO, help="e.g. simulations/scenarios/hospitals-multimodal"
+                   ".toml (the image branch)")
     p.add_argument("--epsilon", type=float, default=4.0)
     p.add_argument("--state", type=Path, default=None, help="site state root (feature caches); default: a temp dir")
     p.add_argument("--seed", type=int, default=0)
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.disable(logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="fedfusion-snr-"))
-    scenario_file = write_with_site_privacy(SCENARIO, tmp / "s.toml", {"target-epsilon": args.epsilon,
+    scenario_file = write_with_site_privacy(args.scenario, tmp / "s.toml", {"target-epsilon": args.epsilon,
                                                                        "epsilon-budget": args.epsilon})
     cfg = {**app_defaults(), "scenario-file": str(scenario_file), "site-state-root": str(args.state or tmp / "st"),
            "target-epsilon": args.epsilon, "epsilon-budget": args.epsilon, "seed": args.seed}

@@ -44,7 +44,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from client.dp_random import DpRandomness, dp_randomness
-from client.train import _split, poisson_loader, run_epochs
+from client.train import _split, dropout_generator, poisson_loader, run_epochs
 from common.models.clipping import CLIPPINGS, tensor_budgets
 from common.privacy.accountant import StepPlan
 
@@ -282,7 +282,8 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     opt = with_canaries(dp_opt, coordinates=coordinates, included=included, sample_rate=sample_rate,
                         canary_norm=canary_norms, canary_seed=seed + 2)
     losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed)
+                               modality_dropout=modality_dropout, seed=seed,
+                               dropout_generator=dropout_generator(rng, modality_dropout))
     dp_model._close()
     after = flat_trainable(model)
     idx = torch.as_tensor(np.asarray(coordinates, dtype=np.int64))

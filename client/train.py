@@ -38,7 +38,7 @@ from common.models.grad_sample import prepare_opacus
 __all__ = [
     "TensorDictDataset", "TrainResult", "EvalResult", "resolve_device", "make_loader", "poisson_loader",
     "steps_per_epoch", "run_epochs", "train_dp", "train_plain", "evaluate", "noise_generator_problem",
-    "add_proximal_term", "PLAIN_OPTIMIZERS",
+    "add_proximal_term", "PLAIN_OPTIMIZERS", "dropout_generator",
 ]
 
 LABEL, MODALITY_MASK = "label", "modality_mask"
@@ -150,13 +150,15 @@ def _split(batch: Mapping[str, torch.Tensor], device: torch.device, dropout: flo
 def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, *, epochs: int,
                device: torch.device, modality_dropout: float, seed: int,
                criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
-               ) -> tuple[list[float], int]:
+               dropout_generator: torch.Generator | None = None) -> tuple[list[float], int]:
     """The one training loop (plain, DP, canary-audited): losses of non-empty batches, and the step count.
 
     An empty Poisson batch still takes a step (noise only, under DP): it counts as a step, not as a loss.
     ``criterion`` is cross-entropy; in Opacus' ghost-clipping mode, the loss object ``make_private`` returned.
+    ``dropout_generator``: where the modality-dropout draws come from (DP-SGD: :func:`dropout_generator`);
+    None = a generator seeded by ``seed`` (non-private training).
     """
-    gen = torch.Generator().manual_seed(seed + 1)  # modality dropout draws
+    gen = dropout_generator if dropout_generator is not None else torch.Generator().manual_seed(seed + 1)
     losses, steps = [], 0
     for _ in range(epochs):
         for batch in loader:
@@ -193,6 +195,27 @@ def add_proximal_term(optimizer: torch.optim.Optimizer, params: list[nn.Paramete
     return optimizer.register_step_pre_hook(pre_step)
 
 
+def dropout_generator(rng: DpRandomness, modality_dropout: float) -> torch.Generator | None:
+    """The modality-dropout draws of one DP-SGD round: seeded from the round's SECRET sampling stream.
+
+    Why modality dropout leaves ε unchanged: it replaces a sampled record x by x with some modalities hidden,
+    using draws that are independent of the data and of everything released. Each step then releases
+    sum_i clip(g(x_i, u_i)) + N(0, σ²C²): every record's term still has norm <= C, and the draws u_i are
+    i.i.d. and secret, so for neighbouring datasets the step is a mixture, over the same distribution of draws,
+    of Gaussian mechanisms of sensitivity C, whose privacy loss is at most that of one of them (joint convexity
+    of the hockey-stick divergence): the sampled Gaussian mechanism the accountant already counts.
+    The draws must not come from a PUBLIC stream consumed in batch order: then the draw a record gets would
+    depend on which other records were sampled before it, and adding one record would shift the draws of the
+    records after it (more than C of change). So they come from a generator seeded by one draw of the secret
+    sampling stream (``client.dp_random``), and only when dropout is on (``modality-dropout = 0``: no draw, the
+    sampling stream is untouched).
+    """
+    if modality_dropout <= 0:
+        return None
+    seed = int(torch.randint(0, 2**62, (1,), generator=rng.sampling))
+    return torch.Generator().manual_seed(seed)
+
+
 def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, momentum: float,
              noise_multiplier: float, max_grad_norm: float, accountant, secure_mode: bool,
              modality_dropout: float, device: torch.device, seed: int, rng: DpRandomness,
@@ -201,7 +224,8 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     history.
 
     Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
-    ``rng`` (``client.dp_random``); ``seed`` only fixes the public rest (modality-dropout draws).
+    ``rng`` (``client.dp_random``), and so do the modality-dropout draws (:func:`dropout_generator`); ``seed``
+    only fixes the public rest (Opacus' own torch RNG use).
     ``proximal_mu``: FedProx's term, added after the noise (:func:`add_proximal_term`).
     ``grad_sample_mode`` (None = the one ``common/models/grad_sample.py`` registers for the model) only
     changes how Opacus computes the clipped sum, not what it is.
@@ -243,7 +267,8 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     dp_opt.expected_batch_size = plan.expected_batch_size  # public, not Opacus' int(n q)
     sample_rate = 1.0 / len(dp_loader)
     losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=plan.epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed, criterion=criterion)
+                               modality_dropout=modality_dropout, seed=seed, criterion=criterion,
+                               dropout_generator=dropout_generator(rng, modality_dropout))
     dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=sample_rate)

@@ -23,7 +23,7 @@ PACKAGED_SCENARIOS = APP_DIR / "simulations" / "scenarios"
 FUSIONS = ("concat", "attention", "late")
 CLIPPINGS = ("flat", "per-modality")  # common/models/clipping.py CLIPPINGS (checked equal in the tests)
 TEXT_ENCODERS = ("minilm-frozen", "minilm-finetune-top", "tiny-bert")
-IMAGE_ENCODERS = ("small-cnn", "resnet18-gn")
+IMAGE_ENCODERS = ("small-cnn", "resnet18-gn", "pixel-projection")
 ACCOUNTANTS = ("prv", "rdp")
 DEVICES = ("auto", "cpu", "cuda")
 #: where DP-SGD's randomness (Poisson sampling, Gaussian noise) comes from: client/dp_random.py
@@ -69,7 +69,7 @@ class FederationSettings:
 class ModelSettings:
     fusion: str  # concat | attention | late
     text_encoder: str  # minilm-frozen | minilm-finetune-top | tiny-bert
-    image_encoder: str  # small-cnn | resnet18-gn
+    image_encoder: str  # small-cnn | resnet18-gn | pixel-projection
     hidden_dim: int  # width of the fused representation
     # minilm-frozen only: width of a fixed public random projection of its embedding (0 = none); the fine-tuned
     # encoders (tiny-bert, minilm-finetune-top) train their own output and do not use it

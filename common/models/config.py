@@ -25,7 +25,7 @@ MODALITIES: tuple[str, ...] = ("tabular", "text", "image")
 """Every modality a model may read, in canonical order."""
 
 TextKind = Literal["minilm-frozen", "minilm-finetune-top", "tiny-bert"]
-ImageKind = Literal["small-cnn", "resnet18-gn"]
+ImageKind = Literal["small-cnn", "resnet18-gn", "pixel-projection"]
 FusionKind = Literal["concat", "attention", "late"]
 
 
@@ -111,9 +111,9 @@ class TextEncoderConfig:
 class ImageEncoderConfig:
     """Image encoder; GroupNorm everywhere (BatchNorm would break per-sample gradients)."""
 
-    kind: ImageKind = "small-cnn"  # small-cnn | resnet18-gn (see common/models/image.py)
+    kind: ImageKind = "small-cnn"  # small-cnn | resnet18-gn | pixel-projection (see common/models/image.py)
     in_channels: int = 1  # channels of the input images (1 = grey, 3 = RGB)
-    out_dim: int = 32  # width of the image feature handed to the fusion
+    out_dim: int = 32  # width of the image feature handed to the fusion (pixel-projection: its projection's width)
     cnn_channels: tuple[int, ...] = (16, 32)  # small-cnn: output channels of each conv block
     norm_groups: int = 8  # GroupNorm groups in every conv block; must divide every channel count
     dropout: float = 0.1  # dropout on the pooled image feature
@@ -127,8 +127,8 @@ class ImageEncoderConfig:
         _require_positive(owner, in_channels=self.in_channels, out_dim=self.out_dim, norm_groups=self.norm_groups)
         _require_positive(owner, **{f"cnn_channels[{i}]": c for i, c in enumerate(self.cnn_channels)})
         _require_probability(owner, "dropout", self.dropout)
-        # resnet18 widths are 64..512; small-cnn widths are cnn_channels.
-        widths = (64, 128, 256, 512) if self.kind == "resnet18-gn" else self.cnn_channels
+        # resnet18 widths are 64..512; small-cnn widths are cnn_channels; pixel-projection has no GroupNorm.
+        widths = {"resnet18-gn": (64, 128, 256, 512), "small-cnn": self.cnn_channels}.get(self.kind, ())
         for width in widths:
             if width % self.norm_groups != 0:
                 raise ValueError(

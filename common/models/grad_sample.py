@@ -37,11 +37,12 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # backward. Measured side by side (BENCHMARKS.md, 2026-12-02, 3 interleaved repeats): hooks 2.59x plain,
     # ghost 4.93x (an earlier single repeat: 2.64x vs 10.5x); hooks peaks at 2.4x ghost's memory (1.47 vs 0.62 GB)
     "resnet18-gn": "hooks",
+    "pixel-projection": "ghost",  # no trainable encoder parameter: only the fusion's Linear layers, as minilm-frozen
 }
 
 PRECEDENCE: tuple[str, ...] = (
     # most demanding first: a model holding several trainable encoders takes the mode of the first one here
-    "resnet18-gn", "tiny-bert", "minilm-finetune-top", "small-cnn", "minilm-frozen", "tabular",
+    "resnet18-gn", "tiny-bert", "minilm-finetune-top", "small-cnn", "pixel-projection", "minilm-frozen", "tabular",
 )
 
 

@@ -1,4 +1,4 @@
-"""Image encoders: a small GroupNorm CNN and torchvision's ResNet-18 with GroupNorm.
+"""Image encoders: a small GroupNorm CNN, torchvision's ResNet-18 with GroupNorm, and a fixed public projection.
 
 No BatchNorm anywhere: BatchNorm mixes samples across the batch, which breaks per-sample gradients (DP-SGD).
 No pretrained weights (none ship offline for ResNet). Input: ``inputs["image"]`` (B, C, H, W) float; any H, W
@@ -10,11 +10,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 
+import torch
 from torch import Tensor, nn
 
 from common.models.config import ImageEncoderConfig
 
-__all__ = ["IMAGE_ENCODERS", "ResNet18GNEncoder", "SmallCNNEncoder", "build_image_encoder"]
+__all__ = ["IMAGE_ENCODERS", "PIXEL_PROJECTION_SEED", "PIXEL_SIDE", "PixelProjectionEncoder", "ResNet18GNEncoder",
+           "SmallCNNEncoder", "build_image_encoder", "public_pixel_projection"]
 
 
 def _check_image(image: Tensor, config: ImageEncoderConfig) -> None:
@@ -106,9 +108,51 @@ class ResNet18GNEncoder(nn.Module):
         return self.backbone(image)
 
 
+PIXEL_PROJECTION_SEED = 20251202  # constant, public: every site and the server draw the same matrix
+PIXEL_SIDE = 14  # images are average-pooled to 14 x 14 before the projection (MNIST's 28 x 28: 2 x 2 blocks)
+
+
+def public_pixel_projection(k: int, in_features: int) -> Tensor:
+    """The fixed (k, in_features) matrix of pixel-projection: N(0, 1) entries from :data:`PIXEL_PROJECTION_SEED`.
+
+    Data-independent (a Johnson-Lindenstrauss map), so using it costs no privacy; a unit-norm input maps to
+    coordinates of unit variance.
+    """
+    gen = torch.Generator().manual_seed(PIXEL_PROJECTION_SEED)
+    return torch.randn(k, in_features, generator=gen, dtype=torch.float32)
+
+
+class PixelProjectionEncoder(nn.Module):
+    """pixel-projection: NO trainable parameters; the image through fixed public maps to ``out_dim`` features.
+
+    Average pool to 14 x 14, flatten, centre and scale each image by its OWN mean and norm (per record: no
+    statistics of other records), then the fixed matrix of :func:`public_pixel_projection` (a non-persistent buffer:
+    not in the state dict, never sent). The fusion's image projection (out_dim x hidden) is then the image
+    branch's only trained part: under DP-SGD the noise falls on ~2 000 coordinates instead of the ~8 000 of
+    small-cnn + projection, and no conv filter has to be learnt from a few hundred noisy steps (the image
+    counterpart of ``text-projection``; BENCHMARKS.md "hospitals-multimodal: the image branch").
+    """
+
+    def __init__(self, config: ImageEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.out_dim = config.out_dim
+        matrix = public_pixel_projection(config.out_dim, config.in_channels * PIXEL_SIDE * PIXEL_SIDE)
+        self.register_buffer("projection", matrix, persistent=False)
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        image = inputs["image"]
+        _check_image(image, self.config)
+        flat = nn.functional.adaptive_avg_pool2d(image, PIXEL_SIDE).flatten(1)
+        flat = flat - flat.mean(dim=1, keepdim=True)
+        flat = flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-6)  # an absent (all-zero) image stays zero
+        return flat @ self.projection.to(flat.dtype).T
+
+
 IMAGE_ENCODERS: dict[str, Callable[[ImageEncoderConfig], nn.Module]] = {
     "small-cnn": SmallCNNEncoder,
     "resnet18-gn": ResNet18GNEncoder,
+    "pixel-projection": PixelProjectionEncoder,
 }
 
 
