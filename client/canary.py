@@ -43,7 +43,7 @@ from opacus.optimizers import DPOptimizer, DPPerLayerOptimizer
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.dp_random import DpRandomness, dp_randomness
+from client.dp_random import DpRandomness, dp_randomness, model_randomness
 from client.train import _split, dropout_generator, poisson_loader, run_epochs
 from common.models.clipping import CLIPPINGS, tensor_budgets
 from common.privacy.accountant import StepPlan
@@ -258,7 +258,6 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     """
     from opacus import PrivacyEngine
 
-    torch.manual_seed(seed)
     model.to(device).train()
     before = flat_trainable(model)
     optimizer = torch.optim.SGD(_trainable(model), lr=lr, momentum=momentum)
@@ -281,9 +280,10 @@ def train_with_canaries(model: nn.Module, dataset: Dataset, *, coordinates: np.n
     canary_norms = _canary_norms(norms, [p.numel() for _, p in named], coordinates)
     opt = with_canaries(dp_opt, coordinates=coordinates, included=included, sample_rate=sample_rate,
                         canary_norm=canary_norms, canary_seed=seed + 2)
-    losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed,
-                               dropout_generator=dropout_generator(rng, modality_dropout))
+    with model_randomness(rng, device):  # nn.Dropout's masks, as in train_dp
+        losses, steps = run_epochs(dp_model, opt, dp_loader, epochs=plan.epochs, device=device,
+                                   modality_dropout=modality_dropout, seed=seed,
+                                   dropout_generator=dropout_generator(rng, modality_dropout))
     dp_model._close()
     after = flat_trainable(model)
     idx = torch.as_tensor(np.asarray(coordinates, dtype=np.int64))

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from client.dp_random import DpRandomness
+from client.dp_random import DpRandomness, model_randomness
 from common.privacy.accountant import StepPlan
 from common.models.clipping import CLIPPINGS, tensor_budgets
 from common.models.config import FusionConfig
@@ -224,8 +224,8 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     history.
 
     Opacus' hook appends one entry per step to ``accountant.history``. Batches and noise come from
-    ``rng`` (``client.dp_random``), and so do the modality-dropout draws (:func:`dropout_generator`); ``seed``
-    only fixes the public rest (Opacus' own torch RNG use).
+    ``rng`` (``client.dp_random``), and so do the modality-dropout draws (:func:`dropout_generator`) and the
+    model's ``nn.Dropout`` masks (``model_randomness``); ``seed`` is not used for any draw here.
     ``proximal_mu``: FedProx's term, added after the noise (:func:`add_proximal_term`).
     ``grad_sample_mode`` (None = the one ``common/models/grad_sample.py`` registers for the model) only
     changes how Opacus computes the clipped sum, not what it is.
@@ -235,7 +235,6 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     """
     from common.models.dp_optimizers import PrivacyEngine  # Opacus' own, minus a copy per step; heavy import
 
-    torch.manual_seed(seed)
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum)
@@ -266,9 +265,10 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
     dp_model.forbid_grad_accumulation()  # what poisson_sampling=True would set: one batch per step
     dp_opt.expected_batch_size = plan.expected_batch_size  # public, not Opacus' int(n q)
     sample_rate = 1.0 / len(dp_loader)
-    losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=plan.epochs, device=device,
-                               modality_dropout=modality_dropout, seed=seed, criterion=criterion,
-                               dropout_generator=dropout_generator(rng, modality_dropout))
+    with model_randomness(rng, device):  # nn.Dropout's masks: secret, not the public seed
+        losses, steps = run_epochs(dp_model, dp_opt, dp_loader, epochs=plan.epochs, device=device,
+                                   modality_dropout=modality_dropout, seed=seed, criterion=criterion,
+                                   dropout_generator=dropout_generator(rng, modality_dropout))
     dp_model._close()  # remove Opacus hooks; the plain `model` keeps the trained weights
     return TrainResult(loss=float(np.mean(losses)) if losses else float("nan"), steps=steps,
                        num_examples=len(dataset), sample_rate=sample_rate)
