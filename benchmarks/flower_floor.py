@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.runtime.processes import descendants
@@ -65,6 +65,7 @@ class Result:
     round_s: list[float]  # wall time of each training round at the server (sampling to aggregate)
     peak_rss_gb: float
     per_round: int  # train messages per round
+    compute_s: list[float] = field(default_factory=list)  # ours: the slowest site's compute in each round (train + eval)
 
     @property
     def first_round_s(self) -> float:  # Ray and its actors start during round 1 (and our sites load their data)
@@ -156,9 +157,10 @@ def run_ours(shape: Shape, scenario: str, work: Path, *, site_check: bool = True
     summary = json.loads((out / "summary.json").read_text())
     if len(summary["sites"]) != shape.nodes:
         raise SystemExit(f"scenario {scenario} has {len(summary['sites'])} sites, the shape {shape.nodes} nodes")
-    walls = [r["timing"]["train"]["wall_s"] for _, r in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0]))
+    timed = [r["timing"]["train"] for _, r in sorted(summary["rounds"].items(), key=lambda kv: int(kv[0]))
              if r and "train" in r.get("timing", {})]
-    return Result(total, walls, rss.peak / 2**30, max(1, round(shape.nodes * shape.fraction)))
+    return Result(total, [t["wall_s"] for t in timed], rss.peak / 2**30, max(1, round(shape.nodes * shape.fraction)),
+                  [t.get("slowest_site_compute_s", 0.0) for t in timed])
 
 
 COLUMNS = ("total s", "outside", "round 1", "round 2+", "ms/msg 2+", "peak GB")
@@ -190,6 +192,17 @@ def virtual_scenario(nodes: int, folder: Path) -> Path:
 def _row(name: str, r: Result) -> str:
     return (f"{name:<22s} {r.total_s:>9.1f} {r.outside_s:>9.1f} {r.first_round_s:>9.2f} {r.median_round_s:>9.2f} "
             f"{1e3 * r.median_round_s / r.per_round:>9.1f} {r.peak_rss_gb:>9.2f}")
+
+
+def _round_goal(ours: Result, floor: Result) -> str:
+    """Issue 15's per-round goal, rounds 2..: ours' round <= the floor's round + 1.1 x the slowest site's compute."""
+    rounds = list(zip(ours.round_s, floor.round_s, ours.compute_s))[1:]
+    if not rounds:
+        return ""
+    excess = [o - (f + 1.1 * c) for o, f, c in rounds]
+    return (f"{'  rounds 2+':<22s} slowest site's compute median {statistics.median(c for *_, c in rounds):.2f} s; "
+            f"round - (floor round + 1.1 x compute): median {statistics.median(excess):+.2f} s, "
+            f"{sum(e <= 0 for e in excess)}/{len(excess)} rounds within")
 
 
 def _ratio(ours: Result, floor: Result) -> str:
@@ -244,13 +257,15 @@ def main() -> None:
             scenario = str(virtual_scenario(shape.nodes, work))
         ours = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check, settings=tuple(args.ours_set))
         print(_row(f"ours ({Path(scenario).stem})"[:22], ours))
-        print(_ratio(ours, floor), flush=True)
+        print(_ratio(ours, floor))
+        print(_round_goal(ours, floor), flush=True)
         results[str(shape)]["ours"] = vars(ours)
         if args.ours_again:
             again = run_ours(shape, scenario, work, site_check=not args.ours_no_site_check, tag="-again",
                              settings=tuple(args.ours_set))
             print(_row("ours, next run", again))
-            print(_ratio(again, floor), flush=True)
+            print(_ratio(again, floor))
+            print(_round_goal(again, floor), flush=True)
             results[str(shape)]["ours-again"] = vars(again)
     print(f"load average {os.getloadavg()[0]:.2f} at the end; run folders: {work if args.keep else '(removed)'}")
     if args.json:
