@@ -10,7 +10,7 @@ import importlib.util
 import math
 import statistics
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +66,42 @@ def _col(runs, key, sites=None) -> str:
     return mean_sd([site_mean(r, key, sites) for r in runs])
 
 
-def _hospitals(rows: dict[str, list[dict[str, Any]]]) -> list[str]:
-    out = ["| row (seeds) | bacc, 4 sites | acc, 4 sites | AUC, 4 sites | notes sites: bacc | notes sites: acc | "
-           "notes alone (tabular hidden): AUC | notes alone: bacc | ε reported (max) |", "|---" * 9 + "|"]
+Cell = Callable[[list[dict[str, Any]]], str]  # a table cell from a row's runs (one per seed)
+
+
+def _metric(key: str, sites: Iterable[str] | None = None) -> Cell:
+    """The cell of ``key``: mean ± sd over seeds of its test-row-weighted mean over ``sites`` (default all)."""
+    return lambda runs: _col(runs, key, sites)
+
+
+#: the hospitals table's columns after ``row (seeds)``: title -> cell
+HOSPITALS_COLUMNS: dict[str, Cell] = {
+    "bacc, 4 sites": _metric("balanced-accuracy"),
+    "acc, 4 sites": _metric("accuracy"),
+    "AUC, 4 sites": _metric("auc"),
+    "notes sites: bacc": _metric("balanced-accuracy", NOTES_SITES),
+    "notes sites: acc": _metric("accuracy", NOTES_SITES),
+    "notes alone (tabular hidden): AUC": _metric("auc-only-text", NOTES_SITES),
+    "notes alone: bacc": _metric("bacc-only-text", NOTES_SITES),
+    "ε reported (max)": _eps,
+}
+#: the image table's columns after ``row (seeds)``: title -> cell
+IMAGE_COLUMNS: dict[str, Cell] = {
+    "fused: acc (image sites)": _metric("accuracy", IMAGE_SITES),
+    "fused: bacc": _metric("balanced-accuracy", IMAGE_SITES),
+    "image alone: acc": _metric("acc-only-image", IMAGE_SITES),
+    "image alone: bacc": _metric("bacc-only-image", IMAGE_SITES),
+    "image alone: AUC": _metric("auc-only-image", IMAGE_SITES),
+    "notes alone: AUC (notes sites)": _metric("auc-only-text", NOTES_SITES),
+    "ε reported (max)": _eps,
+}
+
+
+def _table(columns: dict[str, Cell], rows: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """A markdown table: a line per row, ``name (seeds)`` then each column's cell."""
+    out = ["| row (seeds) | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, runs in rows.items():
-        out.append(f"| {name} ({len(runs)}) | {_col(runs, 'balanced-accuracy')} | {_col(runs, 'accuracy')} | "
-                   f"{_col(runs, 'auc')} | {_col(runs, 'balanced-accuracy', NOTES_SITES)} | "
-                   f"{_col(runs, 'accuracy', NOTES_SITES)} | {_col(runs, 'auc-only-text', NOTES_SITES)} | "
-                   f"{_col(runs, 'bacc-only-text', NOTES_SITES)} | {_eps(runs)} |")
+        out.append(f"| {name} ({len(runs)}) | " + " | ".join(cell(runs) for cell in columns.values()) + " |")
     return out
 
 
@@ -120,17 +148,6 @@ def _fedmultimodal_row() -> str:
         + f" | {drop:.1f} % |"
 
 
-def _image(rows: dict[str, list]) -> list[str]:
-    out = ["| row (seeds) | fused: acc (image sites) | fused: bacc | image alone: acc | image alone: bacc | "
-           "image alone: AUC | notes alone: AUC (notes sites) | ε reported (max) |", "|---" * 8 + "|"]
-    for name, runs in rows.items():
-        out.append(f"| {name} ({len(runs)}) | {_col(runs, 'accuracy', IMAGE_SITES)} | "
-                   f"{_col(runs, 'balanced-accuracy', IMAGE_SITES)} | {_col(runs, 'acc-only-image', IMAGE_SITES)} | "
-                   f"{_col(runs, 'bacc-only-image', IMAGE_SITES)} | {_col(runs, 'auc-only-image', IMAGE_SITES)} | "
-                   f"{_col(runs, 'auc-only-text', NOTES_SITES)} | {_eps(runs)} |")
-    return out
-
-
 def _per_seed(rows: dict[str, list], key: str = "balanced-accuracy") -> list[str]:
     return [f"{name}: " + ", ".join(f"{site_mean(r, key):.3f}" for r in runs) for name, runs in rows.items()]
 
@@ -147,7 +164,7 @@ def write_all(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path, *,
     hosp, alone, miss = (results.get(k, {}) for k in ("hospitals", "alone", "missing"))
     if hosp or alone or miss:
         text += ["## Hospitals (920 patients, 4 sites, 8 rounds; test-row-weighted over the sites)", "",
-                 *_hospitals({**hosp, **alone, **miss}), ""]
+                 *_table(HOSPITALS_COLUMNS, {**hosp, **alone, **miss}), ""]
     if hosp and alone:
         text += ["## Fused vs each modality alone at the same ε (hospitals)", "", *_fused_vs_alone(hosp, alone), ""]
     if hosp or miss:
@@ -157,8 +174,9 @@ def write_all(results: dict[str, dict[str, list[dict[str, Any]]]], out: Path, *,
                  "Balanced accuracy, same runs:", "", *_curve_rows(curves, "text", NOTES_SITES, "bacc"), ""]
     if "image" in results:
         text += ["## hospitals-multimodal: the image branch (images CONSTRUCTED: MNIST paired by label)", "",
-                 *_image(results["image"]), "", "Image lost by a fraction of the test rows (image sites; accuracy):",
-                 "", *_curve_rows(results["image"], "image", IMAGE_SITES), ""]
+                 *_table(IMAGE_COLUMNS, results["image"]), "",
+                 "Image lost by a fraction of the test rows (image sites; accuracy):", "",
+                 *_curve_rows(results["image"], "image", IMAGE_SITES), ""]
     text += ["## Balanced accuracy per seed (4 sites)", "", "```",
              *_per_seed({k: v for part in ("hospitals", "alone", "missing", "image") for k, v in
                          results.get(part, {}).items()}), "```", ""]

@@ -10,22 +10,19 @@ there and warns about group privacy), and never in its train reply. The site her
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, Message
 
-from client.app import app
 from common.config import app_defaults, load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.privacy.entry import statement_copies
 from common.privacy.ledger import Ledger
-from common.records import ARRAYS, CENTRAL_NOISE_MULTIPLIER, CONFIG, PRIVACY, STATUS_DECLINED, STATUS_TRAINED
+from common.records import CENTRAL_NOISE_MULTIPLIER, PRIVACY, STATUS_DECLINED, STATUS_TRAINED
+from tests.client.messages import send_train
+from tests.data.north_copies import copy_example
 
-DATA = Path(__file__).resolve().parents[2] / "data" / "breast-cancer"
-COPY_IDS = [str(90000 + i) for i in range(1, 51)]
 # what the copies statement (common.privacy.entry.copies_statement) says, in any of its parts
 COPY_WORDS = ("max-copies", "duplicate-records", "group-privacy", "copies", "protected as a group")
 
@@ -41,24 +38,9 @@ CASES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _flower_task_identity():
-    """Messages take their run id from Flower's task identity, as inside a ClientApp process; restored after."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
-
-
 def _deployed_site(tmp_path: Path, own_privacy: str) -> tuple[Path, Path]:
     """North with 50 copies of its first record, its scenario and its own site.toml; (site.toml, scenario)."""
-    data = tmp_path / "data"
-    shutil.copytree(DATA, data)
-    csv = data / "north.csv"
-    lines = csv.read_text(encoding="cp1252").splitlines()
-    first = next(i for i, line in enumerate(lines) if line[:1].isdigit())
-    rest = lines[first].split(";", 1)[1]
-    csv.write_text("\n".join([*lines, *(f"{i};{rest}" for i in COPY_IDS)]) + "\n", encoding="cp1252")
+    data = copy_example(tmp_path / "data", copies=True)
     scenario = tmp_path / "north-scenario.toml"
     scenario.write_text(f'[scenario]\nname = "north-only"\nschema = "{data / "schema.toml"}"\ndata-dir = "{data}"\n\n'
                         '[[sites]]\nname = "north"\nsource = "mapped"\nmapping = "north.toml"\n'
@@ -93,13 +75,8 @@ def test_a_train_reply_never_carries_the_number_of_copies(tmp_path: Path, case: 
     run_config = app_defaults() | {"num-server-rounds": 1, "scenario-file": str(scenario), "batch-size": 32} | settings
     run = parse_run_config(run_config)
     state = initial_trainable_state(build_model(run.model, scenario=load_scenario(scenario), seed=0))
-    msg = Message(content=RecordDict({ARRAYS: ArrayRecord(state), CONFIG: ConfigRecord(
-        {"server-round": 1, "federation-id": "fed-copies", **message_config})}), dst_node_id=7,
-        message_type=MessageType.TRAIN)
-    context = Context(run_id=1, node_id=7, node_config={"site-config": str(site)}, state=RecordDict(),
-                      run_config=run_config)
 
-    reply = app(msg, context)
+    reply = send_train(site, run_config, ArrayRecord(state), federation_id="fed-copies", message_config=message_config)
 
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     privacy = reply.content.config_records[PRIVACY]

@@ -9,7 +9,6 @@ one real record copied 50 times under new ids by this test (CONSTRUCTED).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -20,20 +19,11 @@ from client.site_data import load_site
 from common.config import ConfigError, app_defaults, load_scenario, parse_run_config, resolve_site
 from common.data.schema import DataContractError
 from common.privacy.entry import statement_copies, statement_mode
-
-DATA = Path(__file__).resolve().parents[2] / "data" / "breast-cancer"
-COPY_IDS = [str(90000 + i) for i in range(1, 51)]
+from tests.data.north_copies import COPY_IDS, copy_example
 
 
 def _scenario(tmp_path: Path, *, copies: bool, privacy: str = "") -> Path:
-    data = tmp_path / "data"
-    shutil.copytree(DATA, data)
-    if copies:
-        csv = data / "north.csv"
-        lines = csv.read_text(encoding="cp1252").splitlines()
-        first = next(i for i, line in enumerate(lines) if line[:1].isdigit())
-        rest = lines[first].split(";", 1)[1]
-        csv.write_text("\n".join([*lines, *(f"{i};{rest}" for i in COPY_IDS)]) + "\n", encoding="cp1252")
+    copy_example(tmp_path / "data", copies=copies)
     path = tmp_path / "north.toml"
     path.write_text(f"""[scenario]
 name = "north-only"

@@ -13,15 +13,14 @@ import re
 from pathlib import Path
 
 import pytest
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import ArrayRecord, Message
 
-from client.app import app
 from common.config import app_defaults, parse_run_config
 from common.data.cleaning import load_mapped
 from common.data.schema import DataContractError
 from common.factory import build_model, initial_trainable_state
-from common.records import ARRAYS, CONFIG, ERRORS, FAILED_FIELDS, METRICS, NUM_EXAMPLES, PRIVACY, STATUS_FAILED
+from common.records import ERRORS, FAILED_FIELDS, METRICS, NUM_EXAMPLES, PRIVACY, STATUS_FAILED
+from tests.client.messages import send_train
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,15 +34,6 @@ def _contract_cases():
 
 
 CASES = _contract_cases()
-
-
-@pytest.fixture(autouse=True)
-def _flower_task_identity():
-    """Messages take their run id from Flower's task identity, as inside a ClientApp process; restored after."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def _site_file(tmp_path: Path, mapping: Path, *, privacy: str = "max-records = 400") -> Path:
@@ -61,11 +51,7 @@ def _send_train(site_file: Path) -> Message:
     from common.config import load_scenario
 
     state = initial_trainable_state(build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0))
-    msg = Message(content=RecordDict({ARRAYS: ArrayRecord(state), CONFIG: ConfigRecord(
-        {"server-round": 1, "federation-id": "fed-errors"})}), dst_node_id=7, message_type=MessageType.TRAIN)
-    context = Context(run_id=1, node_id=7, node_config={"site-config": str(site_file)}, state=RecordDict(),
-                      run_config=run_config)
-    return app(msg, context)
+    return send_train(site_file, run_config, ArrayRecord(state), federation_id="fed-errors")
 
 
 def _everything_said(reply: Message) -> str:

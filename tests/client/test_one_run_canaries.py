@@ -47,12 +47,17 @@ def _request(scenario, tmp_path, **kw) -> EmpiricalAuditRequest:
                                  state_root=tmp_path / "sites", **kw)
 
 
-def test_canaries_are_sampled_like_records_and_scored_by_their_coordinate(scenario, tmp_path):
+def _site_and_model(scenario, tmp_path):
+    """Cleveland's data as the site loads it, and the run's initial model (seed 0)."""
     run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "site-state-root": str(tmp_path)})
     scen = load_scenario(scenario)
     data = load_site(resolve_site({"partition-id": 0}, run), model_modalities=scen.modalities,
                      text_encoder=run.model.text_encoder)
-    model = build_model(run.model, scenario=scen, seed=0)
+    return data, build_model(run.model, scenario=scen, seed=0)
+
+
+def test_canaries_are_sampled_like_records_and_scored_by_their_coordinate(scenario, tmp_path):
+    data, model = _site_and_model(scenario, tmp_path)
     coords, real_grad = quiet_coordinates(model, data.train, m=300, max_grad_norm=1.0, device=torch.device("cpu"))
     assert len(np.unique(coords)) == 300 and real_grad.max() < 1e-6  # the real data does not move them
     included = np.random.default_rng(3).random(300) < 0.5
@@ -122,11 +127,7 @@ def test_per_modality_clipping_is_audited_with_canaries_of_each_tensors_share(sc
     """clipping = per-modality: Opacus' per-layer optimizer, each canary of its tensor's C_t (< C), scored in it."""
     from common.models.clipping import tensor_budgets
 
-    run = parse_run_config(app_defaults() | {"scenario-file": str(scenario), "site-state-root": str(tmp_path)})
-    scen = load_scenario(scenario)
-    data = load_site(resolve_site({"partition-id": 0}, run), model_modalities=scen.modalities,
-                     text_encoder=run.model.text_encoder)
-    model = build_model(run.model, scenario=scen, seed=0)
+    data, model = _site_and_model(scenario, tmp_path)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     budgets = tensor_budgets(named, 1.0)
     coords, _ = quiet_coordinates(model, data.train, m=200, max_grad_norm=1.0, device=torch.device("cpu"))

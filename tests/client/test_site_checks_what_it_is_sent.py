@@ -8,24 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Array, ArrayRecord, Message
 
-from client.app import app
 from common.config import app_defaults, load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.privacy.ledger import Ledger
-from common.records import ARRAYS, CONFIG, PRIVACY, STATUS_FAILED
+from common.records import ARRAYS, PRIVACY, STATUS_FAILED
+from tests.client.messages import send_train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def _flower_task_identity():
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
-    yield
-    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def _site_file(tmp_path: Path) -> Path:
@@ -44,12 +35,8 @@ def _send(site_file: Path, *, change=None, **run_settings) -> Message:
         build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)).items()}
     if change is not None:
         state = change(state)
-    msg = Message(content=RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
-                                      CONFIG: ConfigRecord({"server-round": 1, "federation-id": "fed-checks"})}),
-                  dst_node_id=7, message_type=MessageType.TRAIN)
-    context = Context(run_id=1, node_id=7, node_config={"site-config": str(site_file)}, state=RecordDict(),
-                      run_config=run_config)
-    return app(msg, context)
+    return send_train(site_file, run_config, ArrayRecord({k: Array(v) for k, v in state.items()}),
+                      federation_id="fed-checks")
 
 
 def _spent(tmp_path: Path) -> list[str]:

@@ -1,4 +1,5 @@
-"""Shared builders for the model tests: small configs and random batches in the documented input format."""
+"""Shared builders for the model tests: small configs, random batches in the documented input format, and placeholder
+rows for ``make_private``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from common.models import FusionConfig, ImageEncoderConfig, TabularEncoderConfig, TextEncoderConfig
 from common.models.text import MINILM_DIM
@@ -44,6 +46,20 @@ def small_config(
         dropout=dropout,
         **{m: sub_configs[m] for m in modalities},
     )
+
+
+class Rows(Dataset):
+    """``n`` placeholder rows for ``make_private``'s data loader: it takes the sample rate from the loader's length
+    and batch size; the tests never iterate it (they feed their own batches)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Tensor:
+        return torch.zeros(1)
 
 
 def random_batch(config: FusionConfig, batch: int, *, seed: int = 0, present: Tensor | None = None) -> Batch:

@@ -7,23 +7,12 @@ import torch
 from opacus import PrivacyEngine as OpacusEngine
 from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping, DPPerLayerOptimizer
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.models import FusionModel
 from common.models.dp_optimizers import OPTIMIZERS, CloningFastGradientClipping, PrivacyEngine
 from common.models.grad_sample import prepare_opacus
-from tests.common.models.conftest import random_batch, small_config
-
-
-class _Rows(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.zeros(1)
+from tests.common.models.conftest import Rows, random_batch, small_config
 
 
 def _train(engine_class: type, config, batches, *, mode: str, noise_seed: int = 7):
@@ -33,7 +22,7 @@ def _train(engine_class: type, config, batches, *, mode: str, noise_seed: int = 
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
     engine = engine_class(accountant="prv")
     made = engine.make_private(
-        module=model, optimizer=opt, data_loader=DataLoader(_Rows(8), batch_size=8), noise_multiplier=1.0,
+        module=model, optimizer=opt, data_loader=DataLoader(Rows(8), batch_size=8), noise_multiplier=1.0,
         max_grad_norm=0.5, poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(),
         noise_generator=torch.Generator().manual_seed(noise_seed))
     dp_model, dp_opt = made[0], made[1]
@@ -92,7 +81,7 @@ def test_only_the_ghost_optimizer_is_replaced(mode: str, clipping: str, expected
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
     made = PrivacyEngine(accountant="prv").make_private(
-        module=model, optimizer=opt, data_loader=DataLoader(_Rows(8), batch_size=4), noise_multiplier=1.0,
+        module=model, optimizer=opt, data_loader=DataLoader(Rows(8), batch_size=4), noise_multiplier=1.0,
         max_grad_norm=1.0 if clipping == "flat" else [1.0] * n_tensors, clipping=clipping, poisson_sampling=True,
         grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     assert type(made[1]) is expected

@@ -16,12 +16,13 @@ import pytest
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from common.models import FusionModel
 from common.models.config import FusionConfig, ImageEncoderConfig, ImageKind, TabularEncoderConfig, TextEncoderConfig
 from common.models.config import TextKind
 from common.models.grad_sample import GRAD_SAMPLE_MODES, PRECEDENCE, encoder_kinds, grad_sample_mode, prepare_opacus
+from tests.common.models.conftest import Rows
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -83,22 +84,11 @@ def per_sample_gradients(model: nn.Module, x, present, y) -> dict[str, torch.Ten
     return {n: torch.stack(v) for n, v in out.items()}
 
 
-class _Rows(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.zeros(1)
-
-
 def dp_gradient(model: nn.Module, mode: str, x, present, y, *, clip: float):
     """The gradient Opacus' DP optimizer hands to SGD in ``mode`` (noise 0), and per-sample gradients if kept."""
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     made = PrivacyEngine(accountant="prv").make_private(
-        module=model, optimizer=opt, data_loader=DataLoader(_Rows(len(y)), batch_size=len(y)), noise_multiplier=0.0,
+        module=model, optimizer=opt, data_loader=DataLoader(Rows(len(y)), batch_size=len(y)), noise_multiplier=0.0,
         max_grad_norm=clip, poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     dp_model, dp_opt, criterion = (made[0], made[1], made[2]) if mode == "ghost" else (made[0], made[1],
                                                                                         nn.CrossEntropyLoss())
@@ -155,7 +145,7 @@ def test_the_registered_mode_runs_an_empty_poisson_batch(kind: str) -> None:
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     engine = PrivacyEngine(accountant="prv")
-    made = engine.make_private(module=model, optimizer=opt, data_loader=DataLoader(_Rows(8), batch_size=4),
+    made = engine.make_private(module=model, optimizer=opt, data_loader=DataLoader(Rows(8), batch_size=4),
                                noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True,
                                grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     dp_model, dp_opt = made[0], made[1]
