@@ -26,14 +26,14 @@ from logging import ERROR, INFO, WARNING
 from typing import Any, Protocol
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from common.config import AggregationSettings, RunConfig
 from common.privacy.accountant import Mechanism
-from common.records import ARRAYS, CONFIG, EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
+from common.records import EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
 from server.aggregation import merge
 from server.identity import SiteRegistry
 from server.replies import (
@@ -113,6 +113,10 @@ class ModalityFedAvg(FedAvg):
     def __init__(self, *, registry: SiteRegistry, aggregation: AggregationSettings, batch_size: int,
                  local_epochs: int, recorder: RoundRecorder | None = None, round_offset: int = 0,
                  fold_evaluation: bool = False, **fedavg_kwargs: Any) -> None:
+        # the final evaluation's sampling (``fraction-evaluate``, its minimum), also when rounds fold evaluation
+        # (Flower zeroes min_evaluate_nodes when fraction_evaluate is 0)
+        self._final_sampling = (float(fedavg_kwargs.get("fraction_evaluate", 1.0)),
+                                int(fedavg_kwargs.get("min_evaluate_nodes", 2)))
         if fold_evaluation:  # sites evaluate inside the train reply; no separate evaluate messages per round
             fedavg_kwargs["fraction_evaluate"] = 0.0
         super().__init__(**fedavg_kwargs)
@@ -216,11 +220,17 @@ class ModalityFedAvg(FedAvg):
 
     def evaluate_final(self, grid: Grid, arrays: ArrayRecord, config: ConfigRecord, *, server_round: int,
                        timeout: float) -> MetricRecord | None:
-        """One evaluate round of the final model (with folded evaluation, nothing else evaluates it)."""
-        config["server-round"] = server_round
-        self._evaluate_started = time.monotonic()
-        messages = [Message(content=RecordDict({ARRAYS: arrays, CONFIG: config}), dst_node_id=node,
-                            message_type=MessageType.EVALUATE) for node in grid.get_node_ids()]
+        """One evaluate round of the final model (with folded evaluation, nothing else evaluates it).
+
+        It asks ``fraction-evaluate`` of the sites (at least ``min_evaluate_nodes``), sampled by Flower's own
+        ``configure_evaluate``: a 1000-site run at 10 % evaluates 100 sites, not all 1000.
+        """
+        folded = (self.fraction_evaluate, self.min_evaluate_nodes)
+        self.fraction_evaluate, self.min_evaluate_nodes = self._final_sampling
+        try:  # Flower's sampling and messages; our configure_evaluate adds the round offset back
+            messages = list(self.configure_evaluate(server_round - self.round_offset, arrays, config, grid))
+        finally:
+            self.fraction_evaluate, self.min_evaluate_nodes = folded
         replies = grid.send_and_receive(messages=messages, timeout=timeout)
         return self.aggregate_evaluate(server_round - self.round_offset, replies)
 
