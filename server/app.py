@@ -28,13 +28,14 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
+    # replies checked every 0.2 s, not 3 s; at most max-messages-in-flight pushed and unanswered (server/grid.py)
+    prompt = PromptGrid(grid, poll_s=run.federation.reply_poll_interval, max_in_flight=run.federation.max_in_flight)
     if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)
         from server.central import run_central
 
-        return run_central(PromptGrid(grid, poll_s=run.federation.reply_poll_interval), context, run=run,
-                           scenario=scenario)
+        return run_central(prompt, context, run=run, scenario=scenario)
     registry = resolve_registry(grid, run, scenario)  # who each node is: the scenario, or the operator's registration
-    grid = PromptGrid(grid, poll_s=run.federation.reply_poll_interval)  # replies checked every 0.2 s, not 3 s
+    grid = prompt
     federation_id = run.federation.federation_id or f"run-{context.run_id}"
     model = build_model(run.model, scenario=scenario, seed=run.federation.seed)
     initial = initial_trainable_state(model)

@@ -60,6 +60,7 @@ class FederationSettings:
     fold_evaluation: bool  # evaluate the received global model inside the train reply
     round_timeout: float  # seconds to wait for replies in one round
     reply_poll_interval: float  # seconds between the server's checks for replies (server/grid.py)
+    max_in_flight: int  # messages pushed and not yet answered, at most (server/grid.py); 0 = all of a round at once
     seed: int  # global seed: model init, splits, sampling
     federation_id: str  # stable id across restarts ("" = derived from the first run id)
     min_available_nodes: int  # sites that must be connected before a round starts
@@ -291,6 +292,7 @@ def parse_run_config(run_config: Mapping[str, Any], *, source: str = "run config
         fold_evaluation=r.boolean("fold-evaluation"),
         round_timeout=r.number("round-timeout", low=0.0, low_open=True),
         reply_poll_interval=r.number("reply-poll-interval", low=0.01, high=60.0),
+        max_in_flight=r.integer("max-messages-in-flight", low=0),
         seed=r.integer("seed", low=0),
         federation_id=r.text("federation-id"),
         min_available_nodes=r.integer("min-available-nodes", low=1),

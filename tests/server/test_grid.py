@@ -79,3 +79,45 @@ def test_returns_what_arrived_when_the_timeout_passes():
 def test_poll_interval_must_be_positive():
     with pytest.raises(ValueError, match="poll_s must be > 0"):
         PromptGrid(_SitesAnswerLater({}), poll_s=0.0)
+
+
+class _AnswersAfterPulls(_SitesAnswerLater):
+    """Each message is answered ``after`` pulls after it was pushed; records how many were ever unanswered at once."""
+
+    def __init__(self, nodes: list[int], after: int) -> None:
+        super().__init__({n: 0 for n in nodes})
+        self.after, self.pushed_at, self.answered, self.max_unanswered = after, {}, set(), 0
+
+    def push_messages(self, messages):  # noqa: ANN001, ANN201
+        ids = super().push_messages(messages)
+        self.pushed_at.update({i: self.pulls for i in ids})
+        self.max_unanswered = max(self.max_unanswered, len(self.pushed_at) - len(self.answered))
+        return ids
+
+    def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+        self.pulls += 1
+        ready = [mid for mid in message_ids if self.pulls - self.pushed_at[mid] >= self.after]
+        self.answered.update(ready)
+        return [Message(RecordDict(), reply_to=self.sent[mid]) for mid in ready]
+
+
+@pytest.mark.parametrize(("window", "most"), [(0, 7), (2, 2), (3, 3), (10, 7)])
+def test_a_window_keeps_at_most_that_many_messages_unanswered_and_still_sends_all(window, most):
+    inner = _AnswersAfterPulls(list(range(1, 8)), after=2)
+    sent = _messages(range(1, 8))
+    replies = list(PromptGrid(inner, poll_s=0.001, max_in_flight=window).send_and_receive(sent, timeout=None))
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == sorted(m.object_id for m in sent)
+    assert inner.max_unanswered == most  # 0 = no window: all seven at once
+    assert [inner.sent[i].metadata.dst_node_id for i in inner.pushed_at] == list(range(1, 8))  # in the given order
+
+
+def test_messages_the_window_never_sent_before_the_timeout_are_never_sent():
+    inner = _AnswersAfterPulls([1, 2, 3], after=10**9)  # nobody answers
+    replies = list(PromptGrid(inner, poll_s=0.01, max_in_flight=1).send_and_receive(_messages([1, 2, 3]),
+                                                                                    timeout=0.1))
+    assert replies == [] and len(inner.sent) == 1  # sites 2 and 3 were never asked: they spent nothing
+
+
+def test_the_window_must_not_be_negative():
+    with pytest.raises(ValueError, match="max_in_flight must be >= 0"):
+        PromptGrid(_SitesAnswerLater({}), poll_s=0.1, max_in_flight=-1)
