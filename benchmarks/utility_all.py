@@ -8,8 +8,9 @@ missing modality, the image branch.
 It runs the rows of the existing scripts with their own functions (nothing is re-implemented here):
 
 * ``flamby``: ``benchmarks/flamby_heart.py``'s rows (FLamby's Fed-Heart-Disease protocol, logistic regression):
-  pooled, local-only, FedAvg, FedYogi, DP FedAvg at each ε (δ = 1e-3), DP sites under FedYogi at ε 1 and 8;
-  beside FLamby's published values;
+  pooled, local-only, FedAvg, FedYogi, DP FedAvg at each ε (δ = 1e-3), DP sites under FedYogi at ε 1 and 8 with
+  FLamby's server settings and under the server optimiser chosen on a public proxy (``PROXY_SERVER_OPT``, from
+  ``benchmarks/server_opt_proxy.py``) at ε 1 and 8; beside FLamby's published values;
 * ``hospitals``: ``benchmarks/utility.py``'s rows on the packaged hospitals scenario (920 patients, 4 sites, tabular
   + notes fused, today's defaults): pooled, local-only, FedAvg and FedYogi without DP, DP FedAvg at each ε;
 * ``alone``: a model trained on the tabular modality ALONE (``benchmarks/modality_design.py``'s ``only_modality``
@@ -93,7 +94,8 @@ def _tabular_only(work: Path) -> Path:
 def _flamby_jobs(epsilons: list[float]) -> list[Job]:
     registry = flamby.ROWS(epsilons)
     names = ["pooled", "local-only", "fedavg", "fedyogi", *(f"dp fedavg, ε = {e:g}, δ = 1e-3" for e in epsilons),
-             *(f"dp fedyogi, ε = {e:g}, δ = 1e-3" for e in (1.0, 8.0))]
+             *(f"dp fedyogi, ε = {e:g}, δ = 1e-3" for e in (1.0, 8.0)),
+             *(f"dp {flamby.PROXY_SERVER_OPT.name} (proxy η), ε = {e:g}, δ = 1e-3" for e in (1.0, 8.0))]
     centres: list = []
 
     def make(name: str) -> Job:

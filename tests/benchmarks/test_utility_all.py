@@ -29,6 +29,9 @@ def test_every_row_of_the_issue_is_a_job_once():
     assert len(set(names)) == len(names)
     by_part = {p: [n for q, n in names if q == p] for p in ("flamby", "hospitals", "alone", "missing", "image")}
     assert {"pooled", "local-only", "fedavg", "fedyogi", "dp fedavg, ε = 1, δ = 1e-3"} <= set(by_part["flamby"])
+    # the DP sites under the server optimiser chosen on the public proxy (benchmarks/server_opt_proxy.py)
+    assert {n for n in by_part["flamby"] if "proxy" in n} == {"dp fedadam (proxy η), ε = 1, δ = 1e-3",
+                                                               "dp fedadam (proxy η), ε = 8, δ = 1e-3"}
     assert {"pooled, no DP", "local-only, no DP", "fedavg, no DP", "fedyogi, no DP", "fedavg, ε = 0.5",
             "fedavg, ε = 8"} <= set(by_part["hospitals"])
     assert {"tabular alone, no DP", "tabular alone, ε = 4"} <= set(by_part["alone"])
