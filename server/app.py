@@ -28,7 +28,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
-    # replies checked every 0.2 s, not 3 s; at most max-messages-in-flight pushed and unanswered (server/grid.py)
+    # replies checked every reply-poll-interval s, not 3 s; at most max-messages-in-flight pushed and unanswered (server/grid.py)
     prompt = PromptGrid(grid, poll_s=run.federation.reply_poll_interval, max_in_flight=run.federation.max_in_flight)
     if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)
         from server.central import run_central
