@@ -13,7 +13,7 @@ from common.factory import build_model, initial_trainable_state, scenario_schema
 from common.storage import atomic_write_bytes
 from server.checkpoint import load_checkpoint
 from server.aggregation import check_aggregation
-from server.grid import PromptGrid
+from server.grid import PromptGrid, window_for
 from server.identity import resolve_registry, scenario_branches
 from server.recorder import RunRecorder
 from server.optimizers import build_strategy
@@ -29,7 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
     # replies checked every reply-poll-interval s, not 3 s; at most max-messages-in-flight pushed and unanswered (server/grid.py)
-    prompt = PromptGrid(grid, poll_s=run.federation.reply_poll_interval, max_in_flight=run.federation.max_in_flight)
+    prompt = PromptGrid(grid, poll_s=run.federation.reply_poll_interval,
+                        max_in_flight=window_for(grid, run.federation.max_in_flight))
     if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)
         from server.central import run_central
 

@@ -6,12 +6,14 @@ arrived (BENCHMARKS.md). :class:`PromptGrid` wraps the grid Flower hands the Ser
 the same push-then-pull with Flower's own ``push_messages`` / ``pull_messages``, checking every
 ``poll_s`` seconds; everything else is the wrapped grid's.
 
-It also pushes a round's messages as a window (``max_in_flight``, run setting ``max-messages-in-flight``): at most
-that many sent and not yet answered; each reply makes room for the next. Flower 1.42's simulation engine sweeps
-every node every 0.1 s and, for each, walks every stored message (``InMemoryLinkState.get_message_ins``): with a
-whole 1000-site round in flight that sweep took most of a core from the sites' actors (py-spy, BENCHMARKS.md).
-The engine runs at most one message per actor at a time anyway, so a window of a few times the actors loses
-nothing. A message the window never sent before the round's timeout is never sent (its site spends nothing).
+In a simulation it also pushes a round's messages as a window (``max_in_flight``, run setting
+``max-messages-in-flight``; :func:`window_for`): at most that many sent and not yet answered; each reply makes room
+for the next. Flower 1.42's simulation engine sweeps every node every 0.1 s and, for each, walks every stored message
+(``InMemoryLinkState.get_message_ins``): with a whole 1000-site round in flight that sweep took most of a core from
+the sites' actors (py-spy, BENCHMARKS.md). The engine runs at most one message per actor at a time anyway, so a
+window of a few times the actors loses nothing. A deployment's sites each train on their own machine, all at
+once: there the window is off. A message the window never sent before the round's timeout is never sent (its site
+spends nothing).
 """
 
 from __future__ import annotations
@@ -22,11 +24,17 @@ from typing import TYPE_CHECKING
 
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
-__all__ = ["PromptGrid"]
+__all__ = ["PromptGrid", "window_for"]
+
+
+def window_for(grid: Grid, max_in_flight: int) -> int:
+    """The window for ``grid``: ``max_in_flight`` in Flower's simulation engine (its in-memory grid), else 0 (off)."""
+    return max_in_flight if isinstance(grid, InMemoryGrid) else 0
 
 
 class PromptGrid(Grid):

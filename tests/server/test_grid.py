@@ -121,3 +121,16 @@ def test_messages_the_window_never_sent_before_the_timeout_are_never_sent():
 def test_the_window_must_not_be_negative():
     with pytest.raises(ValueError, match="max_in_flight must be >= 0"):
         PromptGrid(_SitesAnswerLater({}), poll_s=0.1, max_in_flight=-1)
+
+
+def test_the_window_is_for_flowers_simulation_engine_only():
+    from flwr.superlink.grid.inmemory_grid import InMemoryGrid
+
+    from server.grid import window_for
+
+    class _Simulation(InMemoryGrid):
+        def __init__(self) -> None:  # Flower's simulation grid, without its link state
+            pass
+
+    assert window_for(_Simulation(), 8) == 8
+    assert window_for(_SitesAnswerLater({}), 8) == 0  # a deployment's grid: every sampled site trains at once
