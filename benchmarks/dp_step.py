@@ -42,15 +42,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from common.config.settings import app_defaults
 from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncoderConfig, TextEncoderConfig
 from common.models.grad_sample import GRAD_SAMPLE_MODES, grad_sample_mode
 from common.models.model import FusionModel
 
 VARIANTS = {
-    # name: (modalities, text kind, image kind)
-    "default: tabular+text (frozen MiniLM emb.)": (("tabular", "text"), "minilm-frozen", None),
+    # name: (modalities, text kind, image kind); text-projection is the run setting's default (pyproject.toml)
+    "default: tabular+text (frozen MiniLM emb., text-projection)": (("tabular", "text"), "minilm-frozen", None),
     "tabular+text (tiny-BERT, fine-tuned)": (("tabular", "text"), "tiny-bert", None),
     "tabular+text (MiniLM top layer fine-tuned)": (("tabular", "text"), "minilm-finetune-top", None),
+    "default image: tabular+image (pixel-projection)": (("tabular", "image"), None, "pixel-projection"),
     "tabular+image (small CNN)": (("tabular", "image"), None, "small-cnn"),
     "tabular+image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
 }
@@ -63,8 +65,9 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 def config_of(mods, text, image, fusion: str) -> FusionConfig:
+    projection = int(app_defaults()["text-projection"]) if text == "minilm-frozen" else 0
     return FusionConfig(modalities=mods, fusion=fusion, tabular=TabularEncoderConfig(in_features=7),
-                        text=TextEncoderConfig(kind=text) if text else None,
+                        text=TextEncoderConfig(kind=text, public_projection=projection) if text else None,
                         image=ImageEncoderConfig(kind=image) if image else None)
 
 
