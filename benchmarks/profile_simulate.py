@@ -38,11 +38,11 @@ SITE_CATEGORIES: tuple[tuple[str, str], ...] = (
     ("Opacus make_private + model build", r"make_private|SiteRound\.model \(client/round\.py"),
     ("evaluation (folded + missing-modality checks)", r"evaluate \(client/train\.py"),
     ("ledger writes + signed head", r"\(common/privacy/(ledger|signing)\.py"),
-    ("imports on the first message (torch, transformers, sklearn, ...)", r"^<module> |_find_and_load"),
+    ("imports on the first message (torch, transformers, sklearn, ...)", r"_find_and_load"),
     ("rest of the handler (records, replay cache, ...)", r"\(client/"),
 )
 SERVER_CATEGORIES: tuple[tuple[str, str], ...] = (
-    ("imports (Flower, Ray, torch, our server)", r"^<module> |_find_and_load"),
+    ("imports (Flower, Ray, torch, our server)", r"_find_and_load"),
     ("Ray start-up (ray.init)", r"init_ray|ray/_private/worker\.py.*\binit\b|connect \(ray"),
     ("recording (ledger, metrics, checkpoint)", r"\(server/(recorder|checkpoint)\.py|\(common/privacy/"),
     ("aggregation (read replies, check, merge)", r"aggregate_train \(server/strategy\.py"),
