@@ -30,7 +30,7 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
-## issue 14's privacy-utility table, every row (benchmarks/utility_all.py; about an hour on 2 cores)
+## issue 14's privacy-utility table, every row, 5 seeds (benchmarks/utility_all.py; about 4 minutes on 2 quiet cores)
 utility: $(STAMP)
 	$(BIN)/python benchmarks/utility_all.py $(ARGS)
 
