@@ -320,6 +320,10 @@ def join_federation(config: Path, *, superlink: str, root_cert: Path, key: Path 
         pid = start_detached(cmd, env=env, log=log, pidfile=pidfile, port=None)
         seen = wait_for_log(log, offset=offset, pid=pid, patterns=(ACTIVATED, "Exit Code: "), timeout=wait)
     except ServiceError as err:
+        # a refused key can end the SuperNode before start_detached has seen it run (a fast machine): its log says so
+        if log.exists() and _flower_exit_code(log.read_bytes()[offset:].decode(errors="replace")) == 305:
+            print(_refused_hint(name, key, before), file=sys.stderr)
+            return 305
         raise SiteError(f"the SuperNode did not start: {err}") from None
     if seen != ACTIVATED:
         stop_pidfile(pidfile)
