@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 BENCH = REPO / "benchmarks"
 
@@ -68,10 +70,7 @@ def test_flower_floor_runs_through_the_simulation_pipeline(tmp_path):
 
 
 def test_flower_floor_checks_each_later_round_against_floor_plus_the_slowest_sites_compute():
-    spec = importlib.util.spec_from_file_location("flower_floor_goal", BENCH / "flower_floor.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
+    module = load_script("flower_floor")
     ours = module.Result(50.0, [27.0, 0.555, 0.40, 0.90], 5.0, 4, [1.0, 0.25, 0.20, 0.30])
     floor = module.Result(20.0, [9.0, 0.20, 0.20, 0.10], 2.0, 4)
     line = module._round_goal(ours, floor)  # excess: 0.555-0.475, 0.40-0.42, 0.90-0.43 -> +0.08, -0.02, +0.47

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import REPO, load_script
 
 
 def _proxy():
-    key = "fedfusion_bench_image_encoder_proxy"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "benchmarks" / "image_encoder_proxy.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return load_script("image_encoder_proxy")
 
 
 def test_the_proxy_mimics_the_median_image_site_and_never_the_construction_pair():

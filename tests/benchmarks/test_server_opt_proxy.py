@@ -3,26 +3,16 @@ German Credit, a heterogeneous split, flamby_heart's DP machinery with an accoun
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def proxy():
-    key = "fedfusion_bench_server_opt_proxy"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, REPO / "benchmarks" / "server_opt_proxy.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return load_script("server_opt_proxy")
 
 
 @pytest.fixture(scope="module")
