@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from common.file_memo import FileMemo
+
 __all__ = [
     "ConfigError", "FederationSettings", "ModelSettings", "TrainSettings", "PrivacySettings", "PathSettings",
     "CentralSettings", "AggregationSettings", "DUPLICATE_POLICIES", "PRIVACY_MODES", "AGGREGATORS", "WEIGHTINGS",
@@ -181,8 +183,16 @@ class RunConfig:
 
 # ------------------------------------------------------------------------------ readers
 def app_defaults(pyproject: Path | None = None) -> dict[str, Any]:
-    """Return ``[tool.flwr.app.config]`` from ``pyproject.toml`` (the defaults)."""
+    """Return ``[tool.flwr.app.config]`` from ``pyproject.toml`` (the defaults): a fresh dict each call, the file
+    parsed once per version of it in a process (a site reads its privacy defaults in every message)."""
     path = pyproject or APP_DIR / "pyproject.toml"
+    return dict(_DEFAULTS.get((path,), None, lambda: tuple(_read_app_config(path).items())))
+
+
+_DEFAULTS: FileMemo[tuple] = FileMemo(size=4)
+
+
+def _read_app_config(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])

@@ -127,3 +127,18 @@ def test_a_site_file_may_declare_its_public_bound_and_timing_choice(tmp_path):
     f.write_text(f.read_text().replace("max-records = 250", "max-records = 0"))
     with pytest.raises(ConfigError, match="'max-records' must be >= 1"):
         load_site_file(f, run=parse_run_config(app_defaults()))
+
+
+def test_app_defaults_are_read_once_per_file_version_and_handed_out_as_fresh_dicts(tmp_path):
+    import os
+
+    from common.config import app_defaults
+
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.flwr.app.config]\nseed = 1\n')
+    first = app_defaults(pyproject)
+    first["seed"] = 99  # a caller's change stays its own
+    assert app_defaults(pyproject) == {"seed": 1}
+    pyproject.write_text('[tool.flwr.app.config]\nseed = 22\n')  # same size, a new version of the file
+    os.utime(pyproject, ns=(1, 10**18))
+    assert app_defaults(pyproject) == {"seed": 22}
