@@ -65,7 +65,7 @@ class Result:
     round_s: list[float]  # wall time of each training round at the server (sampling to aggregate)
     peak_rss_gb: float
     per_round: int  # train messages per round
-    compute_s: list[float] = field(default_factory=list)  # ours: the slowest site's compute in each round (train + eval)
+    compute_s: list[float] = field(default_factory=list)  # ours: each round's slowest site's compute (train + eval)
 
     @property
     def first_round_s(self) -> float:  # Ray and its actors start during round 1 (and our sites load their data)

@@ -28,7 +28,8 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     run = parse_run_config(context.run_config)
     scenario = load_scenario(run.paths.scenario_file)
-    # replies checked every reply-poll-interval s, not 3 s; at most max-messages-in-flight pushed and unanswered (server/grid.py)
+    # replies checked every reply-poll-interval s (Flower's grid: 3 s); in a simulation at most
+    # max-messages-in-flight messages pushed and unanswered (server/grid.py)
     prompt = PromptGrid(grid, poll_s=run.federation.reply_poll_interval,
                         max_in_flight=window_for(grid, run.federation.max_in_flight))
     if run.privacy_mode == "central":  # site-level DP via Flower's DP wrapper: a run of its own (server/central.py)

@@ -84,20 +84,16 @@ class PromptGrid(Grid):
         pending: set[str] = set()
         replies: list[Message] = []
         while True:
-            if waiting and len(pending) < window:  # room in the window: send the next messages
-                room = window - len(pending)
+            room = window - len(pending)
+            if waiting and room > 0:  # send the next messages the window has room for
                 pending.update(self.push_messages(waiting[:room]))
                 waiting = waiting[room:]
             if not pending:
-                break
+                return replies
             got = list(self.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             if deadline is not None and time.monotonic() >= deadline:
-                break
-            if got and waiting:
-                continue  # replies made room: send at once
-            if not pending and not waiting:
-                break
-            time.sleep(self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic())))
-        return replies
+                return replies
+            if not got:  # nothing new: wait before asking again
+                time.sleep(self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic())))

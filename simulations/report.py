@@ -75,11 +75,11 @@ def time_line(summary: dict[str, Any]) -> str | None:
 
 
 _NOISE_SEED_NOTES = {  # client/dp_random.py
-    "secret": "[dim]DP batch sampling, noise and dropout masks: secret seeds (fresh OS entropy each round, never stored or sent): "
-              "{sites}[/dim]",
-    "run-seed": "[yellow]DP batch sampling, noise and dropout masks derived from the run's seed (noise-seed = run-seed): "
-                "reproducible, but whoever knows this run's config can recompute the noise, and the ε does not "
-                "hold against them: {sites}[/yellow]",
+    "secret": "[dim]DP batch sampling, noise and dropout masks: secret seeds (fresh OS entropy each round, never "
+              "stored or sent): {sites}[/dim]",
+    "run-seed": "[yellow]DP batch sampling, noise and dropout masks derived from the run's seed "
+                "(noise-seed = run-seed): reproducible, but whoever knows this run's config can recompute the noise, "
+                "and the ε does not hold against them: {sites}[/yellow]",
 }
 
 
