@@ -11,6 +11,9 @@ DP-SGD (per-sample clipping + noise) built by ``PrivacyEngine.make_private`` in 
   Linear/Embedding/..., other layers fall back to per-sample gradients), then a second backward pass of the
   clipping-weighted loss;
 * ``ew``: PyTorch's ExpandedWeights;
+* ``fused`` (ours, ``common/models/fused_dp.py``; all-``nn.Linear`` models only, others print "unsupported"): one
+  forward, one backward to the Linear outputs, exact per-sample norms and clipped sums by matmul, then Opacus'
+  ghost-clipping optimizer for noise, scaling and accounting;
 * ``ghost-opacus``: ``ghost`` with Opacus' own optimizer class (``ghost`` uses ours,
   ``common/models/dp_optimizers.py``: the same bits without a ``deepcopy`` per tensor per step), side by side;
 * ``vmap-model`` (benchmark only, not an Opacus mode, not used in training): the whole model's per-sample gradients
@@ -56,7 +59,7 @@ VARIANTS = {
     "tabular+image (small CNN)": (("tabular", "image"), None, "small-cnn"),
     "tabular+image (ResNet-18-GN)": (("tabular", "image"), None, "resnet18-gn"),
 }
-MODES = ("hooks", "functorch", "ghost", "ew")
+MODES = ("hooks", "functorch", "ghost", "ew", "fused")
 OPACUS_GHOST = "ghost-opacus"  # Opacus' own ghost optimizer (deepcopy per step), beside ours: the before/after
 VMAP = "vmap-model"  # benchmark-only row: whole-model torch.func per-sample gradients (not wired into training)
 WARMUP = 3
@@ -238,7 +241,7 @@ def make_dp(cfg: FusionConfig, mode: str, batch, device: torch.device, *, noise:
     made = engine(accountant="prv").make_private(
         module=model, optimizer=opt, data_loader=loader, noise_multiplier=noise, max_grad_norm=1.0,
         poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
-    if mode == "ghost":
+    if len(made) == 4:  # ghost and fused: the criterion whose backward clips
         dp_model, dp_opt, criterion, _ = made
         return dp_model, dp_opt, criterion
     dp_model, dp_opt, _ = made

@@ -154,7 +154,7 @@ def run_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, loader: DataL
     """The one training loop (plain, DP, canary-audited): losses of non-empty batches, and the step count.
 
     An empty Poisson batch still takes a step (noise only, under DP): it counts as a step, not as a loss.
-    ``criterion`` is cross-entropy; in Opacus' ghost-clipping mode, the loss object ``make_private`` returned.
+    ``criterion`` is cross-entropy; in the ghost and fused modes, the loss object ``make_private`` returned.
     ``dropout_generator``: where the modality-dropout draws come from (DP-SGD: :func:`dropout_generator`);
     None = a generator seeded by ``seed`` (non-private training).
     """
@@ -259,9 +259,9 @@ def train_dp(model: nn.Module, dataset: Dataset, *, plan: StepPlan, lr: float, m
         poisson_sampling=False,  # the loader above already samples (Poisson)
         noise_generator=None if secure_mode else rng.noise,
         grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(),
-    )  # ghost clipping also returns the loss that runs its two backward passes
-    dp_model, dp_opt, criterion, dp_loader = made if mode == "ghost" else (made[0], made[1], nn.CrossEntropyLoss(),
-                                                                           made[2])
+    )  # ghost and fused also return the loss whose backward clips
+    dp_model, dp_opt, criterion, dp_loader = made if len(made) == 4 else (made[0], made[1], nn.CrossEntropyLoss(),
+                                                                          made[2])
     dp_model.forbid_grad_accumulation()  # what poisson_sampling=True would set: one batch per step
     dp_opt.expected_batch_size = plan.expected_batch_size  # public, not Opacus' int(n q)
     sample_rate = 1.0 / len(dp_loader)

@@ -3,14 +3,17 @@
 Opacus computes what DP-SGD clips in one of several modes (``PrivacyEngine.make_private(grad_sample_mode=...)``):
 per-layer hooks with hand-written per-sample-gradient rules (``hooks``), the same hooks with ``torch.func``
 (``functorch``), or fast gradient clipping (``ghost``: per-sample gradient norms without per-sample gradients, then
-a second backward pass). All give the same clipped, summed gradient; they differ in time and memory
-(``benchmarks/dp_step.py``, BENCHMARKS.md). A model's mode is that of its most demanding trainable encoder
-(:data:`PRECEDENCE`); every mode is checked against a slow per-sample reference in
-``tests/common/models/test_grad_sample_modes.py``.
+a second backward pass), and ours, ``fused`` (``common/models/fused_dp.py``: models whose trainable layers are all
+``nn.Linear``; one backward pass, exact per-sample norms and clipped sums by matmul, Opacus' optimizer for the
+noise). All give the same clipped, summed gradient; they differ in time and memory (``benchmarks/dp_step.py``,
+BENCHMARKS.md). A model's mode is that of its most demanding trainable encoder (:data:`PRECEDENCE`), unless its
+fusion head is one the mode cannot clip (:data:`FUSION_SUPPORT`); every mode is checked against a slow per-sample
+reference in ``tests/common/models/test_grad_sample_modes.py`` (``fused`` also against ghost, step for step, in
+``test_fused_dp.py``).
 
 ``client/train.py`` passes the mode to ``make_private`` (of ``common/models/dp_optimizers.py``'s engine: Opacus'
-own, without the ghost optimizer's deepcopy per step), after :func:`prepare_opacus`. Opacus is imported only
-there.
+own, without the ghost optimizer's deepcopy per step, plus ``fused``), after :func:`prepare_opacus`. Opacus is
+imported only there.
 """
 
 from __future__ import annotations
@@ -20,14 +23,17 @@ from typing import Literal
 
 from common.models.config import FusionConfig
 
-__all__ = ["GRAD_SAMPLE_MODES", "GradSampleMode", "PRECEDENCE", "encoder_kinds", "grad_sample_mode", "prepare_opacus"]
+__all__ = ["FUSION_SUPPORT", "GRAD_SAMPLE_MODES", "GradSampleMode", "PRECEDENCE", "encoder_kinds", "grad_sample_mode",
+           "prepare_opacus"]
 
-GradSampleMode = Literal["hooks", "functorch", "ghost"]
+GradSampleMode = Literal["hooks", "functorch", "ghost", "fused"]
 
 GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # encoder kind -> mode: the fastest in BENCHMARKS.md "DP-SGD step time per grad-sample mode", all checked correct
-    "tabular": "ghost",  # small Linear layers: ghost norms need no per-sample gradient buffers at all
-    "minilm-frozen": "ghost",  # the default model: the same small layers after the cached embedding
+    # fused: every trainable layer an nn.Linear; one backward instead of ghost's hooks and second backward
+    # (dp_step.py side by side, 2026-12-03, loaded machine: default model fused ~1.5x plain vs ghost ~3x)
+    "tabular": "fused",
+    "minilm-frozen": "fused",  # the default model: the same small Linear layers after the cached embedding
     # one BertLayer over 64 tokens: ghost 1.78x plain vs hooks 1.85x (3 interleaved repeats, 2026-12-02; one repeat
     # earlier: 2.53x vs 2.91x), and a third of the memory (106 vs 294 MB)
     "minilm-finetune-top": "ghost",
@@ -37,7 +43,12 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # backward. Measured side by side (BENCHMARKS.md, 2026-12-02, 3 interleaved repeats): hooks 2.59x plain,
     # ghost 4.93x (an earlier single repeat: 2.64x vs 10.5x); hooks peaks at 2.4x ghost's memory (1.47 vs 0.62 GB)
     "resnet18-gn": "hooks",
-    "pixel-projection": "ghost",  # no trainable encoder parameter: only the fusion's Linear layers, as minilm-frozen
+    "pixel-projection": "fused",  # no trainable encoder parameter: only the fusion's Linear layers, as minilm-frozen
+}
+
+FUSION_SUPPORT: dict[str, tuple[frozenset[str], GradSampleMode]] = {
+    # mode -> (the fusions whose heads it can clip, the mode a model of any other fusion takes instead)
+    "fused": (frozenset({"concat", "attention"}), "ghost"),  # late fusion mixes by bare parameters, not nn.Linear
 }
 
 PRECEDENCE: tuple[str, ...] = (
@@ -56,7 +67,9 @@ def grad_sample_mode(config: FusionConfig) -> GradSampleMode:
     kinds = encoder_kinds(config)
     for kind in PRECEDENCE:
         if kind in kinds:
-            return GRAD_SAMPLE_MODES[kind]
+            mode = GRAD_SAMPLE_MODES[kind]
+            fusions, otherwise = FUSION_SUPPORT.get(mode, (frozenset({config.fusion}), mode))
+            return mode if config.fusion in fusions else otherwise
     raise KeyError(f"no grad-sample mode registered for encoders {kinds}: add them to GRAD_SAMPLE_MODES and "
                    "PRECEDENCE in common/models/grad_sample.py (and measure with benchmarks/dp_step.py)")
 

@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 from common.models import FusionModel
 from common.models.config import FusionConfig, ImageEncoderConfig, ImageKind, TabularEncoderConfig, TextEncoderConfig
 from common.models.config import TextKind
+from common.models.dp_optimizers import PrivacyEngine as TrainingEngine
+from common.models.fused_dp import FUSED
 from common.models.grad_sample import GRAD_SAMPLE_MODES, PRECEDENCE, encoder_kinds, grad_sample_mode, prepare_opacus
 from tests.common.models.conftest import Rows
 
@@ -144,12 +146,12 @@ def test_the_registered_mode_runs_an_empty_poisson_batch(kind: str) -> None:
     x, present, _ = batch_for(config)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    engine = PrivacyEngine(accountant="prv")
+    engine = TrainingEngine(accountant="prv")  # the engine client/train.py uses: Opacus' modes and ours (fused)
     made = engine.make_private(module=model, optimizer=opt, data_loader=DataLoader(Rows(8), batch_size=4),
                                noise_multiplier=1.0, max_grad_norm=1.0, poisson_sampling=True,
                                grad_sample_mode=mode, criterion=nn.CrossEntropyLoss())
     dp_model, dp_opt = made[0], made[1]
-    criterion = made[2] if mode == "ghost" else nn.CrossEntropyLoss()
+    criterion = made[2] if len(made) == 4 else nn.CrossEntropyLoss()
     dp_opt.zero_grad(set_to_none=True)
     criterion(dp_model({k: v[:0] for k, v in x.items()}, present[:0]), torch.zeros(0, dtype=torch.long)).backward()
     dp_opt.step()
@@ -161,7 +163,7 @@ def test_every_encoder_kind_has_a_mode_and_a_place_in_the_precedence() -> None:
     kinds = {"tabular", *get_args(TextKind), *get_args(ImageKind)}
     assert set(GRAD_SAMPLE_MODES) == kinds == set(PRECEDENCE)
     assert len(PRECEDENCE) == len(set(PRECEDENCE))
-    assert set(GRAD_SAMPLE_MODES.values()) <= set(MODES)
+    assert set(GRAD_SAMPLE_MODES.values()) <= {*MODES, FUSED}  # fused: tests/common/models/test_fused_dp.py
 
 
 def test_a_model_takes_the_mode_of_its_most_demanding_encoder() -> None:
