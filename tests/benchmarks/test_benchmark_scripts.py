@@ -41,7 +41,7 @@ def test_floor_app_shapes_are_parsed_and_refused_clearly():
 @pytest.mark.slow
 def test_dp_step_prints_every_mode_for_the_default_model():
     out = _run("dp_step.py", "--steps", "1", "--repeats", "1", "--threads", "1", "--models", "default")
-    for mode in ("plain", "hooks", "functorch", "ghost", "ew", "ghost-opacus"):  # ours and Opacus' own ghost
+    for mode in ("plain", "hooks", "functorch", "ghost", "ew", "fused", "ghost-opacus"):  # ours and Opacus' own ghost
         assert mode in out
     assert "unsupported" in out  # ExpandedWeights cannot take the model's dict input; said, not hidden
 
