@@ -9,9 +9,11 @@ buffer, which is all ``accumulate`` needs (the next line adds noise into a new t
 :class:`PrivacyEngine` is Opacus' ``PrivacyEngine`` whose ``make_private`` hands out the optimizer of
 :data:`OPTIMIZERS` in place of Opacus' own class: it calls Opacus' ``_prepare_optimizer`` (which chooses the
 class, the noise generator, secure mode) and only re-labels the instance it built with the subclass, which adds
-no state and overrides one method. Clipping, noise (Opacus' ``_generate_noise`` with the generator Opacus chose,
-secure-RNG included), scaling and the accountant hook are Opacus' own, untouched. ``tests/common/models/
-test_dp_optimizers.py`` checks the updates bit for bit against Opacus' class, seeded alike.
+no state and overrides ``accumulate`` and ``pre_step``: the latter does Opacus' accumulate, noise and scaling in one
+pass per tensor with Opacus' own ``torch.normal`` call (same generator, same order), and hands every uncommon case
+(secure mode, std 0, sum reduction, skipped steps, adaptive clipping) to Opacus' method. The accountant hook is
+Opacus' own. ``tests/common/models/test_dp_optimizers.py`` checks the updates bit for bit against Opacus' class,
+seeded alike, an empty batch included.
 
 Grad-sample mode ``fused`` (``common/models/fused_dp.py``: all-``nn.Linear`` models, one backward pass) is added
 through the engine's own steps: ``_prepare_model`` wraps the model in :class:`FusedLinearGradSampleModule`,

@@ -30,8 +30,10 @@ GradSampleMode = Literal["hooks", "functorch", "ghost", "fused"]
 
 GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # encoder kind -> mode: the fastest in BENCHMARKS.md "DP-SGD step time per grad-sample mode", all checked correct
-    # fused: every trainable layer an nn.Linear; one backward instead of ghost's hooks and second backward
-    # (dp_step.py side by side, 2026-12-03, loaded machine: default model fused ~1.5x plain vs ghost ~3x)
+    # fused: every trainable layer an nn.Linear; one backward instead of ghost's hooks and second backward.
+    # 2026-12-03, batch 32, 1 thread, machine loaded (4-6 on 2 cores): dp_step.py 5 x 20 steps, default model fused
+    # 2.13x plain vs ghost 5.66x vs Opacus' own ghost 7.00x (pixel-projection 1.74x / 4.63x / 5.86x); one step of
+    # each in turn, 1500 rounds, 10th percentiles: fused 1.52x, ghost 2.93x, Opacus' ghost 3.29x (1.49 / 2.81 / 3.13)
     "tabular": "fused",
     "minilm-frozen": "fused",  # the default model: the same small Linear layers after the cached embedding
     # one BertLayer over 64 tokens: ghost 1.78x plain vs hooks 1.85x (3 interleaved repeats, 2026-12-02; one repeat
