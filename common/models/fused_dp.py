@@ -98,6 +98,10 @@ class FusedLinearGradSampleModule(AbstractGradSampleModule):
         self.per_sample_gradient_norms: Tensor | None = None  # of the last backward, as Opacus' ghost module keeps
         specs = [_LinearSpec.of(layer) for layer in m.modules() if type(layer) is nn.Linear]
         self._specs = [spec for spec in specs if spec.weight is not None or spec.bias is not None]
+        owned = [id(p) for spec in self._specs for p in (spec.weight, spec.bias) if p is not None]
+        if len(owned) != len(set(owned)):
+            raise NotImplementedError("two nn.Linear layers share a trainable tensor (parameter tying): its per-sample "
+                                      "norm is not the sum of the layers' own; use grad_sample_mode='hooks'")
         self._captured: dict[nn.Linear, tuple[Tensor, Tensor]] = {}
         self._accumulation_forbidden = False
         self._handles = [spec.layer.register_forward_hook(self._capture) for spec in self._specs]
@@ -133,6 +137,9 @@ class FusedLinearGradSampleModule(AbstractGradSampleModule):
         if loss_per_sample.dim() != 1:
             raise ValueError(f"the per-sample loss must have shape (B,), got {tuple(loss_per_sample.shape)}: one "
                              "loss per sample is what DP-SGD clips")
+        if not captured and loss_per_sample.shape[0] > 0:
+            raise ValueError("no trainable nn.Linear ran in training mode with gradients enabled since the last "
+                             "backward: the clipped gradient would be 0 and the step noise only (call model.train())")
         ran = [spec for spec in self._specs if spec.layer in captured]
         outputs = [captured[spec.layer][1] for spec in ran]
         grads = torch.autograd.grad(loss_per_sample.sum(), outputs, allow_unused=True) if outputs else ()

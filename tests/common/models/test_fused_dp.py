@@ -25,6 +25,7 @@ from common.models import FusionModel
 from common.models.dp_optimizers import CloningFastGradientClipping, PrivacyEngine
 from common.models.fused_dp import FUSED, FusedLinearGradSampleModule, unsupported_parameters
 from common.models.grad_sample import FUSION_SUPPORT, GRAD_SAMPLE_MODES, grad_sample_mode
+from common.models.params import freeze_branches
 from tests.common.models.conftest import Rows, random_batch, small_config
 from tests.common.models.test_grad_sample_modes import batch_for, config_for, dp_gradient, per_sample_gradients
 
@@ -170,6 +171,21 @@ def test_per_layer_clipping_and_tied_layers_are_refused() -> None:
     twice = FusedLinearGradSampleModule(Twice().train(), max_grad_norm=1.0)
     with pytest.raises(NotImplementedError, match="ran twice in one forward pass"):
         twice(torch.randn(4, 3))
+    tied = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    tied[1].weight = tied[0].weight
+    with pytest.raises(NotImplementedError, match="share a trainable tensor"):
+        FusedLinearGradSampleModule(tied, max_grad_norm=1.0)
+
+
+def test_a_backward_without_a_training_forward_is_refused() -> None:
+    """In eval mode nothing is captured: the step would silently be noise only."""
+    torch.manual_seed(0)
+    model = FusionModel(small_config("attention", modalities=("tabular",))).train()
+    dp_model, _, criterion = _make_private(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0)
+    x, present = random_batch(model.config, 4)
+    dp_model.eval()
+    with pytest.raises(ValueError, match="call model.train"):
+        criterion(dp_model(x, present), torch.zeros(4, dtype=torch.long)).backward()
 
 
 def test_a_second_backward_without_a_step_is_refused_under_poisson_sampling() -> None:
@@ -193,3 +209,24 @@ def test_the_registered_mode_wraps_every_fusion(kind: str, fusion: str) -> None:
     fusions, otherwise = FUSION_SUPPORT[FUSED]
     assert mode == (FUSED if fusion in fusions else otherwise)
     _make_private(PrivacyEngine(accountant="prv"), FusionModel(config).train(), mode, clip=1.0, noise=1.0)
+
+
+def test_fused_equals_ghost_with_dropout_and_a_frozen_branch() -> None:
+    """nn.Dropout draws the same masks (one forward pass in both modes); a frozen branch gets no gradient at all."""
+    config = small_config("attention", modalities=("tabular", "text"), text_kind="minilm-frozen", dropout=0.3)
+    (x, present), y = random_batch(config, 8, seed=4), torch.randint(0, config.num_classes, (8,))
+    grads = {}
+    for engine, mode in ((OpacusEngine, "ghost"), (PrivacyEngine, FUSED)):
+        torch.manual_seed(0)
+        model = FusionModel(config).train()
+        freeze_branches(model, ("text",))
+        dp_model, dp_opt, criterion = _make_private(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0)
+        torch.manual_seed(1)  # the dropout masks
+        dp_opt.zero_grad(set_to_none=True)
+        criterion(dp_model(x, present), y).backward()
+        assert dp_opt.pre_step()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[FUSED].keys() == grads["ghost"].keys()
+    assert not any(n.startswith(("encoders.text", "projections.text")) for n in grads[FUSED])
+    for name in grads["ghost"]:
+        torch.testing.assert_close(grads[FUSED][name], grads["ghost"][name], rtol=1e-5, atol=1e-7, msg=name)
