@@ -13,18 +13,24 @@ much less:
    bias ``||g_i||^2``; on (B, T, d) inputs ``<a_i a_i^T, g_i g_i^T>`` and ``||sum_t g_it||^2`` (Opacus'
    ``compute_linear_norm_sample``);
 4. Opacus' clip factor ``(C / (norm_i + 1e-6)).clamp(max=1)`` (``get_clipping_coef``), then each layer's clipped
-   sum ``sum_i c_i g_i^T a_i`` by one matmul, left in ``p.grad``, where ghost clipping's second backward leaves it.
+   sum ``sum_i c_i g_i a_i^T`` by one matmul, left in ``p.grad``, where ghost clipping's second backward leaves it.
 
 Noise, scaling by the expected batch size and the accountant's step are NOT done here: the DP optimizer does them,
-Opacus' own ghost-clipping optimizer (``common/models/dp_optimizers.py`` hands it out for this mode), with the same
-generator, the same draws in the same order, the same sample rate. An empty Poisson batch (B = 0) leaves zero
+the ghost-clipping optimizer Opacus builds (re-labelled by ``common/models/dp_optimizers.py``: the same bits), with
+the same generator, the same draws in the same order, the same sample rate. An empty Poisson batch (B = 0) leaves zero
 gradients, so the optimizer's step is noise only, as in every Opacus mode.
 
 A model with any other trainable parameter (convolutions, embeddings, norms, bare parameters such as late fusion's
 weights, ``nn.Linear`` subclasses used outside their ``forward``) is refused when wrapped, naming the tensors:
 use ``ghost`` or ``hooks`` for it (``common/models/grad_sample.py``). Like Opacus' hooks, this assumes a Linear's
-parameters reach the loss only through that Linear's ``forward``; a Linear called twice in one forward pass
-(parameter tying) is refused at that call.
+parameters reach the loss only through that Linear's ``forward``; a Linear called twice in one forward pass, or
+two Linear layers sharing a tensor (parameter tying), are refused, and so is a backward pass after a forward pass
+that captured nothing (eval mode: the step would silently be noise only).
+
+Where the time goes (default model, batch 32, one thread, 2026-12-03, medians of ~280 steps, machine loaded): plain
+1.11 ms = forward 0.53 + backward 0.47 + SGD 0.09; fused 1.65 ms = forward 0.56 + backward 0.73 (``autograd.grad``
+to the 9 outputs 0.33, the norms and clipped sums ~0.3) + DP step 0.32 (18 noise draws 0.09); ghost 3.04 ms, of
+which its two backward passes with hooks 1.87.
 
 Checked against Opacus' ghost clipping and a slow per-sample reference in
 ``tests/common/models/test_fused_dp.py``. Imports Opacus: import this module only where DP training runs.
