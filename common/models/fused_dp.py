@@ -27,10 +27,11 @@ parameters reach the loss only through that Linear's ``forward``; a Linear calle
 two Linear layers sharing a tensor (parameter tying), are refused, and so is a backward pass after a forward pass
 that captured nothing (eval mode: the step would silently be noise only).
 
-Where the time goes (default model, batch 32, one thread, 2026-12-03, medians of ~280 steps, machine loaded): plain
-1.11 ms = forward 0.53 + backward 0.47 + SGD 0.09; fused 1.65 ms = forward 0.56 + backward 0.73 (``autograd.grad``
-to the 9 outputs 0.33, the norms and clipped sums ~0.3) + DP step 0.32 (18 noise draws 0.09); ghost 3.04 ms, of
-which its two backward passes with hooks 1.87.
+Where the time goes (default model, batch 32, one thread, 2026-12-03, one process, medians of 280 interleaved steps,
+load 2.8 on 2 cores): plain 1.84 ms = forward 0.88 + backward 0.74 + step 0.16 (+ zero_grad); ghost 5.31 ms =
+1.39 + 3.28 + 0.55; fused 2.83 ms = 1.06 + 1.15 + 0.52. In a quieter separate run, fused's backward was
+``autograd.grad`` to the 9 outputs 0.33 ms plus the norms and clipped sums ~0.3 ms, and its DP step 0.21 ms, of which
+the 18 noise draws (one per tensor, as Opacus) 0.09 ms.
 
 Checked against Opacus' ghost clipping and a slow per-sample reference in
 ``tests/common/models/test_fused_dp.py``. Imports Opacus: import this module only where DP training runs.
