@@ -7,8 +7,11 @@ Decoding one small image file per record is most of a site's first read of its d
 its cache folder (``SiteConfig.feature_cache_path``: ``<state-dir>/cache``, or a simulation's ``site-cache-root``),
 under a name derived from all of these, each file named by its identity on disk (``common.file_memo.file_identity``:
 path, device, inode, size, mtime_ns, ctime_ns). Any rewrite of any of the files (a new inode, size or time) gives
-another name, and the files are decoded again: the cache can never return an image other than the file's own. A
-cached file that cannot be read, or holds another shape, is ignored and rewritten.
+another name, and the files are decoded again. A file system stamps times at a coarse tick (milliseconds), so a
+file rewritten in place with the same size within one tick of the previous write keeps its identity; as git does for
+its index ("racily clean" entries), images are cached only when every file is older than ``RACY_SECONDS``, so that
+any later rewrite stamps another time. A cached file that cannot be read, or holds another shape, is ignored and
+rewritten.
 
 The cache stays at the site, beside its other derived values (text features, σ calibrations); nothing of it is sent.
 Arrays whose every value is an 8-bit level (``k / 255``, what 8-bit PNG and JPEG files give) are stored as uint8
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,8 +32,11 @@ from common.data.images import READER_VERSION, load_images
 from common.file_memo import file_identity
 from common.storage import atomic_write_bytes
 
-__all__ = ["cached_images"]
+__all__ = ["RACY_SECONDS", "cached_images"]
 
+#: files written this recently are decoded but not cached: a rewrite within the file system's time stamp tick could
+#: leave their identity unchanged
+RACY_SECONDS = 2.0
 _LEVELS = np.float32(255.0)
 
 
@@ -75,6 +82,9 @@ def cached_images(paths: Sequence[Path], *, size: tuple[int, int], channels: int
     if cached is not None:
         return cached
     images = load_images(paths, size=size, channels=channels, window=window)
+    newest = max(max(i[4], i[5]) for i in identities)  # mtime_ns, ctime_ns
+    if newest > time.time_ns() - RACY_SECONDS * 1e9:
+        return images
     buffer = io.BytesIO()
     np.save(buffer, _stored(images), allow_pickle=False)
     atomic_write_bytes(path, buffer.getvalue())
