@@ -10,8 +10,12 @@ path, device, inode, size, mtime_ns, ctime_ns). Any rewrite of any of the files 
 another name, and the files are decoded again. A file system stamps times at a coarse tick (milliseconds), so a
 file rewritten in place with the same size within one tick of the previous write keeps its identity; as git does for
 its index ("racily clean" entries), images are cached only when every file is older than ``RACY_SECONDS``, so that
-any later rewrite stamps another time. A cached file that cannot be read, or holds another shape, is ignored and
-rewritten.
+any later rewrite stamps another time.
+
+A cached file holds a one-line JSON header (dtype, shape, sha256 of the pixel bytes) and the pixel bytes; one that is
+torn, of another shape or whose bytes do not match their digest is ignored and written again. Since every read
+checks the digest, the file is written to a temporary name and renamed without ``fsync`` (measured: 7.6 ms a site
+with it, 0.7 ms without, on the loaded 2-core machine): a crash can lose it, never make it read wrong.
 
 The cache stays at the site, beside its other derived values (text features, σ calibrations); nothing of it is sent.
 Arrays whose every value is an 8-bit level (``k / 255``, what 8-bit PNG and JPEG files give) are stored as uint8
@@ -21,7 +25,9 @@ only after checking that reading them back gives every value bit for bit; others
 from __future__ import annotations
 
 import hashlib
-import io
+import json
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +36,6 @@ import numpy as np
 
 from common.data.images import READER_VERSION, load_images
 from common.file_memo import file_identity
-from common.storage import atomic_write_bytes
 
 __all__ = ["RACY_SECONDS", "cached_images"]
 
@@ -38,6 +43,8 @@ __all__ = ["RACY_SECONDS", "cached_images"]
 #: leave their identity unchanged
 RACY_SECONDS = 2.0
 _LEVELS = np.float32(255.0)
+_MAGIC = b"fedfusion decoded images\n"
+_DTYPES = {"uint8": np.uint8, "float32": np.float32}
 
 
 def _from_levels(levels: np.ndarray) -> np.ndarray:
@@ -55,14 +62,46 @@ def _stored(images: np.ndarray) -> np.ndarray:
     return images
 
 
+def _encode(images: np.ndarray) -> bytes:
+    stored = np.ascontiguousarray(_stored(images))
+    raw = stored.tobytes()
+    header = {"dtype": str(stored.dtype), "shape": list(stored.shape), "sha256": hashlib.sha256(raw).hexdigest()}
+    return _MAGIC + json.dumps(header).encode("utf-8") + b"\n" + raw
+
+
 def _read(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The images cached in ``path``; None if it is absent, torn, of another shape, or its bytes fail their digest."""
     try:
-        stored = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None  # absent, truncated or not an array: decode the files again
-    if stored.shape != shape or stored.dtype not in (np.uint8, np.float32):
+        data = path.read_bytes()
+    except OSError:
         return None
-    return _from_levels(stored) if stored.dtype == np.uint8 else stored
+    if not data.startswith(_MAGIC):
+        return None
+    line, _, raw = data[len(_MAGIC):].partition(b"\n")
+    try:
+        header = json.loads(line)
+        dtype = _DTYPES[header["dtype"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if tuple(header.get("shape", ())) != shape or len(raw) != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        return None
+    if hashlib.sha256(raw).hexdigest() != header.get("sha256"):
+        return None
+    stored = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    return _from_levels(stored) if dtype == np.uint8 else stored.copy()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write to a temporary name in the same folder, then rename over ``path`` (no fsync: see the module's note)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def cached_images(paths: Sequence[Path], *, size: tuple[int, int], channels: int,
@@ -76,7 +115,7 @@ def cached_images(paths: Sequence[Path], *, size: tuple[int, int], channels: int
     if cache_dir is None or not paths or any(i is None for i in identities):
         return load_images(paths, size=size, channels=channels, window=window)
     key = repr((READER_VERSION, tuple(size), channels, window, identities))
-    path = cache_dir / f"images-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.npy"
+    path = cache_dir / f"images-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:32]}.bin"
     shape = (len(paths), channels, *size)
     cached = _read(path, shape)
     if cached is not None:
@@ -85,7 +124,5 @@ def cached_images(paths: Sequence[Path], *, size: tuple[int, int], channels: int
     newest = max(max(i[4], i[5]) for i in identities)  # mtime_ns, ctime_ns
     if newest > time.time_ns() - RACY_SECONDS * 1e9:
         return images
-    buffer = io.BytesIO()
-    np.save(buffer, _stored(images), allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    _write(path, _encode(images))
     return images

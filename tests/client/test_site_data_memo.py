@@ -98,7 +98,7 @@ def test_a_later_process_reads_the_decoded_images_from_the_sites_cache_until_one
     scenario = _prepare(tmp_path)
     time.sleep(0.1)
     first = _load(scenario, tmp_path)
-    (stored,) = sorted((tmp_path / "st").rglob("images-*.npy"))  # in the site's own cache folder
+    (stored,) = sorted((tmp_path / "st").rglob("images-*.bin"))  # in the site's own cache folder
     site_data._MEMO.clear()  # a later process (a deployed site's next message, or the next simulation run)
     with monkeypatch.context() as m:
         m.setattr(image_cache, "load_images", lambda *a, **k: pytest.fail("decoded although cached"))
@@ -110,7 +110,7 @@ def test_a_later_process_reads_the_decoded_images_from_the_sites_cache_until_one
     site_data._MEMO.clear()
     changed = _load(scenario, tmp_path)
     # the rewritten file is within the racy window: decoded, and not cached yet
-    assert sorted(stored.parent.glob("images-*.npy")) == [stored]
+    assert sorted(stored.parent.glob("images-*.bin")) == [stored]
     diff = [not torch.equal(a, b) for a, b in zip(changed.train.tensors["image"], first.train.tensors["image"])]
     diff += [not torch.equal(a, b) for a, b in zip(changed.test.tensors["image"], first.test.tensors["image"])]
     assert sum(diff) == 1  # exactly the rewritten record's image differs

@@ -3,6 +3,7 @@ one of its files changes. Images CONSTRUCTED by the tests (grey gradients, noise
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -38,8 +39,11 @@ def _pngs(folder: Path, n: int, *, seed: int = 0, shape=(28, 28), mode: str = "L
 
 
 def _stored(cache: Path) -> np.ndarray:
-    (only,) = sorted(cache.glob("images-*.npy"))
-    return np.load(only)
+    """The array the one cache file holds, as stored (uint8 levels or float32), after its JSON header line."""
+    (only,) = sorted(cache.glob("images-*.bin"))
+    header, raw = only.read_bytes().split(b"\n", 2)[1:]
+    meta = json.loads(header)
+    return np.frombuffer(raw, dtype=meta["dtype"]).reshape(meta["shape"])
 
 
 def test_cached_images_equal_pillows_decoding_bit_for_bit_first_and_later(tmp_path, no_racy_window):
@@ -92,18 +96,22 @@ def test_a_file_written_within_the_racy_window_is_decoded_but_not_cached(tmp_pat
     paths = _pngs(tmp_path / "img", 2)  # written 0.1 s ago: within RACY_SECONDS
     got = cached_images(paths, **GREY28, cache_dir=tmp_path / "cache")
     assert np.array_equal(got, load_images(paths, size=(28, 28), channels=1))
-    assert not list((tmp_path / "cache").glob("images-*.npy"))
+    assert not list((tmp_path / "cache").glob("images-*.bin"))
 
 
 def test_a_damaged_cache_file_is_ignored_and_rewritten(tmp_path, no_racy_window):
     paths = _pngs(tmp_path / "img", 6)
     expected = cached_images(paths, **GREY28, cache_dir=tmp_path / "cache")
-    (stored,) = sorted((tmp_path / "cache").glob("images-*.npy"))
-    stored.write_bytes(stored.read_bytes()[:100])  # truncated
-    assert np.array_equal(cached_images(paths, **GREY28, cache_dir=tmp_path / "cache"), expected)
-    np.save(stored, np.zeros((2, 1, 28, 28), np.uint8))  # another shape
-    assert np.array_equal(cached_images(paths, **GREY28, cache_dir=tmp_path / "cache"), expected)
-    assert np.array_equal(_stored(tmp_path / "cache"), np.rint(expected * 255).astype(np.uint8))
+    (stored,) = sorted((tmp_path / "cache").glob("images-*.bin"))
+    good = stored.read_bytes()
+    flipped = bytearray(good)
+    flipped[-1] ^= 0x01  # one pixel's byte changed: its digest no longer matches
+    other = image_cache._encode(np.zeros((2, 1, 28, 28), np.float32))  # well formed, another shape
+    for damaged in (good[:100], bytes(flipped), other, b"", b"fedfusion decoded images\n{not json\n"):
+        stored.write_bytes(damaged)
+        assert np.array_equal(cached_images(paths, **GREY28, cache_dir=tmp_path / "cache"), expected)
+        assert stored.read_bytes() == good  # written again
+
 
 
 def test_a_bad_file_still_fails_naming_it_and_nothing_is_cached(tmp_path, no_racy_window):
@@ -114,7 +122,7 @@ def test_a_bad_file_still_fails_naming_it_and_nothing_is_cached(tmp_path, no_rac
     assert str(paths[1]) in str(caught.value)
     with pytest.raises(ImageFileError, match="no such file"):
         cached_images([*paths[:1], tmp_path / "img" / "absent.png"], **GREY28, cache_dir=tmp_path / "cache")
-    assert not list((tmp_path / "cache").glob("images-*.npy"))
+    assert not list((tmp_path / "cache").glob("images-*.bin"))
 
 
 def test_other_schema_settings_use_another_cache_entry(tmp_path, no_racy_window):
@@ -123,7 +131,7 @@ def test_other_schema_settings_use_another_cache_entry(tmp_path, no_racy_window)
     rgb = cached_images(paths, size=(14, 14), channels=3, window=None, cache_dir=tmp_path / "cache")
     assert grey.shape == (2, 1, 28, 28) and rgb.shape == (2, 3, 14, 14)
     assert np.array_equal(rgb, load_images(paths, size=(14, 14), channels=3))
-    assert len(list((tmp_path / "cache").glob("images-*.npy"))) == 2
+    assert len(list((tmp_path / "cache").glob("images-*.bin"))) == 2
 
 
 def test_no_cache_folder_decodes_and_writes_nothing(tmp_path, no_racy_window):
