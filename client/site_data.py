@@ -7,6 +7,7 @@ process). The disk store holds one embedding per text, keyed by a hash of the te
 or removing a record computes only what is new. In simulation the run setting ``site-cache-root`` puts a virtual
 site's store beside the run folders instead (``SiteConfig.feature_cache_path``), so that the next run of the scenario
 computes no feature again: a pure function of each text, it can be shared across runs without changing any value.
+The same folder keeps the site's decoded image files while every one of them is unchanged (common.data.image_cache).
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class SiteData:
 #: while every file it was read from is unchanged (``sources.site_files``: mapping, schema, data file, the site's own
 #: image and text files; and the federation's schema): a file rewritten while the actor lives is read again
 _MEMO: FileMemo[SiteData] = FileMemo(size=4096)
+#: the federation's schema, read once per version of its file (every site of a scenario checks its mapping against it)
+_SCHEMAS: FileMemo = FileMemo(size=4)
 
 
 def _fingerprint(split: SiteSplit) -> str:
@@ -121,7 +124,8 @@ def _check_schema(site: SiteConfig, federation_schema: Path) -> None:
     from common.data.sources import site_schema
 
     own = site_schema(site.spec.source, site.spec.source_args, data_dir=site.data_dir)
-    if not load_schema(federation_schema).same_contract(own):
+    federation = _SCHEMAS.get((federation_schema,), str(federation_schema), lambda: load_schema(federation_schema))
+    if not federation.same_contract(own):
         raise ValueError(f"site '{site.spec.name}': its mapping maps onto schema '{own.name}' ({own.path}), but the "
                          f"federation's model is built from {federation_schema}; map the site's file onto the "
                          "federation's schema")  # fmt: skip
@@ -151,11 +155,11 @@ def _load(site: SiteConfig, *, model_modalities: tuple[str, ...], text_encoder: 
     if schema is not None:
         _check_schema(site, schema)
     site_mods = tuple(m for m in site.spec.modalities if m in model_modalities)
+    cache = site.feature_cache_path
     train, test = load_site_data(site.spec.source, site.spec.source_args, data_dir=site.data_dir,
-                                 modalities=site_mods)
+                                 modalities=site_mods, image_cache=cache)
     k = check_copies(train, site=site.spec.name, policy=site.privacy.duplicate_records, data_dir=site.data_dir,
                      source_args=site.spec.source_args)  # before anything is computed or spent on the rows
-    cache = site.feature_cache_path
     kw = dict(site_mods=site_mods, model_mods=model_modalities, text_kind=text_encoder, cache_dir=cache)
     return SiteData(train=TensorDictDataset(_tensors(train, **kw)), test=TensorDictDataset(_tensors(test, **kw)),
                     dataset_id=_fingerprint(train), modalities=site_mods, max_copies=k)

@@ -47,10 +47,10 @@ class SiteConfig:
     data_dir: Path  # where the site's data source reads from
     state_dir: Path  # the site's own durable state: ledger.sqlite, caches
     device: str  # auto | cpu | cuda
-    # keep frozen-encoder features of the site's notes under state-dir/cache (derived patient data: it stays
-    # at the site); False recomputes them in every message-process
+    # keep frozen-encoder features of the site's notes and its decoded image files under state-dir/cache (derived
+    # patient data: it stays at the site); False recomputes them in every message-process
     feature_cache: bool = True
-    # simulation only (run setting site-cache-root): where the site's caches (text features, σ calibrations) live
+    # simulation only (run setting site-cache-root): where the site's caches (text features, images, σ) live
     # instead of <state-dir>/cache, kept across runs. Never set from a run config for a deployed site: a server does
     # not say where a site writes
     cache_dir: Path | None = None

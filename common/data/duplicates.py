@@ -25,10 +25,12 @@ import pandas as pd
 __all__ = ["check_copies", "copies", "duplicates_error", "record_digests"]
 
 
-def _cell(value: object) -> str:
-    if value is None or (not isinstance(value, str) and pd.isna(value)):
-        return "\x00"  # missing: one value, whatever the source wrote
-    return repr(value.item() if isinstance(value, np.generic) else value)
+def _column_cells(column: pd.Series) -> list[str]:
+    """The text of each cell of ``column``: "\\x00" where missing (one value, whatever the source wrote), else the
+    repr of its value as a Python scalar."""
+    missing = column.isna().to_numpy(dtype=bool)
+    return ["\x00" if gone else repr(v.item() if isinstance(v, np.generic) else v)
+            for v, gone in zip(column.tolist(), missing, strict=True)]
 
 
 def record_digests(table: pd.DataFrame, *, exclude: Sequence[str], text: Sequence[str] | None,
@@ -36,9 +38,13 @@ def record_digests(table: pd.DataFrame, *, exclude: Sequence[str], text: Sequenc
     """One sha256 per record of its content: every column of ``table`` but ``exclude`` (the id, and file paths
     whose content is hashed instead), then its text and its image if given (the site's own, not generated)."""
     columns = [c for c in table.columns if c not in set(exclude)]
+    # column by column (a vectorised missing mask, then the values as Python scalars, as iterating a row gives
+    # them): the same text per cell as walking the rows and testing each cell, in about half the time
+    cells = [_column_cells(table[c]) for c in columns]
+    rows = zip(*cells, strict=True) if cells else iter([()] * len(table))
     out = []
-    for i, row in enumerate(table[columns].itertuples(index=False, name=None)):
-        h = hashlib.sha256("\x1f".join(_cell(v) for v in row).encode("utf-8"))
+    for i, row in enumerate(rows):
+        h = hashlib.sha256("\x1f".join(row).encode("utf-8"))
         if text is not None:
             h.update(b"\x1etext\x1e" + text[i].encode("utf-8"))
         if images is not None:

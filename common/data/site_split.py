@@ -19,7 +19,7 @@ import pandas as pd
 from common.data.duplicates import record_digests
 from common.data.features import encode_labels, encode_tabular, label_classes
 from common.data.generators import MnistByLabel, TemplateText, build_generator
-from common.data.images import load_image
+from common.data.image_cache import cached_images
 from common.data.mapping import SiteMapping
 from common.data.schema import DataContractError, FeatureSpec, Schema
 from common.data.split import keyed_split
@@ -101,7 +101,7 @@ def _texts(table: pd.DataFrame, mapping: SiteMapping, ids: np.ndarray, data_dir:
 
 
 def _images(table: pd.DataFrame, schema: Schema, ids: np.ndarray, labels: np.ndarray, test: np.ndarray,
-            data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+            data_dir: Path, cache_dir: Path | None) -> tuple[np.ndarray, np.ndarray]:
     spec = _modality_feature(schema, "image")
     assert spec.size is not None and spec.channels is not None
     if spec.generated is not None:
@@ -109,10 +109,10 @@ def _images(table: pd.DataFrame, schema: Schema, ids: np.ndarray, labels: np.nda
         assert isinstance(generator, MnistByLabel)
         return generator.generate(list(ids), labels, test=test), np.ones(len(ids), dtype=bool)
     images = np.zeros((len(ids), spec.channels, *spec.size), dtype=np.float32)
-    present = table[spec.name].notna().to_numpy(dtype=bool)
-    for row in np.flatnonzero(present):
-        images[row] = load_image(data_dir / str(table[spec.name].iloc[row]), size=spec.size, channels=spec.channels,
-                                 window=spec.window)
+    column = table[spec.name]
+    present = column.notna().to_numpy(dtype=bool)
+    images[present] = cached_images([data_dir / str(v) for v in column.to_numpy()[present]], size=spec.size,
+                                    channels=spec.channels, window=spec.window, cache_dir=cache_dir)
     return images, present
 
 
@@ -137,7 +137,7 @@ def _content(table: pd.DataFrame, mapping: SiteMapping, id_name: str, text: tupl
 
 
 def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterable[str], data_dir: Path,
-                split_key: str, test_fraction: float) -> tuple[SiteSplit, SiteSplit]:
+                split_key: str, test_fraction: float, image_cache: Path | None = None) -> tuple[SiteSplit, SiteSplit]:
     """The site's (train, test) records from its mapped table.
 
     Parameters
@@ -152,6 +152,8 @@ def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterab
         The site's data folder: relative paths of image and text files are relative to it.
     split_key, test_fraction
         The keyed-hash split (:func:`common.data.split.keyed_split`).
+    image_cache
+        The site's cache folder for its decoded image files (:mod:`common.data.image_cache`); None = decode them.
     """
     schema = mapping.schema
     id_feature = schema.role("id")
@@ -167,7 +169,7 @@ def build_split(table: pd.DataFrame, mapping: SiteMapping, *, modalities: Iterab
     text = _texts(table, mapping, ids, data_dir) if "text" in modalities else None
     images = present = None
     if "image" in modalities:
-        images, present = _images(table, schema, ids, labels, is_test, data_dir)
+        images, present = _images(table, schema, ids, labels, is_test, data_dir, image_cache)
     whole = SiteSplit(ids=ids, labels=labels, tabular=tabular, tabular_mask=mask, text=text, images=images,
                       image_present=present, num_classes=len(label_classes(schema)),
                       content=_content(table, mapping, id_feature.name, text, images))  # fmt: skip

@@ -116,6 +116,8 @@ def _part(table: pd.DataFrame, schema: Schema, spec: Mapping[str, Any], files: t
 _TABLES: FileMemo[MappedTable] = FileMemo(size=4)
 #: the partitions computed in this process (every virtual site of one partition computes the same cut)
 _PARTS: FileMemo[list] = FileMemo(size=4)
+#: the last sites' rows (a site's partition part and selection; frames that callers copy before changing)
+_SITE_TABLES: FileMemo[pd.DataFrame] = FileMemo(size=8)
 #: the mappings read in this process (a site's data, schema and check each read its mapping)
 _MAPPINGS: FileMemo[tuple] = FileMemo(size=16)
 
@@ -146,21 +148,30 @@ def mapped_table(path: Path) -> MappedTable:
 
 
 def _site_table(a: SourceArgs, data_dir: Path) -> tuple[pd.DataFrame, MappedTable]:
-    """The site's rows of its mapped file (its partition part and selection), and the whole mapped file."""
+    """The site's rows of its mapped file (its partition part and selection), and the whole mapped file.
+
+    Memoised in this process while the files are unchanged: a site's first message reads its rows twice (the list of
+    its image files that keys its data's memo, then its records), and cutting them from the pooled file is not free."""
     path = data_dir / a.mapping
     mapped = mapped_table(path)
+    files = _files(path, mapped.mapping)
+    key = (str(path), repr(a.partition), repr(a.select))
+    return _SITE_TABLES.get(files, key, lambda: _rows(a, mapped, files)), mapped
+
+
+def _rows(a: SourceArgs, mapped: MappedTable, files: tuple[Path, ...]) -> pd.DataFrame:
     if a.partition is not None:
-        table = _part(mapped.table, mapped.mapping.schema, a.partition, _files(path, mapped.mapping))
+        table = _part(mapped.table, mapped.mapping.schema, a.partition, files)
     else:
         table = mapped.table.reset_index(drop=True)
-    table = _select(table, mapped.mapping, a.select) if a.select or a.partition is None else table
-    return table, mapped
+    return _select(table, mapped.mapping, a.select) if a.select or a.partition is None else table
 
 
-def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str]) -> tuple[SiteSplit, SiteSplit]:
+def _mapped(args: Mapping[str, Any], data_dir: Path, modalities: Iterable[str],
+            image_cache: Path | None) -> tuple[SiteSplit, SiteSplit]:
     a = source_args(args)
     table, mapped = _site_table(a, data_dir)
-    return build_split(table, mapped.mapping, modalities=modalities, data_dir=data_dir,
+    return build_split(table, mapped.mapping, modalities=modalities, data_dir=data_dir, image_cache=image_cache,
                        split_key=a.split_key or mapped.mapping.schema.name, test_fraction=a.test_fraction)
 
 
@@ -188,7 +199,8 @@ def site_files(source: str, args: Mapping[str, Any], *, data_dir: Path,
 @dataclass(frozen=True)
 class DataSource:
     name: str  # registry key used in scenario / site files ("source = ...")
-    load: Callable[[Mapping[str, Any], Path, Iterable[str]], tuple[SiteSplit, SiteSplit]]  # (args, data_dir, mods)
+    # (args, data_dir, modalities, the site's cache folder for decoded images or None)
+    load: Callable[[Mapping[str, Any], Path, Iterable[str], Path | None], tuple[SiteSplit, SiteSplit]]
 
 
 SOURCES: dict[str, DataSource] = {"mapped": DataSource(name="mapped", load=_mapped)}
@@ -206,10 +218,12 @@ def get_source(name: str) -> DataSource:
         raise ValueError(f"unknown data source {name!r}; known sources: {sorted(SOURCES)}") from None
 
 
-def load_site_data(source: str, args: Mapping[str, Any], *, data_dir: Path,
-                   modalities: Iterable[str] = ("tabular",)) -> tuple[SiteSplit, SiteSplit]:
-    """Load one site's (train, test) records from its own files, building the ``modalities`` it holds."""
-    return get_source(source).load(args, data_dir, tuple(modalities))
+def load_site_data(source: str, args: Mapping[str, Any], *, data_dir: Path, modalities: Iterable[str] = ("tabular",),
+                   image_cache: Path | None = None) -> tuple[SiteSplit, SiteSplit]:
+    """Load one site's (train, test) records from its own files, building the ``modalities`` it holds.
+
+    ``image_cache``: the site's cache folder for its decoded image files (:mod:`common.data.image_cache`)."""
+    return get_source(source).load(args, data_dir, tuple(modalities), image_cache)
 
 
 def site_schema(source: str, args: Mapping[str, Any], *, data_dir: Path) -> Schema:

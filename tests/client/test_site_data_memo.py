@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 from client.site_data import load_site
@@ -85,3 +88,29 @@ def test_an_image_file_rewritten_while_the_process_lives_is_read_again(tmp_path)
     assert second is not first
     assert np.allclose(second.train.tensors["image"].numpy(), 1.0 - first.train.tensors["image"].numpy(), atol=1e-6)
     assert second.dataset_id != first.dataset_id  # the ledger sees that other data was spent on
+
+
+def test_a_later_process_reads_the_decoded_images_from_the_sites_cache_until_one_file_changes(tmp_path, monkeypatch):
+    from client import site_data
+    from common.data import image_cache
+
+    monkeypatch.setattr(image_cache, "RACY_SECONDS", 0.05)  # the files were written just now (see image_cache)
+    scenario = _prepare(tmp_path)
+    time.sleep(0.1)
+    first = _load(scenario, tmp_path)
+    (stored,) = sorted((tmp_path / "st").rglob("images-*.bin"))  # in the site's own cache folder
+    site_data._MEMO.clear()  # a later process (a deployed site's next message, or the next simulation run)
+    with monkeypatch.context() as m:
+        m.setattr(image_cache, "load_images", lambda *a, **k: pytest.fail("decoded although cached"))
+        later = _load(scenario, tmp_path)
+    assert later is not first and later.dataset_id == first.dataset_id
+    assert torch.equal(later.train.tensors["image"], first.train.tensors["image"])
+    png = sorted((tmp_path / "data" / "fashion-mnist" / "images" / "00").glob("*.png"))[0]
+    Image.fromarray(255 - np.asarray(Image.open(png)), mode="L").save(png, format="PNG")  # one file rewritten
+    site_data._MEMO.clear()
+    changed = _load(scenario, tmp_path)
+    # the rewritten file is within the racy window: decoded, and not cached yet
+    assert sorted(stored.parent.glob("images-*.bin")) == [stored]
+    diff = [not torch.equal(a, b) for a, b in zip(changed.train.tensors["image"], first.train.tensors["image"])]
+    diff += [not torch.equal(a, b) for a, b in zip(changed.test.tensors["image"], first.test.tensors["image"])]
+    assert sum(diff) == 1  # exactly the rewritten record's image differs
