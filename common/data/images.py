@@ -16,7 +16,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 __all__ = ["IMAGE_SUFFIXES", "ImageFileError", "load_image", "load_images"]
 
@@ -37,6 +36,8 @@ def _fail(path: Path, problem: str) -> ImageFileError:
 
 def _read_pil(path: Path, suffix: str) -> np.ndarray:
     """(C, H, W) float in [0, 1], C = 1 or 3."""
+    from PIL import Image, UnidentifiedImageError  # imported here: a site without image files never loads Pillow
+
     try:
         with Image.open(path) as image:
             if image.format != _PIL_FORMATS[suffix]:
@@ -105,6 +106,8 @@ def _convert(array: np.ndarray, *, size: tuple[int, int], channels: int) -> np.n
         array = np.repeat(array, 3, axis=0) if channels == 3 else np.tensordot(
             np.asarray([0.299, 0.587, 0.114], dtype=np.float32), array, axes=1)[None]
     if array.shape[1:] != size:
+        from PIL import Image
+
         height, width = size
         array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
                                      .resize((width, height), Image.Resampling.BILINEAR)) for c in array])
