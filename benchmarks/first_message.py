@@ -11,7 +11,7 @@ defaults (DP-SGD, PRV accountant, frozen MiniLM), as the simulation engine hands
 is filled once before (as on a second ``make run``). Several source trees (``--tree``; this checkout first) run
 alternately in the same invocation, so that before/after sit side by side under the same machine load.
 
-Printed per tree (medians over ``--repeats``): ``import client.app``, the first message, the whole process, the sum
+Printed per tree (median and fastest of ``--repeats``): ``import client.app``, the first message, the whole process, the sum
 of ``-X importtime``'s top-level imports, the heaviest top-level imports (cumulative ms; one imported inside a
 function counts where it is first imported), and the heavy modules loaded when the message is answered.
 """
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.child is not None:
         return _child(args.child, args.site, args.prepare)
     trees = [ROOT, *(t.resolve() for t in args.tree)]
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="first-message-") as tmp:
         work = Path(tmp)
         _one(trees[0], work, args.site, prepare=True)  # model arrays, and the site's feature cache filled
@@ -127,14 +128,17 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for tree in trees:
                 runs[tree].append(_one(tree, work, args.site))
-    load = os.getloadavg()[0]
     print(f"one round-1 train message (hospitals site {args.site}, defaults, warm feature cache), fresh process, "
-          f"median of {args.repeats}; load {load:.1f}, {os.cpu_count()} CPUs")
-    print(f"{'tree':<32} {'import client.app':>18} {'first message':>14} {'process':>9} {'importtime sum':>15}")
+          f"{args.repeats} each, alternating; load {load_before:.1f} -> {os.getloadavg()[0]:.1f}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{'tree':<32} {'import client.app':>18} {'first message':>14} {'process':>14} {'importtime sum':>15}  "
+          "(ms: median / fastest)")
     for tree, rs in runs.items():
-        total = statistics.median(sum(r["imports"].values()) for r in rs)
-        print(f"{str(tree)[-32:]:<32} {_median(rs, 'import_app_ms'):>15.0f} ms {_median(rs, 'message_ms'):>11.0f} ms "
-              f"{_median(rs, 'process_ms'):>6.0f} ms {total:>12.0f} ms")
+        for r in rs:
+            r["importtime_ms"] = sum(r["imports"].values())
+        cells = [f"{_median(rs, k):.0f} / {min(r[k] for r in rs):.0f}"
+                 for k in ("import_app_ms", "message_ms", "process_ms", "importtime_ms")]
+        print(f"{str(tree)[-32:]:<32} {cells[0]:>18} {cells[1]:>14} {cells[2]:>14} {cells[3]:>15}")
     for tree, rs in runs.items():
         names = {n for r in rs for n in r["imports"]}
         med = {n: statistics.median(r["imports"].get(n, 0.0) for r in rs) for n in names}

@@ -18,7 +18,7 @@ def test_first_message_prints_the_import_table_for_a_tabular_site():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[1].split()[:4] == ["tree", "import", "client.app", "first"]
-    assert lines[2].split()[0].endswith(REPO.name)  # this checkout, its four timings
+    assert lines[2].split()[0].endswith(REPO.name) and len(lines[2].split()) == 13  # 4 x "median / fastest"
     heaviest = lines[lines.index(f"{REPO}: heaviest top-level imports (cumulative ms, median)") + 1]
     assert "client.app" in heaviest and "opacus" in heaviest  # Opacus is first imported by the message
     loaded = lines[-1].split(": ", 1)[1].split(", ")
