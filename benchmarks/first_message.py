@@ -11,9 +11,9 @@ defaults (DP-SGD, PRV accountant, frozen MiniLM), as the simulation engine hands
 is filled once before (as on a second ``make run``). Several source trees (``--tree``; this checkout first) run
 alternately in the same invocation, so that before/after sit side by side under the same machine load.
 
-Printed per tree (median and fastest of ``--repeats``): ``import client.app``, the first message, the whole process, the sum
-of ``-X importtime``'s top-level imports, the heaviest top-level imports (cumulative ms; one imported inside a
-function counts where it is first imported), and the heavy modules loaded when the message is answered.
+Printed per tree (median and fastest of ``--repeats``): ``import client.app``, the first message, the whole process,
+the sum of ``-X importtime``'s top-level imports, the heaviest top-level imports (cumulative ms; one imported inside
+a function counts where it is first imported), and the heavy modules loaded when the message is answered.
 """
 
 from __future__ import annotations
