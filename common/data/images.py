@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 __all__ = ["IMAGE_SUFFIXES", "READER_VERSION", "ImageFileError", "load_image", "load_images"]
 
@@ -44,6 +43,8 @@ def _read_pil(path: Path, suffix: str) -> np.ndarray:
 
     The file is read in one call and decoded from memory: Pillow reading a small file through its own buffered reads
     takes about 1.7x as long (a site reads one small file per record), and the pixels are the same."""
+    from PIL import Image, UnidentifiedImageError  # imported here: a site without image files never loads Pillow
+
     try:
         with Image.open(io.BytesIO(path.read_bytes())) as image:
             if image.format != _PIL_FORMATS[suffix]:
@@ -114,6 +115,8 @@ def _convert(array: np.ndarray, *, size: tuple[int, int], channels: int) -> np.n
         array = np.repeat(array, 3, axis=0) if channels == 3 else np.tensordot(
             np.asarray([0.299, 0.587, 0.114], dtype=np.float32), array, axes=1)[None]
     if array.shape[1:] != size:
+        from PIL import Image
+
         height, width = size
         array = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(c, dtype=np.float32), mode="F")
                                      .resize((width, height), Image.Resampling.BILINEAR)) for c in array])
