@@ -10,7 +10,8 @@ What the server takes from a reply, and from where (README "Hostile sites and a 
   reply's ``num-examples`` must say that same bound, and is never the weight itself;
 * **arrays**: exactly float32, tensors of the global model in the branches the site is registered to hold (whole
   branches, the shared head included), of the global shapes, finite, with an update (new - global) whose L2 norm
-  is within ``max-update-norm``;
+  is within ``max-update-norm``; a branch may travel as one flat array under its name (``common/packing.py``,
+  what a sample-mode site sends), split here by the names and shapes of the global model;
 * **privacy record**: typed fields; a mechanism that matches the public facts (q = 1/ceil(max-records / batch-size),
   the steps of the run's local epochs, δ below 1/max-records); a cumulative ε no lower than that of the mechanisms
   this server itself recorded for the site; a signed ledger head that verifies (with the registered key, in
