@@ -97,7 +97,7 @@ def train(msg: Message, context: Context) -> Message:
     outcome.metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
     if outcome.arrays is not None:  # in the layout the server's reader for this mode expects (common/packing.py)
-        wire = reply_arrays(outcome.arrays, mode=str(outcome.privacy.get("mode", "sample")))
+        wire = reply_arrays(outcome.arrays, mode=outcome.privacy["mode"])
         content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in wire.items()})
     if evaluation is not None:
         content[EVALUATION] = MetricRecord(evaluation)

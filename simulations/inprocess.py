@@ -116,7 +116,7 @@ def run_federation(run_config: Mapping[str, Any], *, run_id: str = "bench") -> F
             outcome = job.train(msg.content[ARRAYS].to_torch_state_dict())
             content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
             if outcome.arrays is not None:  # as client/app.py sends them
-                wire = reply_arrays(outcome.arrays, mode=str(outcome.privacy.get("mode", "sample")))
+                wire = reply_arrays(outcome.arrays, mode=outcome.privacy["mode"])
                 content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in wire.items()})
             reply = Message(content=content, reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = node  # as Flower's transport sets it  # noqa: SLF001

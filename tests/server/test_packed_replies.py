@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from common.packing import pack_branches, unpack_branch
+from common.packing import REPLY_LAYOUTS, pack_branches, reply_arrays, unpack_branch
 from tests.server.test_hostile_replies import GLOBAL, _assert_attacker_failed, _round, _rows, _strategy, keys  # noqa: F401
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
@@ -33,6 +33,18 @@ def test_pack_then_unpack_is_the_identity_in_sorted_name_order():
         unpack_branch("head", packed["head"][:-1], state)
     with pytest.raises(ValueError, match="mixes dtypes"):
         pack_branches(state | {"head.b": np.zeros(1, dtype=np.float64)})
+
+
+def test_each_privacy_mode_has_its_layout_and_an_unknown_one_is_refused():
+    from common.config.terms import MODES
+
+    state = {"head.a": np.ones(2, dtype=np.float32), "encoders.tabular.w": np.zeros(3, dtype=np.float32)}
+    assert set(REPLY_LAYOUTS) == set(MODES)  # a new mode must say how its arrays travel
+    assert list(reply_arrays(state, mode="sample")) == list(reply_arrays(state, mode="none")) == ["tabular", "head"]
+    central = reply_arrays(state, mode="central")  # Flower's FedAvg and DP wrapper pair tensors by name
+    assert list(central) == list(state) and all(central[k] is state[k] for k in state)
+    with pytest.raises(ValueError, match="privacy mode 'secagg' has no reply layout"):
+        reply_arrays(state, mode="secagg")
 
 
 def test_a_packed_round_merges_and_records_exactly_what_the_per_tensor_round_does(tmp_path, keys):
