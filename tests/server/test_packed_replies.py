@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from common.packing import REPLY_LAYOUTS, pack_branches, reply_arrays, unpack_branch
-from tests.server.test_hostile_replies import GLOBAL, _assert_attacker_failed, _round, _rows, _strategy, keys  # noqa: F401
+from tests.server.test_hostile_replies import (  # noqa: F401 (keys: the signing keys fixture)
+    GLOBAL, _assert_attacker_failed, _round, _rows, _strategy, keys)
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
