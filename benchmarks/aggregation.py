@@ -16,7 +16,9 @@
 3. **Bytes per site per round**: one real train round of one hospital (the ClientApp's own handler, in this
    process, DP-SGD and folded evaluation included); the reply and the server's train message serialized the way
    Flower ships them (its inflatable objects: message, records, array chunks), against the bytes of the trainable
-   tensors they carry. The frozen MiniLM (22.7 M parameters) is never part of the model and never sent.
+   tensors they carry, with the same reply re-encoded one array per tensor (the layout before issue 15's packing,
+   ``common/packing.py``) beside it, and where the bytes go (per Flower object kind, per record). The frozen
+   MiniLM (22.7 M parameters) is never part of the model and never sent.
 """
 
 from __future__ import annotations
@@ -194,6 +196,33 @@ def wire_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
+def breakdown(message: Message) -> str:
+    """Wire bytes per kind of Flower object, and per record, of ``message`` (one line each)."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    kinds: dict[str, list[int]] = {}
+    for obj in get_all_nested_objects(message).values():
+        row = kinds.setdefault(type(obj).__name__, [0, 0])
+        row[0], row[1] = row[0] + 1, row[1] + len(obj.deflate())
+    records = ", ".join(f"{name} {len(rec.deflate()):,}" for name, rec in message.content.items())
+    return ("      objects: " + ", ".join(f"{k} x{n} {b:,}" for k, (n, b) in kinds.items())
+            + f"\n      records (own object only): {records}")
+
+
+def as_per_tensor(reply: Message, shapes: dict) -> Message:
+    """The same reply with its arrays one per tensor (Flower's own layout, as sent before issue 15's packing)."""
+    from common.models.params import BRANCHES
+    from common.packing import unpack_branch
+
+    arrays: dict[str, np.ndarray] = {}
+    for k, a in reply.content.array_records[ARRAYS].items():
+        arrays.update(unpack_branch(k, a.numpy(), shapes) if k in BRANCHES else {k: a.numpy()})
+    content = RecordDict({k: v for k, v in reply.content.items() if k != ARRAYS})
+    content[ARRAYS] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+    return Message(content, reply_to=Message(RecordDict(), dst_node_id=reply.metadata.src_node_id,
+                                             message_type="train"))
+
+
 def bytes_per_round(site_index: int = 0) -> None:
     """One real train round of one hospital through the ClientApp's handler, in this process."""
     from flwr.app import Context
@@ -230,11 +259,16 @@ def bytes_per_round(site_index: int = 0) -> None:
                 reply.content.config_records[PRIVACY].get("status") != "trained":
             raise SystemExit(f"{site.name}: the round did not train: {reply.error if reply.has_error() else dict(reply.content.config_records[PRIVACY])}")
         sent = reply.content.array_records[ARRAYS]
-        for name, msg, arrays in (("server -> site (train)", ask, ArrayRecord(initial)), ("site -> server (reply)", reply, sent)):
+        before = as_per_tensor(reply, {k: tuple(v.shape) for k, v in initial.items()})
+        for name, msg, arrays in (("server -> site (train)", ask, ArrayRecord(initial)),
+                                  ("reply, per tensor", before, before.content.array_records[ARRAYS]),
+                                  ("reply, as sent", reply, sent)):
             tb = sum(a.numpy().nbytes for a in arrays.values())
             wb = wire_bytes(msg)
             print(f"  {site.name:<14s} {name:<22s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
                   f"{wb / trainable:>8.3f}", flush=True)
+            if msg is not ask:
+                print(breakdown(msg))
 
 
 #: model -> (modalities, text kind, image kind) for the constructed-reply bytes table
@@ -256,15 +290,16 @@ def bytes_of_constructed_replies() -> None:
     from common.factory import initial_trainable_state
     from common.models import FusionModel
     from common.models.config import FusionConfig, ImageEncoderConfig, TabularEncoderConfig, TextEncoderConfig
+    from common.packing import pack_branches, per_tensor
 
     sys.path.insert(0, str(REPO))
     from tests.server.honest_site import honest_privacy
 
     key = ec.generate_private_key(ec.SECP384R1())
     print("\nbytes of a constructed train reply (the model's trainable tensors + metrics + privacy record) vs its "
-          "trainable bytes")
-    print(f"  {'model':<40s} {'tensors':>7s} {'trainable bytes':>16s} {'wire bytes':>11s} {'x trainable':>11s} "
-          f"{'frozen params':>13s}")
+          "trainable bytes: arrays one per tensor (before) and packed per branch (common/packing.py, as sent)")
+    print(f"  {'model':<40s} {'tensors':>7s} {'trainable bytes':>16s} {'per tensor':>11s} {'x':>7s} "
+          f"{'packed':>11s} {'x':>7s} {'frozen params':>13s}")
     for name, (mods, text, image) in BYTES_MODELS.items():
         cfg = FusionConfig(modalities=mods, fusion="attention", tabular=TabularEncoderConfig(in_features=7),
                            text=TextEncoderConfig(kind=text) if text else None,
@@ -275,14 +310,14 @@ def bytes_of_constructed_replies() -> None:
                  for k, v in initial_trainable_state(model).items()}
         frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
         ask = Message(RecordDict({CONFIG: ConfigRecord({"server-round": 1})}), dst_node_id=1, message_type="train")
-        reply = Message(RecordDict({
-            ARRAYS: ArrayRecord({k: Array(v) for k, v in state.items()}),
-            METRICS: MetricRecord({NUM_EXAMPLES: 250.0}),
-            PRIVACY: ConfigRecord(honest_privacy("site-0001", 250, key, 1, batch_size=32, local_epochs=1))}),
-            reply_to=ask)
+        privacy = honest_privacy("site-0001", 250, key, 1, batch_size=32, local_epochs=1)
+        wb = [wire_bytes(Message(RecordDict({
+            ARRAYS: ArrayRecord({k: Array(v) for k, v in layout(state).items()}),
+            METRICS: MetricRecord({NUM_EXAMPLES: 250.0}), PRIVACY: ConfigRecord(privacy)}), reply_to=ask))
+            for layout in (per_tensor, pack_branches)]
         tb = sum(v.nbytes for v in state.values())
-        wb = wire_bytes(reply)
-        print(f"  {name:<40s} {len(state):>7d} {tb:>16,d} {wb:>11,d} {wb / tb:>11.4f} {frozen:>13,d}", flush=True)
+        print(f"  {name:<40s} {len(state):>7d} {tb:>16,d} {wb[0]:>11,d} {wb[0] / tb:>7.4f} {wb[1]:>11,d} "
+              f"{wb[1] / tb:>7.4f} {frozen:>13,d}", flush=True)
 
 
 def main() -> None:

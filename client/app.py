@@ -12,13 +12,14 @@ import time
 from functools import wraps
 from typing import Callable
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.errors import failure_code
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
 from client.timing import process_age_seconds
+from common.packing import reply_arrays
 from common.privacy.ledger_guard import site_lock
 from common.records import (ARRAYS, COMPUTE_SECONDS, CONFIG, EVALUATE_GLOBAL, EVALUATION, METRICS, NUM_EXAMPLES,
                             PRIVACY, SETUP_SECONDS, SITE, STARTUP_SECONDS, STATUS_FAILED)
@@ -95,8 +96,9 @@ def train(msg: Message, context: Context) -> Message:
     # round wall time minus the slowest site's compute as the round's overhead
     outcome.metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))
     content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
-    if outcome.arrays is not None:
-        content[ARRAYS] = ArrayRecord(outcome.arrays)
+    if outcome.arrays is not None:  # in the layout the server's reader for this mode expects (common/packing.py)
+        wire = reply_arrays(outcome.arrays, mode=outcome.privacy["mode"])
+        content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in wire.items()})
     if evaluation is not None:
         content[EVALUATION] = MetricRecord(evaluation)
     return Message(content=content, reply_to=msg)

@@ -1,7 +1,8 @@
 """Names of the records a site and the server exchange (the only contract between them), and what a reply may say.
 
 A train message carries ``ARRAYS`` (trainable tensors of the global model) and ``CONFIG``.
-A train reply carries ``ARRAYS`` (the branches this site trained), ``METRICS`` (public facts Flower may
+A train reply carries ``ARRAYS`` (the branches this site trained; in a sample-mode federation one flat array per
+branch, ``common/packing.py``), ``METRICS`` (public facts Flower may
 average: the aggregation weight, and in simulation the timing split) and ``PRIVACY`` (a ConfigRecord:
 per-site privacy facts must never be averaged, so they never travel as metrics).
 

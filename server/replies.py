@@ -10,7 +10,8 @@ What the server takes from a reply, and from where (README "Hostile sites and a 
   reply's ``num-examples`` must say that same bound, and is never the weight itself;
 * **arrays**: exactly float32, tensors of the global model in the branches the site is registered to hold (whole
   branches, the shared head included), of the global shapes, finite, with an update (new - global) whose L2 norm
-  is within ``max-update-norm``;
+  is within ``max-update-norm``; a branch may travel as one flat array under its name (``common/packing.py``,
+  what a sample-mode site sends), split here by the names and shapes of the global model;
 * **privacy record**: typed fields; a mechanism that matches the public facts (q = 1/ceil(max-records / batch-size),
   the steps of the run's local epochs, δ below 1/max-records); a cumulative ε no lower than that of the mechanisms
   this server itself recorded for the site; a signed ledger head that verifies (with the registered key, in
@@ -33,7 +34,8 @@ import numpy as np
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from common.models.params import branch_of
+from common.models.params import BRANCHES, branch_of
+from common.packing import branch_layout, unpack_branch
 from common.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_from_history, plan_steps
 from common.privacy.signing import verify_head
 from common.records import (ARRAYS, ERRORS, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, STATUS_DECLINED,
@@ -158,32 +160,58 @@ def _dtype_name(dtype: np.dtype) -> str:
     return str(dtype)
 
 
+def _held(branch: str, what: str, site: RegisteredSite) -> None:
+    if branch not in site.branches:
+        raise Rejected(f"{what} belongs to the {branch} branch, which site '{site.name}' does not hold "
+                       f"(registered modalities: {', '.join(site.modalities)})")
+
+
+def _read(array: Any, what: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``array`` (a Flower ``Array``) as numpy, exactly of ``dtype`` and ``shape`` and finite, or Rejected."""
+    if array.dtype != _dtype_name(dtype) or tuple(array.shape) != shape:
+        raise Rejected(f"{what} is {array.dtype} {tuple(array.shape)}; expected exactly {dtype} {shape}, as sent")
+    try:  # a zero-copy view where the .npy header is the plain one, else Flower's copy
+        value = npy_view(array.data, dtype=array.dtype, shape=array.shape)
+        value = array.numpy() if value is None else value
+    except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not the declared array
+        raise Rejected(f"{what} cannot be read as a numpy array ({type(err).__name__})") from None
+    if value.dtype != dtype or value.shape != shape:
+        raise Rejected(f"{what} declares {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}")
+    if not all_finite(value):
+        raise Rejected(f"{what} contains NaN or inf")
+    return value
+
+
+def _packed(branch: str, array: Any, site: RegisteredSite, rules: ReplyRules) -> dict[str, np.ndarray]:
+    """A branch sent as one flat array (``common/packing.py``), split by the global model's names and shapes."""
+    what = f"packed branch '{branch}'"
+    _held(branch, what, site)
+    layout = branch_layout(branch, rules.global_arrays)
+    dtypes = {rules.global_arrays[k].dtype for k, _ in layout}
+    if len(dtypes) != 1:
+        raise Rejected(f"the global model's {branch} branch has {'no tensor' if not dtypes else 'mixed dtypes'}; "
+                       f"it cannot be sent packed")
+    size = sum(math.prod(shape) for _, shape in layout)
+    return unpack_branch(branch, _read(array, what, dtypes.pop(), (size,)), rules.global_arrays)
+
+
 def _arrays(msg: Message, site: RegisteredSite, rules: ReplyRules) -> dict[str, np.ndarray]:
     if ARRAYS not in msg.content.array_records:
         raise Rejected("a trained reply carries no arrays")
     out: dict[str, np.ndarray] = {}
     for key, array in msg.content.array_records[ARRAYS].items():
         current = rules.global_arrays.get(key)
-        if current is None:
+        if current is None and key in BRANCHES:  # a whole branch in one array (common/packing.py)
+            tensors = _packed(key, array, site, rules)
+        elif current is None:
             raise Rejected(f"tensor '{key}' is not part of the global model")
-        branch = branch_of(key)
-        if branch not in site.branches:
-            raise Rejected(f"tensor '{key}' belongs to the {branch} branch, which site '{site.name}' does not hold "
-                           f"(registered modalities: {', '.join(site.modalities)})")
-        if array.dtype != _dtype_name(current.dtype) or tuple(array.shape) != current.shape:
-            raise Rejected(f"tensor '{key}' is {array.dtype} {tuple(array.shape)}; expected exactly "
-                           f"{current.dtype} {current.shape}, as sent")
-        try:  # a zero-copy view where the .npy header is the plain one, else Flower's copy
-            value = npy_view(array.data, dtype=array.dtype, shape=array.shape)
-            value = array.numpy() if value is None else value
-        except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not the declared array
-            raise Rejected(f"tensor '{key}' cannot be read as a numpy array ({type(err).__name__})") from None
-        if value.dtype != current.dtype or value.shape != current.shape:
-            raise Rejected(f"tensor '{key}' declares {array.dtype} {tuple(array.shape)} but holds "
-                           f"{value.dtype} {value.shape}")
-        if not all_finite(value):
-            raise Rejected(f"tensor '{key}' contains NaN or inf")
-        out[key] = value
+        else:  # Flower's own layout: one array per tensor
+            _held(branch_of(key), f"tensor '{key}'", site)
+            tensors = {key: _read(array, f"tensor '{key}'", current.dtype, current.shape)}
+        twice = sorted(set(tensors) & set(out))
+        if twice:
+            raise Rejected(f"tensors {twice[:3]} are sent twice (packed and on their own)")
+        out.update(tensors)
     sent = {branch_of(k) for k in out}
     if "head" not in sent:
         raise Rejected("the update carries no tensor of the shared head")

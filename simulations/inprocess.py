@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.round import SiteRound
 from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
+from common.packing import reply_arrays
 from common.privacy.ledger_guard import HEAD_MARK_FILE
 from common.records import ARRAYS, CONFIG, METRICS, PRIVACY
 from server.identity import registry_from_scenario
@@ -114,8 +115,9 @@ def run_federation(run_config: Mapping[str, Any], *, run_id: str = "bench") -> F
                                         msg.content[CONFIG], run_id)
             outcome = job.train(msg.content[ARRAYS].to_torch_state_dict())
             content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
-            if outcome.arrays is not None:
-                content[ARRAYS] = ArrayRecord(outcome.arrays)
+            if outcome.arrays is not None:  # as client/app.py sends them
+                wire = reply_arrays(outcome.arrays, mode=outcome.privacy["mode"])
+                content[ARRAYS] = ArrayRecord({k: Array(v) for k, v in wire.items()})
             reply = Message(content=content, reply_to=msg)
             reply.metadata.__dict__["_src_node_id"] = node  # as Flower's transport sets it  # noqa: SLF001
             replies.append(reply)

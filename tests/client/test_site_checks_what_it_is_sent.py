@@ -13,7 +13,8 @@ from flwr.app import Array, ArrayRecord, Message
 from common.config import app_defaults, load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.privacy.ledger import Ledger
-from common.records import ARRAYS, PRIVACY, STATUS_FAILED
+from common.packing import unpack_branch
+from common.records import ARRAYS, EVALUATE_GLOBAL, EVALUATION, PRIVACY, STATUS_FAILED
 from tests.client.messages import send_train
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,7 +29,7 @@ def _site_file(tmp_path: Path) -> Path:
     return f
 
 
-def _send(site_file: Path, *, change=None, **run_settings) -> Message:
+def _send(site_file: Path, *, change=None, message_config: dict | None = None, **run_settings) -> Message:
     run_config = app_defaults() | {"num-server-rounds": 1} | run_settings
     run = parse_run_config(app_defaults())
     state = {k: v.numpy().copy() for k, v in initial_trainable_state(
@@ -36,7 +37,7 @@ def _send(site_file: Path, *, change=None, **run_settings) -> Message:
     if change is not None:
         state = change(state)
     return send_train(site_file, run_config, ArrayRecord({k: Array(v) for k, v in state.items()}),
-                      federation_id="fed-checks")
+                      federation_id="fed-checks", message_config=message_config)
 
 
 def _spent(tmp_path: Path) -> list[str]:
@@ -89,23 +90,48 @@ def test_a_healthy_site_still_trains(tmp_path):
     assert _spent(tmp_path)[:2] == ["reserve", "confirm"]
 
 
-def test_a_reply_carries_exactly_the_trainable_tensors_of_its_branches_and_never_the_frozen_encoder(tmp_path):
-    """Bytes per site (issue 15): the frozen MiniLM (22.7 M parameters) is never sent; the reply's arrays are the
-    trainable tensors of the branches the site holds (tabular, text projection, head), float32, nothing else."""
-    from common.models.params import branch_of
-
+def _default_reply(tmp_path: Path) -> tuple[Message, dict]:
+    """A real train reply of a deployed site holding both modalities of the default model (tabular + text), with
+    the folded evaluation of the received global model (and its missing-modality ablations); and the model's
+    trainable tensors."""
     site_file = _site_file(tmp_path)
     site_file.write_text(site_file.read_text().replace('modalities = ["tabular"]', 'modalities = ["tabular", "text"]'))
     run = parse_run_config(app_defaults())
     model = build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)
-    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-
-    reply = _send(site_file)
-
+    trainable = {n: p.detach().numpy() for n, p in model.named_parameters() if p.requires_grad}
+    reply = _send(site_file, message_config={EVALUATE_GLOBAL: True})
     assert reply.content.config_records[PRIVACY]["status"] == "trained"
-    sent = {k: a.numpy() for k, a in reply.content.array_records[ARRAYS].items()}
+    assert EVALUATION in reply.content.metric_records
+    return reply, trainable
+
+
+def test_a_reply_carries_exactly_the_trainable_tensors_of_its_branches_and_never_the_frozen_encoder(tmp_path):
+    """Bytes per site (issue 15): the frozen MiniLM (22.7 M parameters) is never sent; the reply's arrays are the
+    trainable tensors of the branches the site holds (tabular, text projection, head), float32, nothing else: one
+    flat array per branch (common/packing.py), which the global model's names and shapes split exactly."""
+    from common.models.params import branch_of
+
+    reply, trainable = _default_reply(tmp_path)
+
+    record = reply.content.array_records[ARRAYS]
+    assert list(record) == ["tabular", "text", "head"]
+    assert all(a.dtype == "float32" and len(a.shape) == 1 for a in record.values())
+    sent = {k: v for b, a in record.items() for k, v in unpack_branch(b, a.numpy(), trainable).items()}
     expected = {n for n in trainable if branch_of(n) in ("tabular", "text", "head")}
     assert set(sent) == expected and any(branch_of(n) == "text" for n in sent)
-    assert all(sent[n].dtype == np.float32 and sent[n].shape == tuple(trainable[n].shape) for n in sent)
-    assert sum(v.size for v in sent.values()) == sum(trainable[n].numel() for n in expected) < 100_000
+    assert all(sent[n].dtype == np.float32 and sent[n].shape == trainable[n].shape for n in sent)
+    assert sum(v.size for v in sent.values()) == sum(trainable[n].size for n in expected) < 100_000
     assert not any("minilm" in n.lower() or "embeddings" in n for n in sent)
+
+
+def test_a_default_model_reply_is_at_most_1_05_times_its_trainable_bytes(tmp_path):
+    """Issue 15's goal, computed on the bytes Flower ships for a real reply (message, records, arrays, chunks):
+    names, shapes, metrics and the privacy record with its signed ledger head add at most 5 % to the update."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    reply, trainable = _default_reply(tmp_path)
+
+    wire = sum(len(obj.deflate()) for obj in get_all_nested_objects(reply).values())
+    tensor_bytes = sum(v.nbytes for v in trainable.values())
+    assert tensor_bytes == 75_660  # 18,915 float32: every trainable tensor of the default model is sent
+    assert wire <= 1.05 * tensor_bytes, (wire, wire / tensor_bytes)

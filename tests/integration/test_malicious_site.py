@@ -39,6 +39,8 @@ from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
 from client.app import evaluate, train
+from common.models.params import BRANCHES
+from common.packing import pack_branches, unpack_branch
 
 
 def poison(msg, context, call_next):
@@ -46,10 +48,12 @@ def poison(msg, context, call_next):
     if (context.node_config.get("partition-id") != 2 or msg.metadata.message_type != "train"
             or reply.has_error() or "arrays" not in reply.content.array_records):
         return reply
-    sent, got = msg.content.array_records["arrays"], reply.content.array_records["arrays"]
-    reply.content.array_records["arrays"] = ArrayRecord({
-        k: Array((sent[k].numpy() + np.float32(1e6) * (v.numpy() - sent[k].numpy())).astype(np.float32))
-        for k, v in got.items()})
+    sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+    got = {}  # the site's update, each packed branch split again (common/packing.py)
+    for k, a in reply.content.array_records["arrays"].items():
+        got.update(unpack_branch(k, a.numpy(), sent) if k in BRANCHES else {k: a.numpy()})
+    poisoned = {k: (sent[k] + np.float32(1e6) * (v - sent[k])).astype(np.float32) for k, v in got.items()}
+    reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_branches(poisoned).items()})
     reply.content.metric_records["metrics"]["num-examples"] = 1e12
     return reply
 
