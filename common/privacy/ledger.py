@@ -61,6 +61,7 @@ __all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "HeadRecord", "Led
            "LedgerIntegrityError", "mechanism_history_of"]
 
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another writer's lock
+_HEAD_CHAIN: dict[str, Any] = dict(record=HeadRecord, hasher=head_record_hash, what="head record", prefix="heads ")
 
 
 class Ledger:
@@ -153,12 +154,12 @@ class Ledger:
             SELECT + " WHERE site = ? ORDER BY seq", (site,))
         return [dict(zip(FIELDS, r)) for r in conn.execute(sql, args).fetchall()]
 
-    def _snapshot(self) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """Meta and all rows, read in one transaction (a consistent snapshot)."""
+    def _snapshot(self, *, heads: bool = False) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Meta, all rows and (``heads``) all heads rows, read in one transaction (a consistent snapshot)."""
         with self._transaction("DEFERRED") as conn:
             has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
-            return meta, (self._rows(conn) if has_meta else [])
+            return meta, (self._rows(conn) if has_meta else []), (self._head_rows(conn) if heads else [])
 
     # ----------------------------------------------------------------- write
     def append(self, entry: LedgerEntry) -> LedgerEntry:
@@ -260,8 +261,17 @@ class Ledger:
 
         Each problem names the row's seq, site and round.
         """
-        meta, rows = self._snapshot()
+        meta, rows, _ = self._snapshot()
         return meta_problems(meta) + chain_problems(rows)
+
+    def verified(self) -> tuple[list[str], list[str], list[LedgerEntry], list[HeadRecord]]:
+        """From ONE snapshot: the problems of :meth:`verify` and of :meth:`verify_heads`, and when there are none,
+        every row and every heads row (what a site checks before each round, in one read)."""
+        meta, rows, heads = self._snapshot(heads=True)
+        problems, head_problems = meta_problems(meta) + chain_problems(rows), chain_problems(heads, **_HEAD_CHAIN)
+        if problems or head_problems:
+            return problems, head_problems, [], []
+        return [], [], [LedgerEntry(**r) for r in rows], [HeadRecord(**h) for h in heads]
 
     # ------------------------------------------------------------ accounting
     def mechanism_history(self, *, site: str, dataset_id: str = "") -> list[Mechanism]:
@@ -281,7 +291,7 @@ class Ledger:
         ValueError
             If the site released without DP (its ε is ∞).
         """
-        meta, rows = self._snapshot()  # verify and account from the same snapshot
+        meta, rows, _ = self._snapshot()  # verify and account from the same snapshot
         problems = meta_problems(meta) + chain_problems(rows)
         if problems:
             raise LedgerIntegrityError(
@@ -382,5 +392,4 @@ class Ledger:
         """Problems of the ``heads`` table's own hash chain (not of the signatures: see the audit)."""
         with self._transaction("DEFERRED") as conn:
             rows = self._head_rows(conn)
-        return chain_problems(rows, record=HeadRecord, hasher=head_record_hash, what="head record",
-                               prefix="heads ")
+        return chain_problems(rows, **_HEAD_CHAIN)
