@@ -141,7 +141,11 @@ class SitePrivacy:
     # ----------------------------------------------------------------- history
     def history(self) -> list[Mechanism]:
         """Every DP release of this site, in order (reserved = spent); empty if it released without DP."""
-        return [] if self.unbounded() else self.ledger.mechanism_history(site=self.site)
+        return self._history_and_unbounded()[0]
+
+    def _history_and_unbounded(self) -> tuple[list[Mechanism], bool]:
+        unbounded = self.unbounded()
+        return ([] if unbounded else self.ledger.mechanism_history(site=self.site)), unbounded
 
     def unbounded(self) -> bool:
         """The site released without DP at some point: its ε is ∞ for good."""
@@ -203,7 +207,8 @@ class SitePrivacy:
     def plan(self, *, sample_rate: float, steps: int, planned_steps: int) -> RoundPlan:
         """This round's DP-SGD plan against the ledger's current history (re-checked by :meth:`reserve`)."""
         sigma = self.noise_multiplier(sample_rate=sample_rate, planned_steps=planned_steps)
-        return self._assess(self.history(), (sigma, sample_rate, steps), unbounded=self.unbounded(),
+        history, unbounded = self._history_and_unbounded()
+        return self._assess(history, (sigma, sample_rate, steps), unbounded=unbounded,
                             statement=self.copies)
 
     def plan_central(self, *, server_noise_multiplier: float) -> RoundPlan:
@@ -211,7 +216,8 @@ class SitePrivacy:
         if not server_noise_multiplier > 0:
             raise ValueError(f"site '{self.site}': central mode needs the server's σ > 0, got "
                              f"{server_noise_multiplier!r}")
-        return self._assess(self.history(), (server_noise_multiplier / 2, 1.0, 1), unbounded=self.unbounded(),
+        history, unbounded = self._history_and_unbounded()
+        return self._assess(history, (server_noise_multiplier / 2, 1.0, 1), unbounded=unbounded,
                             statement="; ".join(s for s in (SITE_RECORD_STATEMENT, self.copies) if s))
 
     def _entry(self, plan: RoundPlan, event: str, *, round: int, federation_id: str, run_id: str,

@@ -19,4 +19,4 @@ def test_ledger_message_prints_both_styles_with_the_old_and_new_transaction_coun
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = {m.group(1): (m.group(2), m.group(3)) for m in re.finditer(
         r"^(one-site|new-sites) .* (\d+ / \d+) +(\d+ / \d+)$", proc.stdout, re.MULTILINE)}
-    assert rows == {"one-site": ("5 / 2", "17 / 12"), "new-sites": ("5 / 2", "17 / 13")}, proc.stdout
+    assert rows == {"one-site": ("5 / 2", "17 / 11"), "new-sites": ("5 / 2", "17 / 12")}, proc.stdout
