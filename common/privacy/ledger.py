@@ -12,9 +12,8 @@ Guarantees
   for the lock. :meth:`Ledger.append_decided` reads the whole ledger and appends what a decision over it
   returns in that same transaction: a site's budget check and its reservation are one step;
   :meth:`Ledger.append_signed` appends a row and signs the head it becomes in one (one commit, not two).
-* Durable: SQLite's defaults, rollback journal and ``synchronous=FULL`` (nothing here lowers them): a COMMIT
-  has returned only once the journal and the file are synced, so a reservation committed before a release is
-  on disk whatever happens after it.
+* Durable: SQLite's defaults, rollback journal and ``synchronous=FULL`` (nothing here lowers them): a COMMIT returns
+  once the journal and the file are synced; a reservation committed before a release is on disk, whatever follows.
 * Schema: checked once per process per file (another inode is another file), and inside every write
   transaction against the schema cookie (:mod:`common.privacy.ledger_schema`).
 * Private: the file is created, and kept, mode 0600 (a site's ledger in a simulation too).
@@ -53,7 +52,8 @@ from common.privacy.entry import (GENESIS_HASH, NO_DP, LedgerEntry, entry_hash, 
                                   statement_mode)
 from common.privacy.ledger_schema import (FIELDS, HEAD_FIELDS, INSERT, INSERT_HEAD, LEDGER_KIND, SCHEMA_VERSION,
                                           SELECT, SELECT_HEADS, LedgerIntegrityError, ensure_schema, file_identity,
-                                          meta_problems, read_schema, remember_schema, schema_cookie, schema_known)
+                                          meta_problems, read_schema, recheck_schema, remember_schema, schema_cookie,
+                                          schema_known)
 from common.privacy.signing import HeadRecord, SignedHead, head_record_hash
 from common.storage import create_private_file
 
@@ -89,9 +89,9 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = create_private_file(self.path)
         os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644); chmod takes no lock
-        identity = file_identity(self.path)
-        if created or schema_known(identity) is None:  # once per process per file (module ledger_schema)
-            self._check_schema(identity)
+        self._identity = file_identity(self.path)  # every write refuses another file at this path
+        if created or schema_known(self._identity) is None or not self.path.stat().st_size:  # see ledger_schema
+            self._check_schema(self._identity)
 
     def _check_schema(self, identity: tuple[str, int, int]) -> None:
         """Read what the file lacks; only a file that lacks something gets a write transaction that creates it."""
@@ -137,13 +137,18 @@ class Ledger:
         Raises
         ------
         LedgerIntegrityError
-            If the file's meta names another kind of file or schema version (nothing is written).
+            If the file's meta names another kind of file or schema version, or the file at this path is not
+            the one opened (deleted or replaced since): nothing is written.
         """
         with self._transaction("IMMEDIATE") as conn:
             identity = file_identity(self.path)
+            if identity != self._identity:
+                raise LedgerIntegrityError(f"{self.path}: this is not the file this ledger opened (it was deleted or "
+                                           "replaced since: another inode); nothing is written to it. Open the "
+                                           "ledger again, so that the file is checked first")
             cookie = schema_cookie(conn)
             if schema_known(identity) != cookie:
-                cookie = ensure_schema(conn, self.path)
+                cookie = recheck_schema(conn, self.path)
             elif problems := meta_problems(dict(conn.execute("SELECT key, value FROM meta").fetchall())):
                 raise LedgerIntegrityError(f"{self.path}: {problems[0]}", problems=problems)
             yield conn

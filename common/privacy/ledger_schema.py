@@ -5,12 +5,14 @@ A site opens its ledger several times a message (the reply cache, its privacy st
 
 * **once per process per file**: :func:`schema_known` remembers, per file identity ``(path, st_dev, st_ino)``,
   the schema cookie (``PRAGMA schema_version``, which SQLite bumps on any CREATE/DROP/ALTER) seen when the file
-  was last checked. A file deleted or replaced (another inode) is not known, so it is checked again;
+  was last checked. A file deleted or replaced (another inode) is not known, so it is checked again, and so is
+  an empty file (created again at the path by someone else: it may have the deleted file's inode number);
 * **a read first**: :func:`read_schema` lists what of the schema and meta a file lacks in one read transaction
   (no write lock, no journal); only a file that lacks something gets the write transaction that creates it;
-* **every write transaction** compares the file's cookie with the remembered one inside its own transaction and
-  re-creates what is missing there (a trigger dropped in place is back before the write), and checks meta:
-  ``Ledger._write``. So the guarantees of the old per-open check hold at every write, not only at open.
+* **every write transaction** refuses a file other than the one its ``Ledger`` opened (another inode), compares the
+  file's cookie with the remembered one inside its own transaction and re-creates what can be dropped in place (a
+  trigger is back before the write), refuses a file that lost its tables (:func:`recheck_schema`), and checks
+  meta: ``Ledger._write``. So the guarantees of the old per-open check hold at every write, not only at open.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from common.privacy.entry import LedgerEntry
 from common.privacy.signing import HeadRecord
 
 __all__ = ["FIELDS", "HEAD_FIELDS", "INSERT", "INSERT_HEAD", "LEDGER_KIND", "SCHEMA_VERSION", "SELECT", "SELECT_HEADS",
-           "LedgerIntegrityError", "ensure_schema", "file_identity", "meta_problems", "read_schema", "remember_schema",
-           "schema_cookie", "schema_known"]
+           "LedgerIntegrityError", "ensure_schema", "file_identity", "meta_problems", "read_schema", "recheck_schema",
+           "remember_schema", "schema_cookie", "schema_known"]
 
 LEDGER_KIND = "fedfusion-privacy-ledger"  # meta.kind: refuses to treat another SQLite file as a ledger
 SCHEMA_VERSION = "1"  # meta.schema_version: bump on any change of columns or hashing
@@ -151,3 +153,21 @@ def ensure_schema(conn: sqlite3.Connection, where: Path) -> int:
     elif meta_problems(meta):
         raise LedgerIntegrityError(f"{where}: {meta_problems(meta)[0]}")
     return schema_cookie(conn)
+
+
+def recheck_schema(conn: sqlite3.Connection, where: Path) -> int:
+    """In a write transaction on a file this process checked, whose schema cookie changed since: put back what can
+    be dropped in place (triggers, the index, an older file's heads table) and check meta (:func:`ensure_schema`),
+    but refuse a file that lost its meta or entries table: its history is gone, and a fresh chain must never be
+    started in it by a write (only an open creates a ledger). Returns the schema cookie after it.
+
+    Raises
+    ------
+    LedgerIntegrityError
+        If the file lacks the meta or entries table, or its meta names another kind of file or version.
+    """
+    lost = [m for m in read_schema(conn)[1] if m in ("table meta", "table entries")]
+    if lost:
+        raise LedgerIntegrityError(f"{where}: the file lost its {' and '.join(lost)} since it was opened (deleted "
+                                   "and created again?); its history is gone, nothing is written to it", problems=lost)
+    return ensure_schema(conn, where)

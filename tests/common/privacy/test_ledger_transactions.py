@@ -103,6 +103,35 @@ def test_a_deleted_ledger_is_created_again_not_trusted_from_the_memo(tmp_path):
     assert _triggers(path) == TRIGGERS
 
 
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_an_open_ledger_never_writes_to_another_file_at_its_path(tmp_path, how):
+    """Between the guard's check and the reservation, the file is deleted or replaced: the write is refused (a
+    reservation in a fresh or foreign file would be accounted against the wrong history)."""
+    path, other = tmp_path / "ledger.sqlite", tmp_path / "other.sqlite"
+    ledger = Ledger(path)
+    ledger.append(reserve())
+    if how == "deleted":
+        path.unlink()
+    else:
+        Ledger(other).append(reserve(site="x"))  # a valid ledger, another history
+        os.replace(other, path)
+    with pytest.raises(LedgerIntegrityError, match="(not the file this ledger opened|lost its table)"):
+        ledger.append(reserve(round=2))
+    assert [e.site for e in Ledger(path).entries()] == ([] if how == "deleted" else ["x"])
+
+
+def test_a_write_refuses_a_file_that_lost_its_entries_table_in_place(tmp_path):
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger(path)
+    ledger.append(reserve())
+    tamper(path, "DROP TABLE entries")  # same inode: only the schema cookie tells
+    with pytest.raises(LedgerIntegrityError, match="lost its table entries"):
+        ledger.append(reserve(round=2))
+    conn = sqlite3.connect(str(path))
+    assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'entries'").fetchall() == []  # not re-created
+    conn.close()
+
+
 def test_triggers_dropped_in_place_are_back_before_the_next_write(tmp_path):
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path)
