@@ -77,13 +77,11 @@ class Ledger:
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
-        self.path = Path(path)
-        self.read_only = read_only
+        self.path, self.read_only, self._identity = Path(path), read_only, None
         if read_only:
             if not self.path.is_file():
                 raise LedgerIntegrityError(f"{self.path}: no such ledger file")
-            meta = self._snapshot()[0]
-            if meta_problems(meta):
+            if meta_problems(meta := self._snapshot()[0]):
                 raise LedgerIntegrityError(f"{self.path}: {meta_problems(meta)[0]}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +129,7 @@ class Ledger:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction that first checks, inside itself, the file's schema and meta: a schema changed
-        since this process checked it (a trigger dropped in place) is re-created before anything is written.
+        """A write transaction that first checks, inside itself, the file, its schema and meta (module ledger_schema).
 
         Raises
         ------
@@ -141,6 +138,9 @@ class Ledger:
             the one opened (deleted or replaced since): nothing is written.
         """
         with self._transaction("IMMEDIATE") as conn:
+            if self.read_only:  # opened mode=ro: SQLite itself refuses the write
+                yield conn
+                return
             identity = file_identity(self.path)
             if identity != self._identity:
                 raise LedgerIntegrityError(f"{self.path}: this is not the file this ledger opened (it was deleted or "
