@@ -15,8 +15,8 @@ Order within a round (crash-safe, never under-counts):
    never both pass against the same history (:meth:`SitePrivacy.reserve`);
 3. run the DP steps; append "confirm".
 0. before anything: the ledger must not have lost history (``common.privacy.ledger_guard``: fails closed);
-4. after a confirm or a decline: sign the ledger's head with the site's key
-   (``<state-dir>/site_key``; see :meth:`SitePrivacy.sign_head`) and report it to the server,
+4. with a confirm or a decline, in the same ledger transaction: sign the head that row becomes with the site's
+   key (``<state-dir>/site_key``; see :meth:`SitePrivacy.sign_head`) and report it to the server,
    which records it: a later truncation or rewrite of the ledger is then detectable.
 
 Other releases, also written before anything leaves: a central-mode round (``reserve_central``: one Gaussian
@@ -50,7 +50,7 @@ from common.privacy.entry import NO_DP_STATEMENT, SITE_RECORD_STATEMENT, LedgerE
 from common.privacy.ledger import Ledger, mechanism_history_of
 from common.privacy.ledger_guard import (LEDGER_FILE, check_site_ledger, private_state_dir, site_lock,
                                          write_signed_head)
-from common.privacy.signing import load_or_create_key
+from common.privacy.signing import HeadRecord, load_or_create_key
 from common.storage import atomic_write_text
 
 __all__ = ["DATASET_KEY_FILE", "SITE_KEY_FILE", "RoundPlan", "SitePrivacy", "dataset_hmac"]
@@ -131,6 +131,7 @@ class SitePrivacy:
         # σ calibrations (pure functions of public values): <state-dir>/cache, or a simulation's site-cache-root
         self.cache_dir = cache_dir or self.state_dir / "cache"
         self.copies = copies_statement(max_copies) if max_copies > 1 else ""  # stated in every release row
+        self._signed: HeadRecord | None = None  # the head signed with this object's last confirm or decline
 
     @property
     def over_bound(self) -> bool:
@@ -140,7 +141,11 @@ class SitePrivacy:
     # ----------------------------------------------------------------- history
     def history(self) -> list[Mechanism]:
         """Every DP release of this site, in order (reserved = spent); empty if it released without DP."""
-        return [] if self.unbounded() else self.ledger.mechanism_history(site=self.site)
+        return self._history_and_unbounded()[0]
+
+    def _history_and_unbounded(self) -> tuple[list[Mechanism], bool]:
+        unbounded = self.unbounded()
+        return ([] if unbounded else self.ledger.mechanism_history(site=self.site)), unbounded
 
     def unbounded(self) -> bool:
         """The site released without DP at some point: its ε is ∞ for good."""
@@ -202,7 +207,8 @@ class SitePrivacy:
     def plan(self, *, sample_rate: float, steps: int, planned_steps: int) -> RoundPlan:
         """This round's DP-SGD plan against the ledger's current history (re-checked by :meth:`reserve`)."""
         sigma = self.noise_multiplier(sample_rate=sample_rate, planned_steps=planned_steps)
-        return self._assess(self.history(), (sigma, sample_rate, steps), unbounded=self.unbounded(),
+        history, unbounded = self._history_and_unbounded()
+        return self._assess(history, (sigma, sample_rate, steps), unbounded=unbounded,
                             statement=self.copies)
 
     def plan_central(self, *, server_noise_multiplier: float) -> RoundPlan:
@@ -210,7 +216,8 @@ class SitePrivacy:
         if not server_noise_multiplier > 0:
             raise ValueError(f"site '{self.site}': central mode needs the server's σ > 0, got "
                              f"{server_noise_multiplier!r}")
-        return self._assess(self.history(), (server_noise_multiplier / 2, 1.0, 1), unbounded=self.unbounded(),
+        history, unbounded = self._history_and_unbounded()
+        return self._assess(history, (server_noise_multiplier / 2, 1.0, 1), unbounded=unbounded,
                             statement="; ".join(s for s in (SITE_RECORD_STATEMENT, self.copies) if s))
 
     def _entry(self, plan: RoundPlan, event: str, *, round: int, federation_id: str, run_id: str,
@@ -255,9 +262,10 @@ class SitePrivacy:
         return decided["plan"]
 
     def confirm(self, plan: RoundPlan, *, round: int, federation_id: str, run_id: str) -> LedgerEntry:
-        return self.ledger.append(self._entry(plan, "confirm", round=round, federation_id=federation_id,
-                                              run_id=run_id, epsilon=plan.epsilon_after,
-                                              epsilon_rdp=plan.epsilon_rdp_after, reason=plan.statement))
+        """Append "confirm" and sign the head it becomes, in one ledger transaction (see :meth:`sign_head`)."""
+        return self._append_signed(self._entry(plan, "confirm", round=round, federation_id=federation_id,
+                                               run_id=run_id, epsilon=plan.epsilon_after,
+                                               epsilon_rdp=plan.epsilon_rdp_after, reason=plan.statement))
 
     def _decline_entry(self, plan: RoundPlan, history: list[Mechanism], *, round: int, federation_id: str,
                        run_id: str, reason: str = "") -> LedgerEntry:
@@ -268,9 +276,10 @@ class SitePrivacy:
 
     def decline(self, plan: RoundPlan, *, round: int, federation_id: str, run_id: str,
                 reason: str = "") -> LedgerEntry:
-        """Append a decline of ``plan``'s round (``reason``: why, default the plan's; public words only)."""
-        return self.ledger.append(self._decline_entry(plan, list(plan.history), round=round,
-                                                      federation_id=federation_id, run_id=run_id, reason=reason))
+        """Append a decline of ``plan``'s round (``reason``: why, default the plan's; public words only), and sign
+        the head it becomes in the same ledger transaction."""
+        return self._append_signed(self._decline_entry(plan, list(plan.history), round=round,
+                                                       federation_id=federation_id, run_id=run_id, reason=reason))
 
     def release_without_dp(self, *, steps: int, round: int, federation_id: str, run_id: str) -> RoundPlan:
         """Record a release without DP (the site's own file allows it) BEFORE it leaves: ε = ∞ from now on."""
@@ -291,18 +300,35 @@ class SitePrivacy:
         return RoundPlan(None, None, 0, before, before, rdp, False, "", tuple(history))
 
     # ----------------------------------------------------------- signed head
+    def _key(self):
+        return load_or_create_key(self.state_dir / SITE_KEY_FILE, comment=f"fedfusion-site-{self.site}")
+
+    def _append_signed(self, entry: LedgerEntry) -> LedgerEntry:
+        """A confirm or decline row and its signed head, committed together (one commit, not two)."""
+        row, head = self.ledger.append_signed(entry, self._key(), secure_mode=self.settings.secure_mode,
+                                              epsilon_budget=self.settings.epsilon_budget)
+        write_signed_head(self.state_dir, head)  # after the commit: the mark never names a row not on disk
+        self._signed = head
+        return row
+
     def sign_head(self, *, round: int, run_id: str) -> dict[str, object]:
-        """Sign the ledger's newest row, keep the signature in the ledger's ``heads`` table, and
-        return the PRIVACY record fields that carry it to the server.
+        """The PRIVACY record fields that carry the ledger's newest signed head to the server.
+
+        After :meth:`confirm` or :meth:`decline` of this round, the head they signed with their row (same
+        transaction) while it is still the ledger's newest row; otherwise (a reservation that became a decline, a
+        release without DP) the newest row is signed now and the signature kept in the ledger's ``heads`` table.
 
         The key is ``<state-dir>/site_key`` (OpenSSH or PEM, ECDSA): in deployment, put the
         SuperNode-authentication key there (``ssh-keygen -t ecdsa -b 384``); otherwise a P-384 key
         of the site's own is created on first use (0600, public half in ``site_key.pub``).
         """
-        key = load_or_create_key(self.state_dir / SITE_KEY_FILE, comment=f"fedfusion-site-{self.site}")
-        head = self.ledger.sign_head(key, site=self.site, round=round, run_id=run_id,
-                                     secure_mode=self.settings.secure_mode,
-                                     epsilon_budget=self.settings.epsilon_budget)
-        write_signed_head(self.state_dir, head)  # beside the ledger: a later, shorter ledger is refused
+        head = self._signed
+        if head is None or (head.round, head.run_id) != (round, run_id) or (
+                self.ledger.head() != (head.head_seq, head.head_hash)):
+            head = self.ledger.sign_head(self._key(), site=self.site, round=round, run_id=run_id,
+                                         secure_mode=self.settings.secure_mode,
+                                         epsilon_budget=self.settings.epsilon_budget)
+            write_signed_head(self.state_dir, head)  # beside the ledger: a later, shorter ledger is refused
+            self._signed = head
         return {"ledger-head-seq": head.head_seq, "ledger-head-hash": head.head_hash,
                 "ledger-head-signature": head.signature, "site-public-key": head.public_key}

@@ -52,8 +52,8 @@ def arrays_digest(arrays: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def create_private_file(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 if it does not exist yet; never open an existing one.
+def create_private_file(path: Path) -> bool:
+    """Create ``path`` empty with mode 0600 if it does not exist yet; never open an existing one. True: created.
 
     Closing any descriptor of a file drops every POSIX lock this process holds on it, SQLite's included (its
     other connections in other threads): opening and closing an existing ledger made concurrent writers
@@ -62,5 +62,6 @@ def create_private_file(path: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return
+        return False
     os.close(fd)
+    return True

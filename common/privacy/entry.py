@@ -37,11 +37,12 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from common.privacy.accountant import ACCOUNTANTS
+from common.privacy.accountant import ACCOUNTANTS, Mechanism
 
 __all__ = [
     "EVENTS",
@@ -55,6 +56,7 @@ __all__ = [
     "canonical_json",
     "copies_statement",
     "entry_hash",
+    "mechanism_history_of",
     "statement_copies",
     "statement_mode",
 ]
@@ -203,3 +205,23 @@ def canonical_json(entry: LedgerEntry) -> str:
 def entry_hash(entry: LedgerEntry) -> str:
     """sha256 hex digest of :func:`canonical_json` (UTF-8; ASCII by construction)."""
     return hashlib.sha256(canonical_json(entry).encode("utf-8")).hexdigest()
+
+
+def mechanism_history_of(entries: Sequence[LedgerEntry], *, site: str, dataset_id: str = "",
+                         where: str = "ledger") -> list[Mechanism]:
+    """``[(σ, q, steps), ...]`` of ``site``'s reserve rows among ``entries`` (see :meth:`Ledger.mechanism_history`).
+
+    Raises
+    ------
+    ValueError
+        If the site released without DP (``mode=none``): its ε is ∞, which no history can express.
+    """
+    history: list[Mechanism] = []
+    for row in entries:
+        if row.event != "reserve" or row.site != site or (dataset_id and row.dataset_id != dataset_id):
+            continue
+        if statement_mode(row.reason) == NO_DP:
+            raise ValueError(f"{where}: site {site!r} released without DP in round {row.round} (seq {row.seq}): "
+                             "its ε is infinite, no mechanism history expresses it")
+        history.append((float(row.noise_multiplier), float(row.sample_rate), int(row.steps)))
+    return history

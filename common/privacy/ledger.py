@@ -10,7 +10,12 @@ Guarantees
 * Atomic appends: one ``BEGIN IMMEDIATE`` transaction reads the chain head and inserts the row (a server's
   whole round, rows and heads: :meth:`Ledger.append_round`); concurrent writers wait up to ``BUSY_TIMEOUT_S``
   for the lock. :meth:`Ledger.append_decided` reads the whole ledger and appends what a decision over it
-  returns in that same transaction: a site's budget check and its reservation are one step.
+  returns in that same transaction: a site's budget check and its reservation are one step;
+  :meth:`Ledger.append_signed` appends a row and signs the head it becomes in one (one commit, not two).
+* Durable: SQLite's defaults, rollback journal and ``synchronous=FULL`` (nothing here lowers them): a COMMIT returns
+  once the journal and the file are synced; a reservation committed before a release is on disk, whatever follows.
+* Schema: checked once per process per file (another inode is another file), and inside every write
+  transaction against the schema cookie (:mod:`common.privacy.ledger_schema`).
 * Private: the file is created, and kept, mode 0600 (a site's ledger in a simulation too).
 * Hash chain: row ``seq`` stores ``prev_hash`` = hash of row ``seq-1`` (``GENESIS_HASH`` for
   the first) and ``hash`` = sha256 over the canonical JSON of all its other fields (see
@@ -22,7 +27,7 @@ Guarantees
   second table, ``heads`` (append-only, with a hash chain of its own); the server records
   the heads sites send it in the same table of its ledger file (:meth:`Ledger.append_head`).
   ``fedfusion audit`` (``server/audit.py``) checks a ledger against those heads.
-* A file written before the ``heads`` table gains an empty one when first opened for writing.
+* A file written before the ``heads`` table gains an empty one when first opened for writing;
   ``Ledger(path, read_only=True)`` (the audit) never writes.
 
 Accounting from the ledger (:meth:`Ledger.mechanism_history`, :meth:`Ledger.spent`) refuses
@@ -34,7 +39,6 @@ the δ passed).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import sqlite3
 import urllib.parse
@@ -44,86 +48,20 @@ from typing import Any
 
 from common.privacy.accountant import Mechanism, epsilon_from_history
 from common.privacy.chain import chain_append, chain_problems, row_where
-from common.privacy.entry import GENESIS_HASH, NO_DP, LedgerEntry, entry_hash, statement_mode
+from common.privacy.entry import (GENESIS_HASH, NO_DP, LedgerEntry, entry_hash, mechanism_history_of,
+                                  statement_mode)
+from common.privacy.ledger_schema import (FIELDS, HEAD_FIELDS, INSERT, INSERT_HEAD, LEDGER_KIND, SCHEMA_VERSION,
+                                          SELECT, SELECT_HEADS, LedgerIntegrityError, ensure_schema, file_identity,
+                                          meta_problems, read_schema, recheck_schema, remember_schema, schema_cookie,
+                                          schema_known)
 from common.privacy.signing import HeadRecord, SignedHead, head_record_hash
 from common.storage import create_private_file
 
 __all__ = ["BUSY_TIMEOUT_S", "LEDGER_KIND", "SCHEMA_VERSION", "HeadRecord", "Ledger", "LedgerEntry",
            "LedgerIntegrityError", "mechanism_history_of"]
 
-LEDGER_KIND = "fedfusion-privacy-ledger"  # meta.kind: refuses to treat another SQLite file as a ledger
-SCHEMA_VERSION = "1"  # meta.schema_version: bump on any change of columns or hashing
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another writer's lock
-
-FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(LedgerEntry))
-_SQL_TYPE = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int | None": "INTEGER",
-             "float | None": "REAL"}
-_COLUMNS = ",\n  ".join(
-    '"seq" INTEGER PRIMARY KEY' if f.name == "seq" else f'"{f.name}" {_SQL_TYPE[f.type]}'
-    for f in dataclasses.fields(LedgerEntry)
-)
-_SCHEMA: tuple[str, ...] = (  # one statement each: executescript() would COMMIT our open transaction
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    f"CREATE TABLE IF NOT EXISTS entries (\n  {_COLUMNS}\n)",
-    "CREATE INDEX IF NOT EXISTS entries_by_site ON entries (site, seq)",
-    "CREATE TRIGGER IF NOT EXISTS entries_no_update BEFORE UPDATE ON entries "
-    "BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only: UPDATE refused'); END",
-    "CREATE TRIGGER IF NOT EXISTS entries_no_delete BEFORE DELETE ON entries "
-    "BEGIN SELECT RAISE(ABORT, 'privacy ledger is append-only: DELETE refused'); END",
-)
-HEAD_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(HeadRecord))
-_HEAD_SQL = {"str": "TEXT NOT NULL", "int": "INTEGER NOT NULL", "int | None": "INTEGER",
-             "bool | None": "INTEGER", "float | None": "REAL"}
-_HEADS_SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE IF NOT EXISTS heads (\n  " + ",\n  ".join(
-        '"seq" INTEGER PRIMARY KEY' if f.name == "seq" else f'"{f.name}" {_HEAD_SQL[f.type]}'
-        for f in dataclasses.fields(HeadRecord)) + "\n)",
-    "CREATE TRIGGER IF NOT EXISTS heads_no_update BEFORE UPDATE ON heads "
-    "BEGIN SELECT RAISE(ABORT, 'privacy ledger heads are append-only: UPDATE refused'); END",
-    "CREATE TRIGGER IF NOT EXISTS heads_no_delete BEFORE DELETE ON heads "
-    "BEGIN SELECT RAISE(ABORT, 'privacy ledger heads are append-only: DELETE refused'); END",
-)
-_SELECT_HEADS = f"SELECT {', '.join(chr(34) + n + chr(34) for n in HEAD_FIELDS)} FROM heads"
-_INSERT_HEAD = (f"INSERT INTO heads ({', '.join(chr(34) + n + chr(34) for n in HEAD_FIELDS)}) "
-                f"VALUES ({', '.join('?' for _ in HEAD_FIELDS)})")
-_SELECT = f"SELECT {', '.join(chr(34) + n + chr(34) for n in FIELDS)} FROM entries"
-_INSERT = (f"INSERT INTO entries ({', '.join(chr(34) + n + chr(34) for n in FIELDS)}) "
-           f"VALUES ({', '.join('?' for _ in FIELDS)})")
-
-
-def mechanism_history_of(entries: Sequence[LedgerEntry], *, site: str, dataset_id: str = "",
-                         where: str = "ledger") -> list[Mechanism]:
-    """``[(σ, q, steps), ...]`` of ``site``'s reserve rows among ``entries`` (see :meth:`Ledger.mechanism_history`).
-
-    Raises
-    ------
-    ValueError
-        If the site released without DP (``mode=none``): its ε is ∞, which no history can express.
-    """
-    history: list[Mechanism] = []
-    for row in entries:
-        if row.event != "reserve" or row.site != site or (dataset_id and row.dataset_id != dataset_id):
-            continue
-        if statement_mode(row.reason) == NO_DP:
-            raise ValueError(f"{where}: site {site!r} released without DP in round {row.round} (seq {row.seq}): "
-                             "its ε is infinite, no mechanism history expresses it")
-        history.append((float(row.noise_multiplier), float(row.sample_rate), int(row.steps)))
-    return history
-
-
-class LedgerIntegrityError(ValueError):
-    """The ledger file fails verification (or is not a ledger); ``problems`` lists why."""
-
-    def __init__(self, message: str, *, problems: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.problems = list(problems)
-
-
-def _meta_problems(meta: dict[str, str]) -> list[str]:
-    if (meta.get("kind"), meta.get("schema_version")) == (LEDGER_KIND, SCHEMA_VERSION):
-        return []
-    return [f"meta: kind={meta.get('kind')!r}, schema_version={meta.get('schema_version')!r}; expected "
-            f"{LEDGER_KIND!r}, {SCHEMA_VERSION!r} (not a fedfusion ledger, or another schema version)"]
+_HEAD_CHAIN: dict[str, Any] = dict(record=HeadRecord, hasher=head_record_hash, what="head record", prefix="heads ")
 
 
 class Ledger:
@@ -139,27 +77,30 @@ class Ledger:
     """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
-        self.path = Path(path)
-        self.read_only = read_only
+        self.path, self.read_only, self._identity = Path(path), read_only, None
         if read_only:
             if not self.path.is_file():
                 raise LedgerIntegrityError(f"{self.path}: no such ledger file")
-            meta = self._snapshot()[0]
-            if _meta_problems(meta):
-                raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
+            if meta_problems(meta := self._snapshot()[0]):
+                raise LedgerIntegrityError(f"{self.path}: {meta_problems(meta)[0]}")
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        create_private_file(self.path)
+        created = create_private_file(self.path)
         os.chmod(self.path, 0o600)  # and kept private (a file an older version wrote 0644); chmod takes no lock
-        with self._transaction() as conn:
-            for statement in (*_SCHEMA, *_HEADS_SCHEMA):  # idempotent
-                conn.execute(statement)
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-            if not meta:
-                conn.executemany("INSERT INTO meta (key, value) VALUES (?, ?)",
-                                 [("kind", LEDGER_KIND), ("schema_version", SCHEMA_VERSION)])
-            elif _meta_problems(meta):
-                raise LedgerIntegrityError(f"{self.path}: {_meta_problems(meta)[0]}")
+        self._identity = file_identity(self.path)  # every write refuses another file at this path
+        if created or schema_known(self._identity) is None or not self.path.stat().st_size:  # see ledger_schema
+            self._check_schema(self._identity)
+
+    def _check_schema(self, identity: tuple[str, int, int]) -> None:
+        """Read what the file lacks; only a file that lacks something gets a write transaction that creates it."""
+        with self._transaction("DEFERRED") as conn:
+            cookie, missing, meta = read_schema(conn)
+        if meta and meta_problems(meta):
+            raise LedgerIntegrityError(f"{self.path}: {meta_problems(meta)[0]}")
+        if missing or not meta:
+            with self._transaction("IMMEDIATE") as conn:
+                cookie = ensure_schema(conn, self.path)
+        remember_schema(self.path, identity, cookie)
 
     # ------------------------------------------------------------ connection
     @contextlib.contextmanager
@@ -186,17 +127,44 @@ class Ledger:
                 raise
             conn.execute("COMMIT")
 
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction that first checks, inside itself, the file, its schema and meta (module ledger_schema).
+
+        Raises
+        ------
+        LedgerIntegrityError
+            If the file's meta names another kind of file or schema version, or the file at this path is not
+            the one opened (deleted or replaced since): nothing is written.
+        """
+        with self._transaction("IMMEDIATE") as conn:
+            if self.read_only:  # opened mode=ro: SQLite itself refuses the write
+                yield conn
+                return
+            identity = file_identity(self.path)
+            if identity != self._identity:
+                raise LedgerIntegrityError(f"{self.path}: this is not the file this ledger opened (it was deleted or "
+                                           "replaced since: another inode); nothing is written to it. Open the "
+                                           "ledger again, so that the file is checked first")
+            cookie = schema_cookie(conn)
+            if schema_known(identity) != cookie:
+                cookie = recheck_schema(conn, self.path)
+            elif problems := meta_problems(dict(conn.execute("SELECT key, value FROM meta").fetchall())):
+                raise LedgerIntegrityError(f"{self.path}: {problems[0]}", problems=problems)
+            yield conn
+        remember_schema(self.path, identity, cookie)
+
     def _rows(self, conn: sqlite3.Connection, site: str | None = None) -> list[dict[str, Any]]:
-        sql, args = (_SELECT + " ORDER BY seq", ()) if site is None else (
-            _SELECT + " WHERE site = ? ORDER BY seq", (site,))
+        sql, args = (SELECT + " ORDER BY seq", ()) if site is None else (
+            SELECT + " WHERE site = ? ORDER BY seq", (site,))
         return [dict(zip(FIELDS, r)) for r in conn.execute(sql, args).fetchall()]
 
-    def _snapshot(self) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """Meta and all rows, read in one transaction (a consistent snapshot)."""
+    def _snapshot(self, *, heads: bool = False) -> tuple[dict[str, str], list[dict[str, Any]], list[dict[str, Any]]]:
+        """Meta, all rows and (``heads``) all heads rows, read in one transaction (a consistent snapshot)."""
         with self._transaction("DEFERRED") as conn:
             has_meta = conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall()) if has_meta else {}
-            return meta, (self._rows(conn) if has_meta else [])
+            return meta, (self._rows(conn) if has_meta else []), (self._head_rows(conn) if heads else [])
 
     # ----------------------------------------------------------------- write
     def append(self, entry: LedgerEntry) -> LedgerEntry:
@@ -207,11 +175,32 @@ class Ledger:
         ValueError
             If the entry already carries chain fields (they are assigned here, never by the caller).
         """
+        self._refuse_chained(entry, "append()")
+        with self._write() as conn:
+            return chain_append(conn, "entries", entry, entry_hash, INSERT, FIELDS)
+
+    def append_signed(self, entry: LedgerEntry, key: Any, *, secure_mode: bool | None = None,
+                      epsilon_budget: float | None = None) -> tuple[LedgerEntry, HeadRecord]:
+        """Append ``entry`` and sign the head it becomes (for its site, round and run), in ONE write transaction:
+        the row and its signed head are committed together or not at all (one commit, not two).
+
+        Returns the row as stored and the heads row (see :meth:`sign_head`).
+
+        Raises
+        ------
+        ValueError
+            If the entry already carries chain fields.
+        """
+        self._refuse_chained(entry, "append_signed()")
+        with self._write() as conn:
+            row = chain_append(conn, "entries", entry, entry_hash, INSERT, FIELDS)
+            return row, self._sign_newest(conn, key, site=entry.site, round=entry.round, run_id=entry.run_id,
+                                          secure_mode=secure_mode, epsilon_budget=epsilon_budget)
+
+    def _refuse_chained(self, entry: LedgerEntry, what: str) -> None:
         if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
-            raise ValueError(f"{self.path}: append() assigns seq/ts/prev_hash/hash; got an entry that already has "
+            raise ValueError(f"{self.path}: {what} assigns seq/ts/prev_hash/hash; got an entry that already has "
                              f"seq={entry.seq!r}, ts={entry.ts!r} (site={entry.site!r}, round={entry.round})")
-        with self._transaction("IMMEDIATE") as conn:
-            return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
 
     def append_decided(self, decide: Callable[[list[LedgerEntry]], LedgerEntry]) -> LedgerEntry:
         """Append ``decide(rows)`` where ``rows`` is the verified ledger, in ONE write transaction.
@@ -224,10 +213,10 @@ class Ledger:
         LedgerIntegrityError
             If the ledger fails verification (nothing is appended).
         """
-        with self._transaction("IMMEDIATE") as conn:
+        with self._write() as conn:
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             rows = self._rows(conn)
-            problems = _meta_problems(meta) + chain_problems(rows)
+            problems = meta_problems(meta) + chain_problems(rows)
             if problems:
                 raise LedgerIntegrityError(
                     f"{self.path}: refusing to decide from a ledger that fails verification "
@@ -235,15 +224,15 @@ class Ledger:
             entry = decide([LedgerEntry(**r) for r in rows])
             if entry.seq is not None or entry.ts or entry.prev_hash or entry.hash:
                 raise ValueError(f"{self.path}: append_decided() assigns seq/ts/prev_hash/hash")
-            return chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+            return chain_append(conn, "entries", entry, entry_hash, INSERT, FIELDS)
 
     def append_round(self, entries: Sequence[LedgerEntry], heads: Sequence[HeadRecord] = ()) -> None:
         """Append ``entries``, then ``heads``, in ONE write transaction: a round is recorded whole or not at all."""
-        with self._transaction("IMMEDIATE") as conn:
+        with self._write() as conn:
             for entry in entries:
                 if entry.seq is not None or entry.hash:
                     raise ValueError(f"{self.path}: append_round() assigns seq/ts/prev_hash/hash (site={entry.site!r})")
-                chain_append(conn, "entries", entry, entry_hash, _INSERT, FIELDS)
+                chain_append(conn, "entries", entry, entry_hash, INSERT, FIELDS)
             for record in heads:
                 self._append_head(conn, record)
 
@@ -277,8 +266,17 @@ class Ledger:
 
         Each problem names the row's seq, site and round.
         """
-        meta, rows = self._snapshot()
-        return _meta_problems(meta) + chain_problems(rows)
+        meta, rows, _ = self._snapshot()
+        return meta_problems(meta) + chain_problems(rows)
+
+    def verified(self) -> tuple[list[str], list[str], list[LedgerEntry], list[HeadRecord]]:
+        """From ONE snapshot: the problems of :meth:`verify` and of :meth:`verify_heads`, and when there are none,
+        every row and every heads row (what a site checks before each round, in one read)."""
+        meta, rows, heads = self._snapshot(heads=True)
+        problems, head_problems = meta_problems(meta) + chain_problems(rows), chain_problems(heads, **_HEAD_CHAIN)
+        if problems or head_problems:
+            return problems, head_problems, [], []
+        return [], [], [LedgerEntry(**r) for r in rows], [HeadRecord(**h) for h in heads]
 
     # ------------------------------------------------------------ accounting
     def mechanism_history(self, *, site: str, dataset_id: str = "") -> list[Mechanism]:
@@ -298,8 +296,8 @@ class Ledger:
         ValueError
             If the site released without DP (its ε is ∞).
         """
-        meta, rows = self._snapshot()  # verify and account from the same snapshot
-        problems = _meta_problems(meta) + chain_problems(rows)
+        meta, rows, _ = self._snapshot()  # verify and account from the same snapshot
+        problems = meta_problems(meta) + chain_problems(rows)
         if problems:
             raise LedgerIntegrityError(
                 f"{self.path}: refusing to account from a ledger that fails verification "
@@ -329,18 +327,18 @@ class Ledger:
     def _head_rows(self, conn: sqlite3.Connection, site: str | None = None) -> list[dict[str, Any]]:
         if not conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='heads'").fetchone():
             return []  # a file written before signed heads, opened read-only
-        sql, args = (_SELECT_HEADS + " ORDER BY seq", ()) if site is None else (
-            _SELECT_HEADS + " WHERE site = ? ORDER BY seq", (site,))
+        sql, args = (SELECT_HEADS + " ORDER BY seq", ()) if site is None else (
+            SELECT_HEADS + " WHERE site = ? ORDER BY seq", (site,))
         return [dict(zip(HEAD_FIELDS, r)) for r in conn.execute(sql, args).fetchall()]
 
     def _append_head(self, conn: sqlite3.Connection, record: HeadRecord) -> HeadRecord:
         if record.seq is not None or record.ts or record.prev_hash or record.hash:
             raise ValueError(f"{self.path}: append_head() assigns seq/ts/prev_hash/hash (site={record.site!r})")
-        return chain_append(conn, "heads", record, head_record_hash, _INSERT_HEAD, HEAD_FIELDS)
+        return chain_append(conn, "heads", record, head_record_hash, INSERT_HEAD, HEAD_FIELDS)
 
     def append_head(self, record: HeadRecord) -> HeadRecord:
         """Append a signed head (e.g. one a site sent the server) to the ``heads`` table, atomically."""
-        with self._transaction("IMMEDIATE") as conn:
+        with self._write() as conn:
             return self._append_head(conn, record)
 
     def sign_head(self, key: Any, *, site: str, round: int, run_id: str = "", secure_mode: bool | None = None,
@@ -350,14 +348,20 @@ class Ledger:
         Returns the heads row: its ``head_seq``/``head_hash``/``public_key``/``signature`` are
         what the site sends the server.
         """
-        with self._transaction("IMMEDIATE") as conn:
-            last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
-            head_seq, head_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
-            signed = SignedHead.sign(key, kind="site-ledger", site=site, seq=head_seq, head_hash=head_hash)
-            return self._append_head(conn, HeadRecord(
-                kind=signed.kind, site=site, round=round, run_id=run_id, head_seq=head_seq, head_hash=head_hash,
-                public_key=signed.public_key, signature=signed.signature, secure_mode=secure_mode,
-                epsilon_budget=epsilon_budget))
+        with self._write() as conn:
+            return self._sign_newest(conn, key, site=site, round=round, run_id=run_id, secure_mode=secure_mode,
+                                     epsilon_budget=epsilon_budget)
+
+    def _sign_newest(self, conn: sqlite3.Connection, key: Any, *, site: str, round: int, run_id: str,
+                     secure_mode: bool | None, epsilon_budget: float | None) -> HeadRecord:
+        """Sign the newest row as the caller's write transaction sees it and append that head to ``heads``."""
+        last = conn.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        head_seq, head_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS_HASH)
+        signed = SignedHead.sign(key, kind="site-ledger", site=site, seq=head_seq, head_hash=head_hash)
+        return self._append_head(conn, HeadRecord(
+            kind=signed.kind, site=site, round=round, run_id=run_id, head_seq=head_seq, head_hash=head_hash,
+            public_key=signed.public_key, signature=signed.signature, secure_mode=secure_mode,
+            epsilon_budget=epsilon_budget))
 
     def sign_state(self, key: Any, *, signer: str = "server") -> tuple[SignedHead, SignedHead]:
         """Signed heads of the ``entries`` chain and of the ``heads`` chain, read in one snapshot.
@@ -393,5 +397,4 @@ class Ledger:
         """Problems of the ``heads`` table's own hash chain (not of the signatures: see the audit)."""
         with self._transaction("DEFERRED") as conn:
             rows = self._head_rows(conn)
-        return chain_problems(rows, record=HeadRecord, hasher=head_record_hash, what="head record",
-                               prefix="heads ")
+        return chain_problems(rows, **_HEAD_CHAIN)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import threading
@@ -115,6 +116,11 @@ def write_signed_head(state_dir: Path, head: HeadRecord) -> None:
          "public-key": head.public_key}, indent=1, sort_keys=True))
 
 
+#: a site checks every head of its ledger before every round; a signature's check is a pure function of the key,
+#: the signature and the head, so each one is verified once per process (0.4 ms of ECDSA P-384 a head, per message)
+_verified_head = functools.lru_cache(maxsize=4096)(verify_head)
+
+
 def _refuse(state_dir: Path, problem: str) -> LedgerIntegrityError:
     return LedgerIntegrityError(
         f"{state_dir / LEDGER_FILE}: {problem}. This site refuses to train: an account from this ledger could "
@@ -146,19 +152,17 @@ def check_site_ledger(state_dir: Path, *, site: str) -> None:
     evidence = history_evidence(state_dir)
     rows: dict[int, str] = {}
     if path.is_file():
-        ledger = Ledger(path, read_only=True)
-        problems = ledger.verify()
+        problems, head_problems, entries, heads = Ledger(path, read_only=True).verified()  # one snapshot
         if problems:
             raise _refuse(state_dir, f"its hash chain does not verify ({len(problems)} problem(s); first: "
                                      f"{problems[0]})")
-        rows = {e.seq: e.hash for e in ledger.entries() if e.seq is not None}
-        head_problems = ledger.verify_heads()
         if head_problems:
             raise _refuse(state_dir, f"its heads table does not verify: {head_problems[0]}")
-        for head in ledger.heads(site=site):
+        rows = {e.seq: e.hash for e in entries if e.seq is not None}
+        for head in (h for h in heads if h.site == site):
             problem = _head_mismatch(rows, head.head_seq, head.head_hash, f"its signed head of round {head.round}")
-            if not problem and not verify_head(head.public_key, head.signature, kind=head.kind, site=site,
-                                               seq=head.head_seq, head_hash=head.head_hash):
+            if not problem and not _verified_head(head.public_key, head.signature, kind=head.kind, site=site,
+                                                  seq=head.head_seq, head_hash=head.head_hash):
                 problem = f"the signature of its head of round {head.round} (row {head.head_seq}) does not verify"
             if problem:
                 raise _refuse(state_dir, problem)

@@ -142,3 +142,25 @@ def test_one_holder_at_a_time_holds_a_sites_ledger(tmp_path):
     assert other.returncode == 3, other
     with site_lock(tmp_path / "s", timeout=0.2):  # released when the first block ends
         pass
+
+
+def test_a_head_whose_signature_does_not_verify_refuses_to_train_after_good_ones_were_checked(state):
+    """The guard remembers signatures it verified (per process): a rewritten one is a new check, and fails."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from common.privacy.signing import head_record_hash, sign_head
+
+    _privacy(state)  # both heads verified (and remembered) in this process
+    last = Ledger(state / "ledger.sqlite", read_only=True).heads()[-1]
+    forged = sign_head(ec.generate_private_key(ec.SECP384R1()), kind=last.kind, site=last.site, seq=last.head_seq,
+                       head_hash=last.head_hash)  # another key's signature, under the site's public key
+    rehashed = head_record_hash(dataclasses.replace(last, signature=forged, hash=""))  # the heads chain still holds
+    conn = sqlite3.connect(str(state / "ledger.sqlite"), isolation_level=None)
+    conn.execute("DROP TRIGGER heads_no_update")
+    conn.execute("UPDATE heads SET signature = ?, hash = ? WHERE seq = ?", (forged, rehashed, last.seq))
+    conn.close()
+    assert Ledger(state / "ledger.sqlite", read_only=True).verify_heads() == []
+    with pytest.raises(LedgerIntegrityError, match="signature of its head of round 2 .row 4. does not verify"):
+        _privacy(state)
