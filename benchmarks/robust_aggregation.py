@@ -57,11 +57,13 @@ class _Grid:
 
 
 def _poison(attack: str, msg: Message, reply: Message) -> Message:
+    from common.packing import pack_branches, unpack_reply
+
     if attack in ("scale", "scale-unbounded", "both") and "arrays" in reply.content.array_records:
-        sent, got = msg.content.array_records["arrays"], reply.content.array_records["arrays"]
-        reply.content.array_records["arrays"] = ArrayRecord({
-            k: Array((sent[k].numpy() + np.float32(1e6) * (v.numpy() - sent[k].numpy())).astype(np.float32))
-            for k, v in got.items()})
+        sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+        got = unpack_reply({k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}, sent)
+        poisoned = {k: (sent[k] + np.float32(1e6) * (v - sent[k])).astype(np.float32) for k, v in got.items()}
+        reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_branches(poisoned).items()})
     if attack in ("claim", "both") and "metrics" in reply.content.metric_records:
         reply.content.metric_records["metrics"]["num-examples"] = 1e12
     return reply

@@ -23,7 +23,8 @@ import numpy as np
 
 from common.models.params import BRANCHES, branch_of
 
-__all__ = ["REPLY_LAYOUTS", "branch_layout", "pack_branches", "per_tensor", "reply_arrays", "unpack_branch"]
+__all__ = ["REPLY_LAYOUTS", "branch_layout", "pack_branches", "per_tensor", "reply_arrays", "unpack_branch",
+           "unpack_reply"]
 
 
 def branch_layout(branch: str, shapes: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
@@ -69,6 +70,15 @@ def unpack_branch(branch: str, flat: np.ndarray, shapes: Mapping[str, Any]) -> d
     for (name, shape), size in zip(layout, sizes):
         out[name] = flat[start:start + size].reshape(shape)
         start += size
+    return out
+
+
+def unpack_reply(arrays: Mapping[str, np.ndarray], shapes: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """A reply's arrays in either layout as ``{tensor name: array}``: packed branches split (:func:`unpack_branch`)
+    with the global ``shapes``, per-tensor arrays as they are."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        out.update(unpack_branch(key, value, shapes) if key in BRANCHES else {key: value})
     return out
 
 

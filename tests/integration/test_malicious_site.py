@@ -39,8 +39,7 @@ from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
 from client.app import evaluate, train
-from common.models.params import BRANCHES
-from common.packing import pack_branches, unpack_branch
+from common.packing import pack_branches, unpack_reply
 
 
 def poison(msg, context, call_next):
@@ -49,9 +48,7 @@ def poison(msg, context, call_next):
             or reply.has_error() or "arrays" not in reply.content.array_records):
         return reply
     sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
-    got = {}  # the site's update, each packed branch split again (common/packing.py)
-    for k, a in reply.content.array_records["arrays"].items():
-        got.update(unpack_branch(k, a.numpy(), sent) if k in BRANCHES else {k: a.numpy()})
+    got = unpack_reply({k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}, sent)
     poisoned = {k: (sent[k] + np.float32(1e6) * (v - sent[k])).astype(np.float32) for k, v in got.items()}
     reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_branches(poisoned).items()})
     reply.content.metric_records["metrics"]["num-examples"] = 1e12
