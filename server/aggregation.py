@@ -9,7 +9,8 @@ How a branch's holders are combined is the run setting ``aggregator`` (:data:`AG
 functions Flower's strategies of the same name use (``flwr.serverapp.strategy``), on the branch's tensors only:
 
 * ``weighted-mean``: ``strategy_utils.aggregate_arrayrecords`` (FedAvg), weighted by the weight the server gave
-  each update (a site's registered max-records, or 1);
+  each update (a site's registered max-records, or 1); for float32 tensors its exact arithmetic, run on a few flat
+  segments per update instead of tensor by tensor (``server/flat_arrays.py``: bit-identical, tested);
 * ``trimmed-mean``: ``fedtrimmedavg.trim_mean`` (FedTrimmedAvg), cutting ``f`` values per coordinate on each
   side (cut fraction ``(f + 1/4) / n``, so that Flower's ``int(cut * n)`` is ``f``); needs ``n >= 2f + 1``;
 * ``median``: ``np.median(np.stack(layers), axis=0)``, FedMedian's own expression (Flower has no function for it);
@@ -37,6 +38,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import ConfigError
 from common.models.params import branch_of
+from server.flat_arrays import weighted_mean
 
 __all__ = ["AGGREGATORS", "Merge", "Update", "check_aggregation", "merge", "merge_weighted", "minimum_holders"]
 
@@ -97,6 +99,9 @@ def _held(group: Group, weights: Sequence[float]) -> list[_HeldRecord]:
 
 
 def _weighted_mean(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    shapes = {k: v.shape for k, v in group[0].items()}
+    if all(v.dtype == np.float32 and v.shape == shapes[k] for g in group for k, v in g.items()):
+        return weighted_mean(group, weights, shapes), list(range(len(group)))
     record = aggregate_arrayrecords(_held(group, weights), _WEIGHT)  # type: ignore[arg-type] - duck-typed records
     return {k: v.numpy() for k, v in record.items()}, list(range(len(group)))
 
