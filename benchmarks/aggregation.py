@@ -7,9 +7,10 @@
    aggregated by: a plain numpy sum over the same arrays (float32, in place: the memory-bandwidth floor); reading
    every reply's arrays (Flower's ``Array.numpy()``, and the zero-copy ``npy_view`` our strategy uses);
    ``server.aggregation.merge_weighted`` alone (the per-branch weighted mean by Flower's
-   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read as the strategy reads them
-   (``server.array_io.npy_view``, finiteness by ``all_finite``) and merged (the privacy-record checks of
-   ``server/replies.py`` are not timed: they cost the same whatever the model size); Flower's own
+   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read and checked by the
+   strategy's own code (``server.replies``: dtypes, shapes, whole branches, finiteness, the update norm against the
+   default ``max-update-norm``) and merged (the privacy-record checks, the signature and the digest are not timed
+   here: they cost the same whatever the aggregation; ``aggregate_train.py`` times them); Flower's own
    ``FedAvg.aggregate_train`` on the same messages. Median of ``--repeats``; GB/s = bytes of the replies' arrays / time.
 2. **Memory growth**: the peak memory that ``aggregate_train`` allocates on top of the reply messages (which
    Flower holds anyway), for growing numbers of replies (tracemalloc, which sees numpy's buffers).
@@ -34,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from common.models.params import branch_of
 from common.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PRIVACY
 from server.aggregation import Update, merge_weighted
 
@@ -43,6 +45,7 @@ except ImportError:
     npy_view = all_finite = None
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_UPDATE_NORM = 100.0  # pyproject.toml's default max-update-norm: the strategy checks every update's norm
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -97,20 +100,24 @@ def ours_merge(global_arrays, replies, weights):
     return merge_weighted(global_arrays, [Update(f"s{i}", r, w) for i, (r, w) in enumerate(zip(replies, weights))])
 
 
-def strategy_ours(global_arrays: dict[str, np.ndarray]) -> Callable[[list[Message]], object]:
-    """What ModalityFedAvg does with the arrays of accepted replies: read (zero-copy), finiteness, per-branch merge."""
+def strategy_ours(global_arrays: dict[str, np.ndarray], weights: list[float],
+                  max_update_norm: float = MAX_UPDATE_NORM) -> Callable[[list[Message]], object]:
+    """What ModalityFedAvg does with the arrays of each reply, by its own code: ``server.replies``' array checks
+    (records read, dtypes, shapes, whole branches, finiteness, the update norm against the default
+    ``max-update-norm``), one round's rules, and the per-branch merge. Not timed: the privacy record, the signature
+    and the digest (``aggregate_train.py`` times the whole)."""
+    from server import replies
+    from server.identity import RegisteredSite, SiteRegistry
 
-    def read(array: Array) -> np.ndarray:
-        view = npy_view(array.data, dtype=array.dtype, shape=array.shape) if npy_view else None
-        return array.numpy() if view is None else view
+    site = RegisteredSite("site", tuple(sorted({branch_of(k) for k in global_arrays} - {"head"})), None)
+    registry = SiteRegistry((site,), source="benchmark")
+    content = getattr(replies, "_Content", None)  # the records read once (issue 15); before it, the message
 
     def aggregate(msgs: list[Message]) -> object:
-        updates = []
-        for i, msg in enumerate(msgs):
-            arrays = {k: read(v) for k, v in msg.content.array_records[ARRAYS].items()}
-            if all_finite and not all(all_finite(v) for v in arrays.values()):
-                continue
-            updates.append(Update(f"s{i}", arrays, float(msg.content.metric_records[METRICS][NUM_EXAMPLES])))
+        rules = replies.ReplyRules(registry=registry, global_arrays=global_arrays, max_update_norm=max_update_norm,
+                                   weighting="max-records", batch_size=32, local_epochs=1)
+        updates = [Update(f"s{i:04d}", replies._arrays(content.of(m) if content else m, site, rules), w)
+                   for i, (m, w) in enumerate(zip(msgs, weights, strict=True))]
         return merge_weighted(global_arrays, updates)
 
     return aggregate
@@ -155,7 +162,7 @@ def throughput(label: str, kind: str, n: int, repeats: int) -> None:
     weights = [float(50 + i % 200) for i in range(n)]
     gb = n * values * 4 / 1e9
     msgs = reply_messages(global_arrays, replies)
-    ours, flower = strategy_ours(global_arrays), strategy_flower()
+    ours, flower = strategy_ours(global_arrays, weights), strategy_flower()
     records = [m.content.array_records[ARRAYS] for m in msgs]
     rows = [("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
             ("read: Array.numpy()", lambda: [{k: v.numpy() for k, v in r.items()} for r in records]),
@@ -180,7 +187,7 @@ def memory_growth(kind: str, counts: list[int]) -> None:
     print(f"  {'replies':>8s} {'messages MB':>12s} {'ours +MB':>9s} {'Flower +MB':>11s}")
     for n in counts:
         msgs = reply_messages(global_arrays, replies_for(global_arrays, n))
-        ours, flower = strategy_ours(global_arrays), strategy_flower()
+        ours, flower = strategy_ours(global_arrays, [1.0] * n), strategy_flower()
         print(f"  {n:>8d} {n * mb:>12.1f} {added_peak(lambda: ours(msgs)):>9.1f} "
               f"{added_peak(lambda: flower(msgs)):>11.1f}", flush=True)
         del msgs

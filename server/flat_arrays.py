@@ -118,10 +118,9 @@ class ReplyLayout:
             keys_of.setdefault(branch, []).append(key)
         self.count = {b: len(k) for b, k in keys_of.items()}
         self.float32 = all(e.dtype == np.float32 for e in self.expected.values())
-        kept = keys_of if self.float32 else {}  # other dtypes: the exact checks only
-        self.segments = {b: segments((k, math.prod(self.expected[k].shape)) for k in keys) for b, keys in kept.items()}
-        self._global = {b: [np.array(s.source(global_arrays, np.empty(s.size, np.float32)), copy=True)
-                            for s in self.segments[b]] for b in kept}
+        self._global = global_arrays
+        #: the branches a reply sent -> its tensors' segments (in the global order) and the global values of each
+        self._checks: dict[frozenset[str], list[tuple[Segment, np.ndarray]]] = {}
         self._scratch = np.empty(SEGMENT, np.float32)
         self._diff = np.empty(SEGMENT, np.float32)
 
@@ -142,21 +141,29 @@ class ReplyLayout:
             data = array.data  # type: ignore[attr-defined]
             if len(data) != e.size or not data.startswith(e.header):
                 return None
-            out[key] = np.frombuffer(data, e.dtype, offset=len(e.header)).reshape(e.shape)
+            out[key] = np.ndarray(e.shape, e.dtype, data, len(e.header))  # read-only: Flower's bytes
             sent[e.branch] = sent.get(e.branch, 0) + 1
         held = set(branches)
         if "head" not in sent or any(b not in held or n != self.count[b] for b, n in sent.items()):
             return None
         return out if self._within(out, sent, max_update_norm) else None
 
+    def _segments(self, branches: frozenset[str]) -> list[tuple[Segment, np.ndarray]]:
+        """Segments of the tensors of ``branches`` (global order), each with its global values: once a round."""
+        if branches not in self._checks:
+            keys = [k for k, e in self.expected.items() if e.branch in branches]
+            cut = segments((k, math.prod(self.expected[k].shape)) for k in keys)
+            self._checks[branches] = [(s, np.array(s.source(self._global, np.empty(s.size, np.float32)), copy=True))
+                                      for s in cut]
+        return self._checks[branches]
+
     def _within(self, arrays: Mapping[str, np.ndarray], branches: Iterable[str], max_update_norm: float) -> bool:
         """True only if the update is finite and its L2 norm certainly within ``max_update_norm`` (0: no bound)."""
         total = 0.0
         with np.errstate(over="ignore", invalid="ignore"):  # a non-finite total sends the reply to the exact checks
-            for branch in branches:
-                for segment, reference in zip(self.segments[branch], self._global[branch], strict=True):
-                    diff = np.subtract(segment.source(arrays, self._scratch), reference, out=self._diff[:segment.size])
-                    total += float(np.dot(diff, diff))
+            for segment, reference in self._segments(frozenset(branches)):
+                diff = np.subtract(segment.source(arrays, self._scratch), reference, out=self._diff[:segment.size])
+                total += float(np.dot(diff, diff))
         if not math.isfinite(total):  # a NaN or inf in the update (or float32 overflow: the exact check decides)
             return False
         return max_update_norm <= 0 or total <= max_update_norm**2 * (1 - MARGIN) - _TINY
