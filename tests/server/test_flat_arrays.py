@@ -203,3 +203,10 @@ def test_the_fast_path_takes_honest_replies_and_declines_a_norm_within_its_margi
     assert layout.read(items, SITE.branches, 1.0 / (1 - MARGIN / 2)) is None  # within the margin: exact check
     assert layout.read(items, SITE.branches, 1.0 / (1 - 2 * MARGIN)) is not None
     assert layout.read(items, ("tabular", "head"), 100.0) is None  # a branch the site does not hold
+
+
+def test_a_model_not_all_float32_leaves_every_reply_to_the_exact_checks():
+    glob = {"head.b": np.zeros(2, np.float64), "encoders.tabular.w": np.zeros(3, np.float32)}
+    layout = ReplyLayout(glob)
+    assert not layout.enabled
+    assert layout.read(_record(glob).items(), SITE.branches, 0.0) is None
