@@ -180,6 +180,33 @@ def throughput(label: str, kind: str, n: int, repeats: int) -> None:
         print(f"  {name:<24s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
 
 
+def breakdown(label: str, kind: str, n: int, repeats: int) -> None:
+    """Microseconds a reply for each step of ours, beside the floor (the fast path of ``server/flat_arrays.py``)."""
+    from server import replies
+    from server.flat_arrays import ReplyLayout
+
+    global_arrays = model_arrays(kind)
+    arrays = replies_for(global_arrays, n)
+    weights = [float(50 + i % 200) for i in range(n)]
+    msgs = reply_messages(global_arrays, arrays)
+    branches = frozenset(branch_of(k) for k in global_arrays)
+    layout = ReplyLayout(global_arrays)
+    items = [list(replies._Content.of(m).array_records[ARRAYS].items()) for m in msgs]
+    views = [layout.read(i, branches, MAX_UPDATE_NORM) for i in items]
+    updates = [Update(f"s{i:04d}", v, w) for i, (v, w) in enumerate(zip(views, weights, strict=True))]
+    per_reply = {"numpy sum (floor)": lambda: numpy_sum(global_arrays, arrays, weights),
+                 "records read once": lambda: [replies._Content.of(m) for m in msgs],
+                 "array checks (fast path)": lambda: [layout.read(i, branches, MAX_UPDATE_NORM) for i in items],
+                 "  of which finite + norm": lambda: [layout._within(v, branches, MAX_UPDATE_NORM) for v in views],
+                 "merge": lambda: merge_weighted(global_arrays, updates)}
+    print(f"\n{label}: microseconds a reply, {n} replies")
+    floor = None
+    for name, fn in per_reply.items():
+        t = min(timed(fn, 1) for _ in range(repeats)) / n * 1e6
+        floor = floor or t
+        print(f"  {name:<28s} {t:>9.1f} {t / floor:>6.2f}x", flush=True)
+
+
 def memory_growth(kind: str, counts: list[int]) -> None:
     global_arrays = model_arrays(kind)
     mb = sum(v.nbytes for v in global_arrays.values()) / 2**20
@@ -300,6 +327,7 @@ def main() -> None:
     ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
     ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
     ap.add_argument("--bytes-only", action="store_true", help="only the bytes tables (real round + constructed)")
+    ap.add_argument("--breakdown", action="store_true", help="only the per-reply cost of each step of ours")
     args = ap.parse_args()
     import torch
     from flwr.supercore.task_identity import TaskIdentity
@@ -308,6 +336,10 @@ def main() -> None:
     # what the ServerApp process has set when it builds messages (a task of run 1 on the SuperLink's node)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
+    if args.breakdown:
+        breakdown("default model", "default", args.replies, args.repeats)
+        breakdown("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
+        return
     if not args.bytes_only:
         throughput("default model", "default", args.replies, args.repeats)
         throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
