@@ -14,7 +14,11 @@ runs once per segment instead of once per tensor, on buffers that stay in the CP
   decide and word the reason, as before.
 * :func:`weighted_mean` is FedAvg's arithmetic of ``flwr.serverapp.strategy.strategy_utils.aggregate_arrayrecords``
   (``x_1 * w_1``, then ``+= x_i * w_i`` in float32, with ``w_i = weight_i / sum(weights)``), element for element in
-  the same order, so the result is bit-identical to Flower's (tested), into one preallocated buffer per branch.
+  the same order, so the result is bit-identical to Flower's (tested), into one output buffer per call (the
+  merged tensors are views of it), segment by segment so that the accumulator stays in cache.
+
+The layout keeps two scratch buffers: one ``ReplyLayout`` reads one reply at a time (the strategy reads a round's
+replies in turn); do not share one between threads.
 """
 
 from __future__ import annotations
