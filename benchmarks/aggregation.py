@@ -7,9 +7,10 @@
    aggregated by: a plain numpy sum over the same arrays (float32, in place: the memory-bandwidth floor); reading
    every reply's arrays (Flower's ``Array.numpy()``, and the zero-copy ``npy_view`` our strategy uses);
    ``server.aggregation.merge_weighted`` alone (the per-branch weighted mean by Flower's
-   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read as the strategy reads them
-   (``server.array_io.npy_view``, finiteness by ``all_finite``) and merged (the privacy-record checks of
-   ``server/replies.py`` are not timed: they cost the same whatever the model size); Flower's own
+   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read and checked by the
+   strategy's own code (``server.replies``: dtypes, shapes, whole branches, finiteness, the update norm against the
+   default ``max-update-norm``) and merged (the privacy-record checks, the signature and the digest are not timed
+   here: they cost the same whatever the aggregation; ``aggregate_train.py`` times them); Flower's own
    ``FedAvg.aggregate_train`` on the same messages. Median of ``--repeats``; GB/s = bytes of the replies' arrays / time.
 2. **Memory growth**: the peak memory that ``aggregate_train`` allocates on top of the reply messages (which
    Flower holds anyway), for growing numbers of replies (tracemalloc, which sees numpy's buffers).
@@ -36,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from common.models.params import branch_of
 from common.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PRIVACY
 from server.aggregation import Update, merge_weighted
 
@@ -45,6 +47,7 @@ except ImportError:
     npy_view = all_finite = None
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_UPDATE_NORM = 100.0  # pyproject.toml's default max-update-norm: the strategy checks every update's norm
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -99,20 +102,24 @@ def ours_merge(global_arrays, replies, weights):
     return merge_weighted(global_arrays, [Update(f"s{i}", r, w) for i, (r, w) in enumerate(zip(replies, weights))])
 
 
-def strategy_ours(global_arrays: dict[str, np.ndarray]) -> Callable[[list[Message]], object]:
-    """What ModalityFedAvg does with the arrays of accepted replies: read (zero-copy), finiteness, per-branch merge."""
+def strategy_ours(global_arrays: dict[str, np.ndarray], weights: list[float],
+                  max_update_norm: float = MAX_UPDATE_NORM) -> Callable[[list[Message]], object]:
+    """What ModalityFedAvg does with the arrays of each reply, by its own code: ``server.replies``' array checks
+    (records read, dtypes, shapes, whole branches, finiteness, the update norm against the default
+    ``max-update-norm``), one round's rules, and the per-branch merge. Not timed: the privacy record, the signature
+    and the digest (``aggregate_train.py`` times the whole)."""
+    from server import replies
+    from server.identity import RegisteredSite, SiteRegistry
 
-    def read(array: Array) -> np.ndarray:
-        view = npy_view(array.data, dtype=array.dtype, shape=array.shape) if npy_view else None
-        return array.numpy() if view is None else view
+    site = RegisteredSite("site", tuple(sorted({branch_of(k) for k in global_arrays} - {"head"})), None)
+    registry = SiteRegistry((site,), source="benchmark")
+    content = getattr(replies, "_Content", None)  # the records read once (issue 15); before it, the message
 
     def aggregate(msgs: list[Message]) -> object:
-        updates = []
-        for i, msg in enumerate(msgs):
-            arrays = {k: read(v) for k, v in msg.content.array_records[ARRAYS].items()}
-            if all_finite and not all(all_finite(v) for v in arrays.values()):
-                continue
-            updates.append(Update(f"s{i}", arrays, float(msg.content.metric_records[METRICS][NUM_EXAMPLES])))
+        rules = replies.ReplyRules(registry=registry, global_arrays=global_arrays, max_update_norm=max_update_norm,
+                                   weighting="max-records", batch_size=32, local_epochs=1)
+        updates = [Update(f"s{i:04d}", replies._arrays(content.of(m) if content else m, site, rules), w)
+                   for i, (m, w) in enumerate(zip(msgs, weights, strict=True))]
         return merge_weighted(global_arrays, updates)
 
     return aggregate
@@ -157,7 +164,7 @@ def throughput(label: str, kind: str, n: int, repeats: int) -> None:
     weights = [float(50 + i % 200) for i in range(n)]
     gb = n * values * 4 / 1e9
     msgs = reply_messages(global_arrays, replies)
-    ours, flower = strategy_ours(global_arrays), strategy_flower()
+    ours, flower = strategy_ours(global_arrays, weights), strategy_flower()
     records = [m.content.array_records[ARRAYS] for m in msgs]
     rows = [("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
             ("read: Array.numpy()", lambda: [{k: v.numpy() for k, v in r.items()} for r in records]),
@@ -175,6 +182,33 @@ def throughput(label: str, kind: str, n: int, repeats: int) -> None:
         print(f"  {name:<24s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
 
 
+def step_costs(label: str, kind: str, n: int, repeats: int) -> None:
+    """Microseconds a reply for each step of ours, beside the floor (the fast path of ``server/flat_arrays.py``)."""
+    from server import replies
+    from server.flat_arrays import ReplyLayout
+
+    global_arrays = model_arrays(kind)
+    arrays = replies_for(global_arrays, n)
+    weights = [float(50 + i % 200) for i in range(n)]
+    msgs = reply_messages(global_arrays, arrays)
+    branches = frozenset(branch_of(k) for k in global_arrays)
+    layout = ReplyLayout(global_arrays)
+    items = [list(replies._Content.of(m).array_records[ARRAYS].items()) for m in msgs]
+    views = [layout.read(i, branches, MAX_UPDATE_NORM) for i in items]
+    updates = [Update(f"s{i:04d}", v, w) for i, (v, w) in enumerate(zip(views, weights, strict=True))]
+    per_reply = {"numpy sum (floor)": lambda: numpy_sum(global_arrays, arrays, weights),
+                 "records read once": lambda: [replies._Content.of(m) for m in msgs],
+                 "array checks (fast path)": lambda: [layout.read(i, branches, MAX_UPDATE_NORM) for i in items],
+                 "  of which finite + norm": lambda: [layout._within(v, branches, MAX_UPDATE_NORM) for v in views],
+                 "merge": lambda: merge_weighted(global_arrays, updates)}
+    print(f"\n{label}: microseconds a reply, {n} replies")
+    floor = None
+    for name, fn in per_reply.items():
+        t = min(timed(fn, 1) for _ in range(repeats)) / n * 1e6
+        floor = floor or t
+        print(f"  {name:<28s} {t:>9.1f} {t / floor:>6.2f}x", flush=True)
+
+
 def memory_growth(kind: str, counts: list[int]) -> None:
     global_arrays = model_arrays(kind)
     mb = sum(v.nbytes for v in global_arrays.values()) / 2**20
@@ -182,7 +216,7 @@ def memory_growth(kind: str, counts: list[int]) -> None:
     print(f"  {'replies':>8s} {'messages MB':>12s} {'ours +MB':>9s} {'Flower +MB':>11s}")
     for n in counts:
         msgs = reply_messages(global_arrays, replies_for(global_arrays, n))
-        ours, flower = strategy_ours(global_arrays), strategy_flower()
+        ours, flower = strategy_ours(global_arrays, [1.0] * n), strategy_flower()
         print(f"  {n:>8d} {n * mb:>12.1f} {added_peak(lambda: ours(msgs)):>9.1f} "
               f"{added_peak(lambda: flower(msgs)):>11.1f}", flush=True)
         del msgs
@@ -196,7 +230,7 @@ def wire_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
-def breakdown(message: Message) -> str:
+def wire_breakdown(message: Message) -> str:
     """Wire bytes per kind of Flower object, and per record, of ``message`` (one line each)."""
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -268,7 +302,7 @@ def bytes_per_round(site_index: int = 0) -> None:
             print(f"  {site.name:<14s} {name:<22s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
                   f"{wb / trainable:>8.3f}", flush=True)
             if msg is not ask:
-                print(breakdown(msg))
+                print(wire_breakdown(msg))
 
 
 #: model -> (modalities, text kind, image kind) for the constructed-reply bytes table
@@ -328,6 +362,7 @@ def main() -> None:
     ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
     ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
     ap.add_argument("--bytes-only", action="store_true", help="only the bytes tables (real round + constructed)")
+    ap.add_argument("--breakdown", action="store_true", help="only the per-reply cost of each step of ours")
     args = ap.parse_args()
     import torch
     from flwr.supercore.task_identity import TaskIdentity
@@ -336,6 +371,10 @@ def main() -> None:
     # what the ServerApp process has set when it builds messages (a task of run 1 on the SuperLink's node)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
+    if args.breakdown:
+        step_costs("default model", "default", args.replies, args.repeats)
+        step_costs("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
+        return
     if not args.bytes_only:
         throughput("default model", "default", args.replies, args.repeats)
         throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
