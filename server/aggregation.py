@@ -38,6 +38,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import ConfigError
 from common.models.params import branch_of
+from common.packing import unpack_branch
 from server.flat_arrays import weighted_mean
 
 __all__ = ["AGGREGATORS", "Merge", "Update", "check_aggregation", "merge", "merge_weighted", "minimum_holders"]
@@ -50,6 +51,9 @@ class Update:
     site: str  # who sent it (for log lines)
     arrays: Mapping[str, np.ndarray]  # the tensors it trained (validated: float32, global shapes, whole branches)
     weight: float  # the weight the server gives it (registered max-records, or 1)
+    #: branch -> its tensors as one flat vector in packing order (``common/packing.py``), for a branch that came
+    #: packed: the same values as ``arrays``; a weighted mean averages it in one piece, element for element alike
+    packed: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -223,8 +227,14 @@ def merge(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update], *,
     for branches in batches.values():
         holders = holders_of[branches[0]]
         keys = [k for b in branches for k in keys_of[b]]
-        group = [{k: np.asarray(u.arrays[k]) for k in keys} for u in holders]
-        values, chosen = function(group, [u.weight for u in holders], num_malicious)
+        weights = [u.weight for u in holders]
+        if aggregator in JOINT and all(b in u.packed for u in holders for b in branches):
+            # element-wise arithmetic: the packed vectors give each tensor's values bit for bit, in a few calls
+            flat, chosen = function([{b: u.packed[b] for b in branches} for u in holders], weights, num_malicious)
+            values = {k: v for b in branches for k, v in unpack_branch(b, np.asarray(flat[b]), global_arrays).items()}
+        else:
+            group = [{k: np.asarray(u.arrays[k]) for k in keys} for u in holders]
+            values, chosen = function(group, weights, num_malicious)
         for k in keys:
             merged[k] = np.asarray(values[k]).astype(global_arrays[k].dtype, copy=False).reshape(global_arrays[k].shape)
         for branch in branches:

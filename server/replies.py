@@ -42,7 +42,7 @@ from common.storage import arrays_digest
 from server.aggregation import Update
 from server.flat_arrays import ReplyLayout
 from server.identity import RegisteredSite, SiteRegistry
-from server.reply_arrays import Rejected, read_arrays
+from server.reply_arrays import ReadArrays, Rejected, read_arrays
 
 __all__ = ["NO_REPLY", "STATUSES", "ReadReply", "Rejected", "ReplyRules", "SiteEvaluation", "SiteReply", "no_reply",
            "read_evaluation", "read_train_reply"]
@@ -173,7 +173,7 @@ def _records(content: _Content) -> tuple[dict[str, Any], dict[str, float]]:
     return privacy, metrics
 
 
-def _arrays(content: _Content, site: RegisteredSite, rules: ReplyRules) -> dict[str, np.ndarray]:
+def _arrays(content: _Content, site: RegisteredSite, rules: ReplyRules) -> ReadArrays:
     if ARRAYS not in content.array_records:
         raise Rejected("a trained reply carries no arrays")
     return read_arrays(content.array_records[ARRAYS].items(), site, rules.global_arrays, rules.layout,
@@ -303,9 +303,9 @@ def read_train_reply(msg: Message, rules: ReplyRules, *, sent_to: Mapping[str, i
                            f"max-records, registered as {site.max_records}")
         arrays = _arrays(content, site, rules)
         weight = float(site.max_records) if rules.weighting == "max-records" else 1.0
-        digest = arrays_digest(arrays)
+        digest = arrays_digest(arrays.tensors)
         reply = SiteReply(name, node, status, weight, privacy, metrics, digest=digest)
-        return ReadReply(reply, Update(name, arrays, weight), evaluation)
+        return ReadReply(reply, Update(name, arrays.tensors, weight, arrays.packed), evaluation)
     except Rejected as err:
         return ReadReply(SiteReply(name, node, STATUS_FAILED, 0.0, privacy, error=str(err), rejected=True), None, None)
     except Exception as err:  # noqa: BLE001 - a reply the checks did not foresee still never ends the run

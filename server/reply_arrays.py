@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -24,11 +24,20 @@ from server.array_io import all_finite, npy_view
 from server.flat_arrays import ReplyLayout
 from server.identity import RegisteredSite
 
-__all__ = ["Rejected", "read_arrays"]
+__all__ = ["ReadArrays", "Rejected", "read_arrays"]
 
 
 class Rejected(ValueError):
     """Why the server fails a reply (the message is the server's own words; it is logged and recorded)."""
+
+
+class ReadArrays(NamedTuple):
+    """A reply's validated update: its tensors by name, and each branch that came packed as its flat vector."""
+
+    tensors: dict[str, np.ndarray]
+    #: branch -> its tensors flattened in packing order (``common/packing.py``): the same values as ``tensors``,
+    #: which are views of it; the merge averages it in one piece
+    packed: dict[str, np.ndarray]
 
 
 @lru_cache(maxsize=64)
@@ -59,8 +68,7 @@ def _read(array: Any, what: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.
     return value
 
 
-def _packed(branch: str, array: Any, site: RegisteredSite,
-            global_arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _packed(branch: str, array: Any, site: RegisteredSite, global_arrays: Mapping[str, np.ndarray]) -> np.ndarray:
     """A branch sent as one flat array (``common/packing.py``), checked against the global model's names and shapes."""
     what = f"packed branch '{branch}'"
     _held(branch, what, site)
@@ -70,11 +78,11 @@ def _packed(branch: str, array: Any, site: RegisteredSite,
         raise Rejected(f"the global model's {branch} branch has {'no tensor' if not dtypes else 'mixed dtypes'}; "
                        f"it cannot be sent packed")
     size = sum(math.prod(shape) for _, shape in layout)
-    return unpack_branch(branch, _read(array, what, dtypes.pop(), (size,)), global_arrays)
+    return _read(array, what, dtypes.pop(), (size,))
 
 
 def read_arrays(items: Iterable[tuple[str, Any]], site: RegisteredSite, global_arrays: Mapping[str, np.ndarray],
-                layout: ReplyLayout, max_update_norm: float) -> dict[str, np.ndarray]:
+                layout: ReplyLayout, max_update_norm: float) -> ReadArrays:
     """A reply's (name, ``flwr.app.Array``) pairs as a validated update of ``site``.
 
     Raises
@@ -85,12 +93,14 @@ def read_arrays(items: Iterable[tuple[str, Any]], site: RegisteredSite, global_a
     items = list(items)
     fast = layout.read(items, site.branches, max_update_norm)
     if fast is not None:
-        return fast
+        return ReadArrays(*fast)
     out: dict[str, np.ndarray] = {}
+    packed: dict[str, np.ndarray] = {}
     for key, array in items:
         current = global_arrays.get(key)
         if current is None and key in BRANCHES:  # a whole branch in one array (common/packing.py)
-            tensors = _packed(key, array, site, global_arrays)
+            packed[key] = _packed(key, array, site, global_arrays)
+            tensors = unpack_branch(key, packed[key], global_arrays)
         elif current is None:
             raise Rejected(f"tensor '{key}' is not part of the global model")
         else:  # Flower's own layout: one array per tensor
@@ -112,4 +122,4 @@ def read_arrays(items: Iterable[tuple[str, Any]], site: RegisteredSite, global_a
                              for k, v in out.items()))
         if not norm <= max_update_norm:
             raise Rejected(f"the update's L2 norm {norm:.4g} exceeds max-update-norm {max_update_norm:g}")
-    return out
+    return ReadArrays(out, packed)

@@ -91,8 +91,10 @@ def test_fast_read_gives_read_only_views_of_flowers_bytes():
     glob = _random(SHAPES, rng)
     new = {k: np.asarray(v + np.float32(0.01)) for k, v in glob.items()}
     record = _record(new)
-    views = ReplyLayout(glob).read(record.items(), SITE.branches, 100.0)
-    assert views is not None and list(views) == list(SHAPES)
+    read = ReplyLayout(glob).read(record.items(), SITE.branches, 100.0)
+    assert read is not None
+    views, packed = read
+    assert list(views) == list(SHAPES) and packed == {}
     for k, array in record.items():
         assert _same_bits(views[k], array.numpy()) and not views[k].flags.writeable
         if views[k].size:
@@ -181,8 +183,9 @@ def test_fast_checks_change_no_verdict_and_no_reason(fault, seed, scale, bound):
     if isinstance(exact, str):
         assert fast == exact
     else:
-        assert isinstance(fast, dict) and list(fast) == list(exact)
-        assert all(_same_bits(fast[k], exact[k]) for k in exact)
+        assert isinstance(fast, replies.ReadArrays) and list(fast.tensors) == list(exact.tensors)
+        assert all(_same_bits(fast.tensors[k], exact.tensors[k]) for k in exact.tensors)
+        assert fast.packed == exact.packed == {}
 
 
 @pytest.mark.parametrize("fault", FAULTS[1:])
