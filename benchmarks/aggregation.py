@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/aggregation.py [--replies 1000] [--resnet-replies 24] [--repeats 3] [--no-bytes]
 
-1. **Throughput**: N replies of the default hospitals model (18 trainable tensors, 42,467 float32) and of a
+1. **Throughput**: N replies of the default hospitals model (18 trainable tensors, 18,915 float32) and of a
    ResNet-18-GN-sized one (tabular + ResNet-18-GN image, 11.2 M float32), in the layouts sites send
    (``common.packing.REPLY_LAYOUTS``): packed, one flat array per branch (sample mode, the default), and for the
    default model also one array per tensor (central mode). Rows: a plain float32 numpy sum in place over the same
@@ -177,7 +177,9 @@ def throughput(label: str, kind: str, n: int, repeats: int, layouts: list[str]) 
         msgs = reply_messages(global_arrays, replies, LAYOUTS[layout])
         ours, flower = strategy_ours(global_arrays, weights), strategy_flower()
         records = [m.content.array_records[ARRAYS] for m in msgs]
-        rows += [(f"{layout}: read Array.numpy()", lambda r=records: [{k: v.numpy() for k, v in x.items()} for x in r]),
+        sent = [{k: v.numpy() for k, v in r.items()} for r in records]  # the floor over the arrays as they travel
+        rows += [(f"{layout}: numpy sum of these", lambda a=sent: numpy_sum(a[0], a, weights)),
+                 (f"{layout}: read Array.numpy()", lambda r=records: [{k: v.numpy() for k, v in x.items()} for x in r]),
                  *([(f"{layout}: read npy_view", lambda r=records: [
                      {k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in x.items()} for x in r])]
                    if npy_view else []),
@@ -188,34 +190,6 @@ def throughput(label: str, kind: str, n: int, repeats: int, layouts: list[str]) 
         t = timed(fn, repeats)
         floor = floor or t
         print(f"  {name:<40s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
-
-
-def step_costs(label: str, kind: str, n: int, repeats: int) -> None:
-    """Microseconds a reply for each step of ours on packed replies, beside the floor (``server/flat_arrays.py``)."""
-    from server import replies
-    from server.flat_arrays import ReplyLayout
-
-    global_arrays = model_arrays(kind)
-    arrays = replies_for(global_arrays, n)
-    weights = [float(50 + i % 200) for i in range(n)]
-    msgs = reply_messages(global_arrays, arrays)
-    branches = frozenset(branch_of(k) for k in global_arrays)
-    layout = ReplyLayout(global_arrays)
-    items = [list(replies._Content.of(m).array_records[ARRAYS].items()) for m in msgs]
-    views = [layout.read(i, branches, MAX_UPDATE_NORM) for i in items]  # (tensors, packed branches)
-    updates = [Update(f"s{i:04d}", *v[:1], w, *v[1:]) for i, (v, w) in enumerate(zip(views, weights, strict=True))]
-    per_reply = {"numpy sum (floor)": lambda: numpy_sum(global_arrays, arrays, weights),
-                 "records read once": lambda: [replies._Content.of(m) for m in msgs],
-                 "array checks (fast path)": lambda: [layout.read(i, branches, MAX_UPDATE_NORM) for i in items],
-                 "  of which finite + norm": lambda: [layout._within(*v, frozenset(), MAX_UPDATE_NORM)
-                                                             for v in views],
-                 "merge": lambda: merge_weighted(global_arrays, updates)}
-    print(f"\n{label}: microseconds a reply, {n} replies")
-    floor = None
-    for name, fn in per_reply.items():
-        t = min(timed(fn, 1) for _ in range(repeats)) / n * 1e6
-        floor = floor or t
-        print(f"  {name:<28s} {t:>9.1f} {t / floor:>6.2f}x", flush=True)
 
 
 def memory_growth(kind: str, counts: list[int]) -> None:
@@ -371,7 +345,6 @@ def main() -> None:
     ap.add_argument("--memory-counts", default="4,8,16", help="numbers of ResNet-sized replies for the memory table")
     ap.add_argument("--no-bytes", action="store_true", help="skip the real train round (bytes per site)")
     ap.add_argument("--bytes-only", action="store_true", help="only the bytes tables (real round + constructed)")
-    ap.add_argument("--breakdown", action="store_true", help="only the per-reply cost of each step of ours")
     args = ap.parse_args()
     import torch
     from flwr.supercore.task_identity import TaskIdentity
@@ -380,10 +353,6 @@ def main() -> None:
     # what the ServerApp process has set when it builds messages (a task of run 1 on the SuperLink's node)
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
-    if args.breakdown:
-        step_costs("default model", "default", args.replies, args.repeats)
-        step_costs("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
-        return
     if not args.bytes_only:
         throughput("default model", "default", args.replies, args.repeats, list(LAYOUTS))
         throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats, list(LAYOUTS)[:1])
