@@ -4,11 +4,12 @@
 
 N registered sites (each reply: the default hospitals model's 18 trainable tensors, float32) send what an
 honest site sends: a real signed ledger head, the ε the accountants give for their mechanism, num-examples = their
-public max-records, whole branches of float32 (CONSTRUCTED replies: ``tests/server/honest_site.py``). Timed:
+public max-records, whole branches of float32 in the layout of their privacy mode (sample mode: packed, one flat
+array per branch, ``common/packing.py``) (CONSTRUCTED replies: ``tests/server/honest_site.py``). Timed:
 ``ModalityFedAvg.aggregate_train`` with every check of ``server/replies.py`` (identity, statuses, privacy record,
 signature, ε floor, shapes, dtypes, finiteness, update norm, digest) and the per-branch weighted mean, no recorder
-(the ledger write is one SQLite transaction per round, not per reply). The floor: adding the same arrays up in
-numpy (float32, in place; ``benchmarks/aggregation.py``'s ``numpy_sum``). ``--profile``: cProfile's top rows.
+(the ledger write is one SQLite transaction per round, not per reply). The floor: adding the same arrays (as sent:
+packed) up in numpy (float32, in place; ``benchmarks/aggregation.py``'s ``numpy_sum``). ``--profile``: cProfile's top rows.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from aggregation import model_arrays, numpy_sum  # noqa: E402 - benchmarks/ is sys.path[0] for a script
 from common.config import AggregationSettings  # noqa: E402
+from common.packing import reply_arrays  # noqa: E402
 from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY  # noqa: E402
 from server.identity import RegisteredSite, SiteRegistry  # noqa: E402
 from server.strategy import ModalityFedAvg  # noqa: E402
@@ -63,10 +65,10 @@ def replies(n: int) -> tuple[ModalityFedAvg, list[Message], dict[str, np.ndarray
     for ask in sorted(asks, key=lambda m: m.metadata.dst_node_id):
         site = sites[ask.metadata.dst_node_id - 1]
         arrays = {k: v + rng.standard_normal(v.shape, dtype=np.float32) * 0.01 for k, v in glob.items()}
+        privacy = honest_privacy(site.name, MAX_RECORDS, key, 1, batch_size=BATCH, local_epochs=1)
         content = RecordDict({
-            METRICS: MetricRecord({NUM_EXAMPLES: float(MAX_RECORDS)}),
-            PRIVACY: ConfigRecord(honest_privacy(site.name, MAX_RECORDS, key, 1, batch_size=BATCH, local_epochs=1)),
-            ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()})})
+            METRICS: MetricRecord({NUM_EXAMPLES: float(MAX_RECORDS)}), PRIVACY: ConfigRecord(privacy),
+            ARRAYS: ArrayRecord({k: Array(v) for k, v in reply_arrays(arrays, mode=privacy["mode"]).items()})})
         out.append(Message(content=content, reply_to=ask))
     return strategy, out, glob
 
@@ -88,7 +90,7 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.WARNING)  # the per-round INFO line names every site
     strategy, msgs, glob = replies(args.replies)
     arrays = [{k: a.numpy() for k, a in m.content.array_records[ARRAYS].items()} for m in msgs]
-    floor = min(_timed(lambda: numpy_sum(glob, arrays, None)) for _ in range(3))
+    floor = min(_timed(lambda: numpy_sum(arrays[0], arrays, None)) for _ in range(3))  # the arrays as sent
     profile = cProfile.Profile() if args.profile else None
     if profile:
         profile.enable()

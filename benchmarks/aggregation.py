@@ -2,17 +2,17 @@
 
     .venv/bin/python benchmarks/aggregation.py [--replies 1000] [--resnet-replies 24] [--repeats 3] [--no-bytes]
 
-1. **Throughput**: N replies of the default hospitals model (its 18 trainable tensors, 42,467 float32) and of a
-   ResNet-18-GN-sized model (the trainable tensors of tabular + ResNet-18-GN image, 11.2 M float32), each
-   aggregated by: a plain numpy sum over the same arrays (float32, in place: the memory-bandwidth floor); reading
-   every reply's arrays (Flower's ``Array.numpy()``, and the zero-copy ``npy_view`` our strategy uses);
-   ``server.aggregation.merge_weighted`` alone (the per-branch weighted mean by Flower's
-   ``aggregate_arrayrecords``); ours on Flower reply messages: each reply's arrays read as the strategy reads them
-   (``server.array_io.npy_view``, finiteness by ``all_finite``) and merged (the privacy-record checks of
-   ``server/replies.py`` are not timed: they cost the same whatever the model size); Flower's own
-   ``FedAvg.aggregate_train`` on the same messages. Median of ``--repeats``; GB/s = bytes of the replies' arrays / time.
+1. **Throughput**: N replies of the default hospitals model (18 trainable tensors, 18,915 float32) and of a
+   ResNet-18-GN-sized one (tabular + ResNet-18-GN image, 11.2 M float32), in the layouts sites send
+   (``common.packing.REPLY_LAYOUTS``): packed, one flat array per branch (sample mode, the default), and for the
+   default model also one array per tensor (central mode). Rows: a plain float32 numpy sum in place over the same
+   arrays (the memory-bandwidth floor); reading the arrays (``Array.numpy()``, zero-copy ``npy_view``);
+   ``merge_weighted`` alone; ours: each reply's arrays read and checked by the strategy's own code
+   (``server.replies``: dtypes, shapes, whole branches, finiteness, the update norm against the default
+   ``max-update-norm``) and merged (privacy record, signature and digest untimed: ``aggregate_train.py``); Flower's
+   ``FedAvg.aggregate_train`` on the same messages. Median of ``--repeats``; GB/s = the arrays' bytes / time.
 2. **Memory growth**: the peak memory that ``aggregate_train`` allocates on top of the reply messages (which
-   Flower holds anyway), for growing numbers of replies (tracemalloc, which sees numpy's buffers).
+   Flower holds anyway; packed ResNet-sized replies), for growing numbers of replies (tracemalloc: numpy too).
 3. **Bytes per site per round**: one real train round of one hospital (the ClientApp's own handler, in this
    process, DP-SGD and folded evaluation included); the reply and the server's train message serialized the way
    Flower ships them (its inflatable objects: message, records, array chunks), against the bytes of the trainable
@@ -36,15 +36,20 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
+from common.models.params import branch_of
 from common.records import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, PRIVACY
 from server.aggregation import Update, merge_weighted
 
 try:  # absent before issue 15: the script also runs on older commits, for a before/after
-    from server.array_io import all_finite, npy_view
+    from common.packing import REPLY_LAYOUTS  # the layouts sites send
+    from server.array_io import npy_view
 except ImportError:
-    npy_view = all_finite = None
+    npy_view, REPLY_LAYOUTS = None, {"central": dict}
+LAYOUTS = {f"{how} ({mode})": REPLY_LAYOUTS[mode]
+           for mode, how in (("sample", "packed"), ("central", "per tensor")) if mode in REPLY_LAYOUTS}
 
 REPO = Path(__file__).resolve().parents[1]
+MAX_UPDATE_NORM = 100.0  # pyproject.toml's default max-update-norm: the strategy checks every update's norm
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -72,13 +77,14 @@ def replies_for(global_arrays: dict[str, np.ndarray], n: int, seed: int = 0) -> 
             for _ in range(n)]
 
 
-def reply_messages(global_arrays: dict[str, np.ndarray], replies: list[dict[str, np.ndarray]]) -> list[Message]:
-    """Flower train replies as our sites send them: ARRAYS, METRICS (num-examples), PRIVACY (status)."""
+def reply_messages(global_arrays: dict[str, np.ndarray], replies: list[dict[str, np.ndarray]],
+                   layout: Callable = next(iter(LAYOUTS.values()))) -> list[Message]:
+    """Flower train replies as our sites send them: ARRAYS (in ``layout``), METRICS (num-examples), PRIVACY."""
     out = []
     for i, arrays in enumerate(replies):
         ask = Message(RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in global_arrays.items()}),
                                   CONFIG: ConfigRecord({"server-round": 1})}), dst_node_id=i + 1, message_type="train")
-        content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+        content = RecordDict({ARRAYS: ArrayRecord({k: Array(v) for k, v in layout(arrays).items()}),
                               METRICS: MetricRecord({NUM_EXAMPLES: float(50 + i % 200)}),
                               PRIVACY: ConfigRecord({"status": "trained", "site": f"site-{i:04d}"})})
         out.append(Message(content, reply_to=ask))
@@ -99,21 +105,26 @@ def ours_merge(global_arrays, replies, weights):
     return merge_weighted(global_arrays, [Update(f"s{i}", r, w) for i, (r, w) in enumerate(zip(replies, weights))])
 
 
-def strategy_ours(global_arrays: dict[str, np.ndarray]) -> Callable[[list[Message]], object]:
-    """What ModalityFedAvg does with the arrays of accepted replies: read (zero-copy), finiteness, per-branch merge."""
+def strategy_ours(global_arrays: dict[str, np.ndarray], weights: list[float],
+                  max_update_norm: float = MAX_UPDATE_NORM) -> Callable[[list[Message]], object]:
+    """What ModalityFedAvg does with the arrays of each reply, by its own code: ``server.replies``' array checks
+    (records read, dtypes, shapes, whole branches, finiteness, the update norm against the default
+    ``max-update-norm``), one round's rules, and the per-branch merge. Not timed: the privacy record, the signature
+    and the digest (``aggregate_train.py`` times the whole)."""
+    from server import replies
+    from server.identity import RegisteredSite, SiteRegistry
 
-    def read(array: Array) -> np.ndarray:
-        view = npy_view(array.data, dtype=array.dtype, shape=array.shape) if npy_view else None
-        return array.numpy() if view is None else view
+    site = RegisteredSite("site", tuple(sorted({branch_of(k) for k in global_arrays} - {"head"})), None)
+    registry = SiteRegistry((site,), source="benchmark")
+    content = getattr(replies, "_Content", None)  # the records read once (issue 15); before it, the message
 
     def aggregate(msgs: list[Message]) -> object:
-        updates = []
-        for i, msg in enumerate(msgs):
-            arrays = {k: read(v) for k, v in msg.content.array_records[ARRAYS].items()}
-            if all_finite and not all(all_finite(v) for v in arrays.values()):
-                continue
-            updates.append(Update(f"s{i}", arrays, float(msg.content.metric_records[METRICS][NUM_EXAMPLES])))
-        return merge_weighted(global_arrays, updates)
+        rules = replies.ReplyRules(registry=registry, global_arrays=global_arrays, max_update_norm=max_update_norm,
+                                   weighting="max-records", batch_size=32, local_epochs=1)
+        reads = [replies._arrays(content.of(m) if content else m, site, rules) for m in msgs]
+        parts = [r if isinstance(r, tuple) else (r, {}) for r in reads]  # (tensors, packed) since the packed path
+        return merge_weighted(global_arrays, [Update(f"s{i:04d}", t, w, *([p] if p else []))
+                                              for i, ((t, p), w) in enumerate(zip(parts, weights, strict=True))])
 
     return aggregate
 
@@ -150,29 +161,35 @@ def added_peak(fn: Callable[[], object]) -> float:
     return (peak - base) / 2**20
 
 
-def throughput(label: str, kind: str, n: int, repeats: int) -> None:
+def throughput(label: str, kind: str, n: int, repeats: int, layouts: list[str]) -> None:
+    """Part 1's rows for each reply layout in ``layouts`` (keys of :data:`LAYOUTS`), against one floor."""
     global_arrays = model_arrays(kind)
     values = sum(v.size for v in global_arrays.values())
     replies = replies_for(global_arrays, n)
     weights = [float(50 + i % 200) for i in range(n)]
     gb = n * values * 4 / 1e9
-    msgs = reply_messages(global_arrays, replies)
-    ours, flower = strategy_ours(global_arrays), strategy_flower()
-    records = [m.content.array_records[ARRAYS] for m in msgs]
-    rows = [("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
-            ("read: Array.numpy()", lambda: [{k: v.numpy() for k, v in r.items()} for r in records]),
-            *([("read: npy_view", lambda: [{k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in r.items()}
-                                           for r in records])] if npy_view else []),
-            ("merge_weighted", lambda: ours_merge(global_arrays, replies, weights)),
-            ("ours: read + merge", lambda: ours(msgs)),
-            ("Flower FedAvg", lambda: flower(msgs))]
     print(f"\n{label}: {n} replies x {len(global_arrays)} tensors, {values:,} float32 = {gb:.2f} GB of arrays")
-    print(f"  {'aggregator':<24s} {'s':>8s} {'GB/s':>7s} {'x floor':>8s}")
+    print(f"  {'aggregator':<40s} {'s':>8s} {'GB/s':>7s} {'x floor':>8s}")
+    rows: list[tuple[str, Callable[[], object]]] = [
+        ("numpy sum (floor)", lambda: numpy_sum(global_arrays, replies, weights)),
+        ("merge_weighted (per-tensor arrays)", lambda: ours_merge(global_arrays, replies, weights))]
+    for layout in layouts:
+        msgs = reply_messages(global_arrays, replies, LAYOUTS[layout])
+        ours, flower = strategy_ours(global_arrays, weights), strategy_flower()
+        records = [m.content.array_records[ARRAYS] for m in msgs]
+        sent = [{k: v.numpy() for k, v in r.items()} for r in records]  # the floor over the arrays as they travel
+        rows += [(f"{layout}: numpy sum of these", lambda a=sent: numpy_sum(a[0], a, weights)),
+                 (f"{layout}: read Array.numpy()", lambda r=records: [{k: v.numpy() for k, v in x.items()} for x in r]),
+                 *([(f"{layout}: read npy_view", lambda r=records: [
+                     {k: npy_view(v.data, dtype=v.dtype, shape=v.shape) for k, v in x.items()} for x in r])]
+                   if npy_view else []),
+                 (f"{layout}: ours: read + merge", lambda o=ours, m=msgs: o(m)),
+                 (f"{layout}: Flower FedAvg", lambda f=flower, m=msgs: f(m))]
     floor = None
     for name, fn in rows:
         t = timed(fn, repeats)
         floor = floor or t
-        print(f"  {name:<24s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
+        print(f"  {name:<40s} {t:>8.3f} {gb / t:>7.2f} {t / floor:>8.2f}", flush=True)
 
 
 def memory_growth(kind: str, counts: list[int]) -> None:
@@ -182,7 +199,7 @@ def memory_growth(kind: str, counts: list[int]) -> None:
     print(f"  {'replies':>8s} {'messages MB':>12s} {'ours +MB':>9s} {'Flower +MB':>11s}")
     for n in counts:
         msgs = reply_messages(global_arrays, replies_for(global_arrays, n))
-        ours, flower = strategy_ours(global_arrays), strategy_flower()
+        ours, flower = strategy_ours(global_arrays, [1.0] * n), strategy_flower()
         print(f"  {n:>8d} {n * mb:>12.1f} {added_peak(lambda: ours(msgs)):>9.1f} "
               f"{added_peak(lambda: flower(msgs)):>11.1f}", flush=True)
         del msgs
@@ -196,7 +213,7 @@ def wire_bytes(message: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
 
 
-def breakdown(message: Message) -> str:
+def wire_breakdown(message: Message) -> str:
     """Wire bytes per kind of Flower object, and per record, of ``message`` (one line each)."""
     from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
@@ -268,7 +285,7 @@ def bytes_per_round(site_index: int = 0) -> None:
             print(f"  {site.name:<14s} {name:<22s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
                   f"{wb / trainable:>8.3f}", flush=True)
             if msg is not ask:
-                print(breakdown(msg))
+                print(wire_breakdown(msg))
 
 
 #: model -> (modalities, text kind, image kind) for the constructed-reply bytes table
@@ -337,8 +354,8 @@ def main() -> None:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
     print(f"load average {os.getloadavg()[0]:.2f} at the start; numpy {np.__version__}")
     if not args.bytes_only:
-        throughput("default model", "default", args.replies, args.repeats)
-        throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats)
+        throughput("default model", "default", args.replies, args.repeats, list(LAYOUTS))
+        throughput("ResNet-18-GN-sized", "resnet", args.resnet_replies, args.repeats, list(LAYOUTS)[:1])
         memory_growth("resnet", [int(n) for n in args.memory_counts.split(",")])
     if not args.no_bytes:
         bytes_of_constructed_replies()

@@ -9,7 +9,8 @@ How a branch's holders are combined is the run setting ``aggregator`` (:data:`AG
 functions Flower's strategies of the same name use (``flwr.serverapp.strategy``), on the branch's tensors only:
 
 * ``weighted-mean``: ``strategy_utils.aggregate_arrayrecords`` (FedAvg), weighted by the weight the server gave
-  each update (a site's registered max-records, or 1);
+  each update (a site's registered max-records, or 1); for float32 tensors its exact arithmetic, run on a few flat
+  segments per update instead of tensor by tensor (``server/flat_arrays.py``: bit-identical, tested);
 * ``trimmed-mean``: ``fedtrimmedavg.trim_mean`` (FedTrimmedAvg), cutting ``f`` values per coordinate on each
   side (cut fraction ``(f + 1/4) / n``, so that Flower's ``int(cut * n)`` is ``f``); needs ``n >= 2f + 1``;
 * ``median``: ``np.median(np.stack(layers), axis=0)``, FedMedian's own expression (Flower has no function for it);
@@ -37,6 +38,8 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from common.config import ConfigError
 from common.models.params import branch_of
+from common.packing import unpack_branch
+from server.flat_arrays import weighted_mean
 
 __all__ = ["AGGREGATORS", "Merge", "Update", "check_aggregation", "merge", "merge_weighted", "minimum_holders"]
 
@@ -48,6 +51,9 @@ class Update:
     site: str  # who sent it (for log lines)
     arrays: Mapping[str, np.ndarray]  # the tensors it trained (validated: float32, global shapes, whole branches)
     weight: float  # the weight the server gives it (registered max-records, or 1)
+    #: branch -> its tensors as one flat vector in packing order (``common/packing.py``), for a branch that came
+    #: packed: the same values as ``arrays``; a weighted mean averages it in one piece, element for element alike
+    packed: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +103,9 @@ def _held(group: Group, weights: Sequence[float]) -> list[_HeldRecord]:
 
 
 def _weighted_mean(group: Group, weights: Sequence[float], f: int) -> tuple[dict[str, np.ndarray], list[int]]:
+    shapes = {k: v.shape for k, v in group[0].items()}
+    if all(v.dtype == np.float32 and v.shape == shapes[k] for g in group for k, v in g.items()):
+        return weighted_mean(group, weights, shapes), list(range(len(group)))
     record = aggregate_arrayrecords(_held(group, weights), _WEIGHT)  # type: ignore[arg-type] - duck-typed records
     return {k: v.numpy() for k, v in record.items()}, list(range(len(group)))
 
@@ -148,6 +157,11 @@ AGGREGATORS: dict[str, tuple[Callable[[Group, Sequence[float], int], tuple[dict[
 }
 
 
+#: aggregators whose value for a tensor depends on that tensor's values only (not on a whole update, as Krum's
+#: choice does): branches with the same holders are combined in one call, a few numpy calls per update in all
+JOINT = frozenset({"weighted-mean"})
+
+
 def minimum_holders(aggregator: str, f: int) -> int:
     """The least number of sites a branch needs for ``aggregator`` to combine it, tolerating ``f``."""
     return AGGREGATORS[aggregator][1](f)
@@ -189,27 +203,44 @@ def merge(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update], *,
         ``f``: the sites the robust aggregators tolerate.
     """
     function, least = AGGREGATORS[aggregator]
-    merged = {k: np.array(v, copy=True) for k, v in global_arrays.items()}
+    merged: dict[str, np.ndarray] = {}
     used: dict[str, list[str]] = {}
     skipped: dict[str, str] = {}
-    branches = sorted({branch_of(k) for k in global_arrays})
-    for branch in branches:
-        keys = [k for k in global_arrays if branch_of(k) == branch]
+    keys_of: dict[str, list[str]] = {}
+    for k in global_arrays:
+        keys_of.setdefault(branch_of(k), []).append(k)
+    batches: dict[tuple[int, ...], list[str]] = {}  # holders -> the branches they all hold (one call for JOINT)
+    holders_of: dict[str, list[Update]] = {}
+    for branch in sorted(keys_of):
         # in site order, not arrival order: a round's result must not depend on which reply came first (float sums
         # are not associative; Flower samples nodes in random order)
-        holders = sorted((u for u in updates if keys[0] in u.arrays), key=lambda u: u.site)
+        holders = sorted((u for u in updates if keys_of[branch][0] in u.arrays), key=lambda u: u.site)
         if not holders:
             continue
         if len(holders) < least(num_malicious):
             skipped[branch] = (f"{aggregator} with f={num_malicious} needs {least(num_malicious)} sites holding it; "
                                f"{len(holders)} sent it")
             continue
-        group = [{k: np.asarray(u.arrays[k]) for k in keys} for u in holders]
-        values, chosen = function(group, [u.weight for u in holders], num_malicious)
+        holders_of[branch] = holders
+        batch = tuple(map(id, holders)) if aggregator in JOINT else (len(batches),)
+        batches.setdefault(batch, []).append(branch)
+    for branches in batches.values():
+        holders = holders_of[branches[0]]
+        keys = [k for b in branches for k in keys_of[b]]
+        weights = [u.weight for u in holders]
+        if aggregator in JOINT and all(b in u.packed for u in holders for b in branches):
+            # element-wise arithmetic: the packed vectors give each tensor's values bit for bit, in a few calls
+            flat, chosen = function([{b: u.packed[b] for b in branches} for u in holders], weights, num_malicious)
+            values = {k: v for b in branches for k, v in unpack_branch(b, np.asarray(flat[b]), global_arrays).items()}
+        else:
+            group = [{k: np.asarray(u.arrays[k]) for k in keys} for u in holders]
+            values, chosen = function(group, weights, num_malicious)
         for k in keys:
             merged[k] = np.asarray(values[k]).astype(global_arrays[k].dtype, copy=False).reshape(global_arrays[k].shape)
-        used[branch] = [holders[i].site for i in chosen]
-    return Merge(merged, used, skipped)
+        for branch in branches:
+            used[branch] = [holders[i].site for i in chosen]
+    merged |= {k: np.array(v, copy=True) for k, v in global_arrays.items() if k not in merged}
+    return Merge({k: merged[k] for k in global_arrays}, used, skipped)
 
 
 def merge_weighted(global_arrays: Mapping[str, np.ndarray], updates: Sequence[Update]) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ What the server takes from a reply, and from where (README "Hostile sites and a 
 * **arrays**: exactly float32, tensors of the global model in the branches the site is registered to hold (whole
   branches, the shared head included), of the global shapes, finite, with an update (new - global) whose L2 norm
   is within ``max-update-norm``; a branch may travel as one flat array under its name (``common/packing.py``,
-  what a sample-mode site sends), split here by the names and shapes of the global model;
+  what a sample-mode site sends), split by the names and shapes of the global model (``server/reply_arrays.py``);
 * **privacy record**: typed fields; a mechanism that matches the public facts (q = 1/ceil(max-records / batch-size),
   the steps of the run's local epochs, δ below 1/max-records); a cumulative ε no lower than that of the mechanisms
   this server itself recorded for the site; a signed ledger head that verifies (with the registered key, in
@@ -26,24 +26,23 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.common.constant import SUPERLINK_NODE_ID
 
-from common.models.params import BRANCHES, branch_of
-from common.packing import branch_layout, unpack_branch
 from common.privacy.accountant import ACCOUNTANTS, Mechanism, epsilon_from_history, plan_steps
 from common.privacy.signing import verify_head
 from common.records import (ARRAYS, ERRORS, EVALUATION, METRICS, NUM_EXAMPLES, PRIVACY, STATUS_DECLINED,
                             STATUS_FAILED, STATUS_REPLAYED, STATUS_TRAINED, TIMING_KEYS)
 from common.storage import arrays_digest
 from server.aggregation import Update
-from server.array_io import all_finite, npy_view
+from server.flat_arrays import ReplyLayout
 from server.identity import RegisteredSite, SiteRegistry
+from server.reply_arrays import ReadArrays, Rejected, read_arrays
 
 __all__ = ["NO_REPLY", "STATUSES", "ReadReply", "Rejected", "ReplyRules", "SiteEvaluation", "SiteReply", "no_reply",
            "read_evaluation", "read_train_reply"]
@@ -78,10 +77,6 @@ class SiteEvaluation:
     metrics: dict[str, float]
 
 
-class Rejected(ValueError):
-    """Why the server fails a reply (the message is the server's own words; it is logged and recorded)."""
-
-
 @dataclass(frozen=True)
 class ReplyRules:
     """What a train reply is checked against: public facts and the server's own records."""
@@ -97,6 +92,11 @@ class ReplyRules:
     history: Callable[[str], list[Mechanism] | None] = lambda site: []
     #: site -> the public key of the heads this server recorded for it before ("" if none): pinned on first use
     pinned_key: Callable[[str], str] = lambda site: ""
+
+    @cached_property
+    def layout(self) -> ReplyLayout:
+        """The global arrays as the fast array checks read them (``server/flat_arrays.py``): built once a round."""
+        return ReplyLayout(self.global_arrays)
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,27 @@ def _scalars(record: Mapping[str, Any], what: str, *, allowed: tuple[str, ...] |
 
 
 # ------------------------------------------------------------------------------------------ the parts
-def _records(msg: Message) -> tuple[dict[str, Any], dict[str, float]]:
-    content = msg.content
+@dataclass(frozen=True)
+class _Content:
+    """A reply's records by kind, read once: each of Flower's ``RecordDict.array_records`` / ``metric_records`` /
+    ``config_records`` builds a new synced view of the whole RecordDict (a third of a reply's reading time when
+    asked nine times a reply)."""
+
+    array_records: dict[str, ArrayRecord]
+    metric_records: dict[str, MetricRecord]
+    config_records: dict[str, ConfigRecord]
+
+    @classmethod
+    def of(cls, msg: Message) -> _Content:
+        parts: tuple[dict[str, Any], dict[str, Any], dict[str, Any]] = ({}, {}, {})
+        for key, record in msg.content.items():
+            for part, kind in zip(parts, (ArrayRecord, MetricRecord, ConfigRecord), strict=True):
+                if isinstance(record, kind):
+                    part[key] = record
+        return cls(*parts)
+
+
+def _records(content: _Content) -> tuple[dict[str, Any], dict[str, float]]:
     unknown = sorted({*content.config_records} - {PRIVACY}) + sorted({*content.metric_records} - {METRICS, EVALUATION})
     if unknown or set(content.array_records) - {ARRAYS}:
         raise Rejected(f"reply carries undeclared records {unknown or sorted(content.array_records)}")
@@ -154,77 +173,11 @@ def _records(msg: Message) -> tuple[dict[str, Any], dict[str, float]]:
     return privacy, metrics
 
 
-@lru_cache(maxsize=64)
-def _dtype_name(dtype: np.dtype) -> str:
-    """``str(dtype)``, once per dtype (numpy builds the name anew each call: ~0.1 ms, 18 000 times a 1000-site round)."""
-    return str(dtype)
-
-
-def _held(branch: str, what: str, site: RegisteredSite) -> None:
-    if branch not in site.branches:
-        raise Rejected(f"{what} belongs to the {branch} branch, which site '{site.name}' does not hold "
-                       f"(registered modalities: {', '.join(site.modalities)})")
-
-
-def _read(array: Any, what: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """``array`` (a Flower ``Array``) as numpy, exactly of ``dtype`` and ``shape`` and finite, or Rejected."""
-    if array.dtype != _dtype_name(dtype) or tuple(array.shape) != shape:
-        raise Rejected(f"{what} is {array.dtype} {tuple(array.shape)}; expected exactly {dtype} {shape}, as sent")
-    try:  # a zero-copy view where the .npy header is the plain one, else Flower's copy
-        value = npy_view(array.data, dtype=array.dtype, shape=array.shape)
-        value = array.numpy() if value is None else value
-    except Exception as err:  # noqa: BLE001 - whatever the bytes are, they are not the declared array
-        raise Rejected(f"{what} cannot be read as a numpy array ({type(err).__name__})") from None
-    if value.dtype != dtype or value.shape != shape:
-        raise Rejected(f"{what} declares {array.dtype} {tuple(array.shape)} but holds {value.dtype} {value.shape}")
-    if not all_finite(value):
-        raise Rejected(f"{what} contains NaN or inf")
-    return value
-
-
-def _packed(branch: str, array: Any, site: RegisteredSite, rules: ReplyRules) -> dict[str, np.ndarray]:
-    """A branch sent as one flat array (``common/packing.py``), split by the global model's names and shapes."""
-    what = f"packed branch '{branch}'"
-    _held(branch, what, site)
-    layout = branch_layout(branch, rules.global_arrays)
-    dtypes = {rules.global_arrays[k].dtype for k, _ in layout}
-    if len(dtypes) != 1:
-        raise Rejected(f"the global model's {branch} branch has {'no tensor' if not dtypes else 'mixed dtypes'}; "
-                       f"it cannot be sent packed")
-    size = sum(math.prod(shape) for _, shape in layout)
-    return unpack_branch(branch, _read(array, what, dtypes.pop(), (size,)), rules.global_arrays)
-
-
-def _arrays(msg: Message, site: RegisteredSite, rules: ReplyRules) -> dict[str, np.ndarray]:
-    if ARRAYS not in msg.content.array_records:
+def _arrays(content: _Content, site: RegisteredSite, rules: ReplyRules) -> ReadArrays:
+    if ARRAYS not in content.array_records:
         raise Rejected("a trained reply carries no arrays")
-    out: dict[str, np.ndarray] = {}
-    for key, array in msg.content.array_records[ARRAYS].items():
-        current = rules.global_arrays.get(key)
-        if current is None and key in BRANCHES:  # a whole branch in one array (common/packing.py)
-            tensors = _packed(key, array, site, rules)
-        elif current is None:
-            raise Rejected(f"tensor '{key}' is not part of the global model")
-        else:  # Flower's own layout: one array per tensor
-            _held(branch_of(key), f"tensor '{key}'", site)
-            tensors = {key: _read(array, f"tensor '{key}'", current.dtype, current.shape)}
-        twice = sorted(set(tensors) & set(out))
-        if twice:
-            raise Rejected(f"tensors {twice[:3]} are sent twice (packed and on their own)")
-        out.update(tensors)
-    sent = {branch_of(k) for k in out}
-    if "head" not in sent:
-        raise Rejected("the update carries no tensor of the shared head")
-    for branch in sorted(sent):
-        missing = [k for k in rules.global_arrays if branch_of(k) == branch and k not in out]
-        if missing:
-            raise Rejected(f"the {branch} branch is incomplete: {missing[:3]} missing")
-    if rules.max_update_norm > 0:
-        norm = math.sqrt(sum(float(np.sum(np.square(v.astype(np.float64) - rules.global_arrays[k])))
-                             for k, v in out.items()))
-        if not norm <= rules.max_update_norm:
-            raise Rejected(f"the update's L2 norm {norm:.4g} exceeds max-update-norm {rules.max_update_norm:g}")
-    return out
+    return read_arrays(content.array_records[ARRAYS].items(), site, rules.global_arrays, rules.layout,
+                       rules.max_update_norm)
 
 
 @lru_cache(maxsize=4096)
@@ -299,11 +252,11 @@ def _check_privacy(p: Mapping[str, Any], status: str, site: RegisteredSite, rule
 
 
 # ------------------------------------------------------------------------------------------ the verdict
-def _evaluation(msg: Message, name: str, node: int) -> SiteEvaluation | None:
-    if msg.has_error() or EVALUATION not in msg.content.metric_records:
+def _evaluation(content: _Content, name: str, node: int) -> SiteEvaluation | None:
+    if EVALUATION not in content.metric_records:
         return None
     try:
-        return SiteEvaluation(name, node, _scalars(msg.content.metric_records[EVALUATION], "evaluation",
+        return SiteEvaluation(name, node, _scalars(content.metric_records[EVALUATION], "evaluation",
                                                    allowed=None))
     except Rejected:
         return None
@@ -327,15 +280,16 @@ def read_train_reply(msg: Message, rules: ReplyRules, *, sent_to: Mapping[str, i
     try:
         if site is None:
             raise Rejected(f"node {node} is not a site of this federation ({rules.registry.source})")
-        privacy, metrics = _records(msg)
+        content = _Content.of(msg)
+        privacy, metrics = _records(content)
         claimed, status = privacy.get("site", ""), privacy.get("status")
         if claimed not in ("", name):
             raise Rejected(f"the reply names site {str(claimed)[:64]!r}; node {node} is site '{name}' "
                            f"({rules.registry.source})")
         if status not in STATUSES:
             raise Rejected(f"status {str(status)[:64]!r} is not one of {STATUSES}")
-        evaluation = _evaluation(msg, name, node)
-        if status != STATUS_TRAINED and status != STATUS_REPLAYED and ARRAYS in msg.content.array_records:
+        evaluation = _evaluation(content, name, node)
+        if status != STATUS_TRAINED and status != STATUS_REPLAYED and ARRAYS in content.array_records:
             raise Rejected(f"a {status} reply carries arrays")
         if status == STATUS_FAILED:
             code = privacy.get("code")
@@ -347,11 +301,11 @@ def read_train_reply(msg: Message, rules: ReplyRules, *, sent_to: Mapping[str, i
         if metrics.get(NUM_EXAMPLES) != float(site.max_records or 0):
             raise Rejected(f"num-examples is {metrics.get(NUM_EXAMPLES)!r}; a trained reply states its site's public "
                            f"max-records, registered as {site.max_records}")
-        arrays = _arrays(msg, site, rules)
+        arrays = _arrays(content, site, rules)
         weight = float(site.max_records) if rules.weighting == "max-records" else 1.0
-        digest = arrays_digest(arrays)
+        digest = arrays_digest(arrays.tensors)
         reply = SiteReply(name, node, status, weight, privacy, metrics, digest=digest)
-        return ReadReply(reply, Update(name, arrays, weight), evaluation)
+        return ReadReply(reply, Update(name, arrays.tensors, weight, arrays.packed), evaluation)
     except Rejected as err:
         return ReadReply(SiteReply(name, node, STATUS_FAILED, 0.0, privacy, error=str(err), rejected=True), None, None)
     except Exception as err:  # noqa: BLE001 - a reply the checks did not foresee still never ends the run

@@ -52,6 +52,14 @@ def test_aggregation_prints_throughput_and_memory():
                "--memory-counts", "1,2")
     assert "numpy sum (floor)" in out and "ours: read + merge" in out and "Flower FedAvg" in out
     assert "memory the aggregation adds" in out
+    assert "packed (sample): ours: read + merge" in out and "per tensor (central): ours: read + merge" in out
+
+
+def test_reply_steps_prints_each_step_of_reading_packed_replies():
+    out = _run("reply_steps.py", "--replies", "3", "--resnet-replies", "1", "--repeats", "1")
+    for row in ("numpy sum (floor)", "records read once", "array checks (fast path)", "array checks (exact only)",
+                "merge (packed vectors)", "merge (tensor by tensor)"):
+        assert row in out
 
 
 @pytest.mark.slow
