@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -139,11 +140,20 @@ def public_key_line(key: ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey)
 def load_public_key(text: str) -> ec.EllipticCurvePublicKey:
     """Parse an OpenSSH public-key line (a trailing comment is ignored) or a PEM public key.
 
+    Memoised per text (a key object is immutable and parsing is a pure function of the text): the server checks
+    every reply's head signature against the key its site sent, the same text round after round, and parsing it
+    was a third of that check.
+
     Raises
     ------
     ValueError
-        If it is not an EC public key.
+        If it is not an EC public key (failures are not memoised: they raise every time).
     """
+    return _parse_public_key(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_public_key(text: str) -> ec.EllipticCurvePublicKey:
     raw = text.strip().encode("ascii", "replace")
     try:
         if raw.startswith(b"-----BEGIN"):
