@@ -43,6 +43,7 @@ Imports Opacus: import this module only where DP training runs.
 from __future__ import annotations
 
 from collections.abc import Callable
+
 import torch
 from opacus.grad_sample.gsm_base import AbstractGradSampleModule
 from torch import Tensor, nn
