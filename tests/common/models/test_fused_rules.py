@@ -5,6 +5,8 @@ one masked attention, a feed-forward block, a head) covers every rule and both b
 rule (per-sample gradients for the 8 x 8 attention projections, token grams for the 8 x 32 feed-forward layers at
 T = 6). float64, noise 0: the fused clipped sum equals one backward pass per sample, each gradient clipped, and
 Opacus' ghost clipping; with noise, same-seeded steps equal Opacus' ghost steps. A padding row gets exactly 0.
+The real tiny-BERT (HF ``BertModel``) is checked against the reference in ``test_fused_dp.py`` and, with dropout,
+against Opacus' ghost here.
 """
 
 from __future__ import annotations
@@ -221,3 +223,25 @@ def test_unsupported_embedding_options_are_refused(option: str, value, reason: s
         FusedLinearGradSampleModule(model, max_grad_norm=1.0)
     model[0].requires_grad_(False)  # a frozen table is not clipped, so its options do not matter
     FusedLinearGradSampleModule(model, max_grad_norm=1.0)
+
+
+def test_tiny_bert_with_dropout_equals_opacus_ghost() -> None:
+    """BERT's hidden and attention dropout draw the same masks in both modes (one forward pass each); a layer output
+    changed in place after its capture would make the fused gradients differ."""
+    prepare_opacus()
+    config = small_config("attention", modalities=("tabular", "text"), dropout=0.3)
+    (x, present), y = random_batch(config, 8, seed=4), torch.randint(0, config.num_classes, (8,))
+    grads = {}
+    for engine, mode in ((OpacusEngine, "ghost"), (PrivacyEngine, FUSED)):
+        torch.manual_seed(0)
+        model = FusionModel(config).train()
+        dp_model, dp_opt, criterion = _private(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0, batch=8)
+        torch.manual_seed(1)  # the dropout masks
+        dp_opt.zero_grad(set_to_none=True)
+        criterion(dp_model(x, present), y).backward()
+        assert dp_opt.pre_step()
+        grads[mode] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[FUSED].keys() == grads["ghost"].keys()
+    assert any(n.startswith("encoders.text.bert.embeddings.word") for n in grads[FUSED])
+    for name in grads["ghost"]:
+        torch.testing.assert_close(grads[FUSED][name], grads["ghost"][name], rtol=1e-5, atol=1e-7, msg=name)
