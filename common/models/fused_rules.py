@@ -11,8 +11,8 @@ whose ``forward`` may differ, is not matched); :data:`REFUSALS` names layer opti
   grams ``<a_i a_i^T, g_i g_i^T>`` (Opacus' ``compute_linear_norm_sample``) or the per-sample gradients
   ``g_i^T a_i`` themselves, whichever takes fewer multiplications (T (in + out) against in x out: tiny-BERT's
   64 tokens of width 32 take the per-sample gradients, MiniLM's 384-wide layer the grams). Measured norms + clipped
-  sum, B = 32, T = 64, one thread, one process, 2026-12-03, load 3.2: 32 -> 32 per-sample 0.07 ms vs grams 0.29 ms;
-  32 -> 64 0.13 vs 0.43; 384 -> 384 25.1 vs 8.8 (the count picked the faster one each time).
+  sum, B = 32, T = 64, one thread, one process, 2026-12-03, load 2.1: 32 -> 32 per-sample 0.06 ms vs grams 0.29 ms;
+  32 -> 64 0.12 vs 0.43; 384 -> 384 12.6 vs 9.0 (the count picked the faster one each time).
 * ``nn.LayerNorm`` (elementwise affine): per-sample weight gradient ``sum_t g_it * x_hat_it`` with ``x_hat`` the
   normalised input, recomputed from the captured input with the layer's ``eps``; bias gradient ``sum_t g_it``. Both
   are (B, d): formed, then squared and summed.
@@ -89,7 +89,7 @@ def _linear(spec: Spec, a: Tensor, g: Tensor) -> Part:
         per_sample = torch.bmm(g.transpose(1, 2), a)  # (B, out, in)
         flat = per_sample.flatten(1)
         return Part(squared + torch.linalg.vecdot(flat, flat),
-                    lambda coef: (torch.tensordot(coef, per_sample, dims=1), bias_sum(coef)))
+                    lambda coef: (torch.mv(flat.t(), coef).view(d_out, d_in), bias_sum(coef)))
     # sum_{t,s} (g_t . g_s)(a_t . a_s), as Opacus' compute_linear_norm_sample
     gram = (torch.bmm(g, g.transpose(1, 2)) * torch.bmm(a, a.transpose(1, 2))).sum(dim=(1, 2)).clamp(min=0)
     return Part(squared + gram,

@@ -39,7 +39,9 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # BERT layers (Linear, LayerNorm, Embedding: fused_rules.py). 2026-12-03, dp_step.py --steps 10 --repeats 3
     # --warmup 2 --threads 1, batch 32, load 2.1-2.6 on 2 cores, one invocation per model: tiny-BERT fused 1.40x
     # plain vs ghost 2.49x vs hooks 5.06x (54 vs 97 vs 197 ms; peak 21 vs 19 vs 244 MB: no B copies of the
-    # 30522-word table's gradient); MiniLM top layer fused 1.22x vs ghost 1.80x vs hooks 2.05x (119 vs 106 vs 295 MB)
+    # 30522-word table's gradient; again at load 1.6-1.8: 1.42x vs 2.35x vs 4.96x); MiniLM top layer fused 1.22x vs
+    # ghost 1.80x vs hooks 2.05x (peak 119 vs 106 vs 295 MB). Checked against a per-sample reference and Opacus' ghost
+    # in test_fused_dp.py and test_fused_rules.py
     "minilm-finetune-top": "fused",
     "tiny-bert": "fused",
     "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
