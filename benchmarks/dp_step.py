@@ -11,8 +11,8 @@ DP-SGD (per-sample clipping + noise) built by ``PrivacyEngine.make_private`` in 
   Linear/Embedding/..., other layers fall back to per-sample gradients), then a second backward pass of the
   clipping-weighted loss;
 * ``ew``: PyTorch's ExpandedWeights;
-* ``fused`` (ours, ``common/models/fused_dp.py``; all-``nn.Linear`` models only, others print "unsupported"): one
-  forward, one backward to the Linear outputs, exact per-sample norms and clipped sums by matmul, then Opacus'
+* ``fused`` (ours, ``common/models/fused_dp.py``; Linear, LayerNorm and Embedding layers only, others print
+  "unsupported"): one forward, one backward to the layers' outputs, exact per-sample norms and clipped sums, then Opacus'
   ghost-clipping optimizer for noise, scaling and accounting;
 * ``ghost-opacus``: ``ghost`` with Opacus' own optimizer class (``ghost`` uses ours,
   ``common/models/dp_optimizers.py``: the same bits without a ``deepcopy`` per tensor per step), side by side;

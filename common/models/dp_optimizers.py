@@ -15,11 +15,11 @@ pass per tensor with Opacus' own ``torch.normal`` call (same generator, same ord
 Opacus' own. ``tests/common/models/test_dp_optimizers.py`` checks the updates bit for bit against Opacus' class,
 seeded alike, an empty batch included.
 
-Grad-sample mode ``fused`` (``common/models/fused_dp.py``: all-``nn.Linear`` models, one backward pass) is added
-through the engine's own steps: ``_prepare_model`` wraps the model in :class:`FusedLinearGradSampleModule`,
-``_prepare_optimizer`` builds the optimizer Opacus builds for ``ghost`` (it noises, scales and accounts ``p.grad``
-as the module leaves it: the clipped sum), and ``make_private`` returns the per-sample criterion as it does for
-``ghost``: ``(module, optimizer, criterion, data_loader)``.
+Grad-sample mode ``fused`` (``common/models/fused_dp.py``: models of Linear, LayerNorm and Embedding layers, one
+backward pass) is added through the engine's own steps: ``_prepare_model`` wraps the model in
+:class:`FusedLinearGradSampleModule`, ``_prepare_optimizer`` builds the optimizer Opacus builds for ``ghost`` (it
+noises, scales and accounts ``p.grad`` as the module leaves it: the clipped sum), and ``make_private`` returns the
+per-sample criterion as it does for ``ghost``: ``(module, optimizer, criterion, data_loader)``.
 
 Imports Opacus: import this module only where DP training runs.
 """

@@ -2,14 +2,14 @@
 
 Opacus computes what DP-SGD clips in one of several modes (``PrivacyEngine.make_private(grad_sample_mode=...)``):
 per-layer hooks with hand-written per-sample-gradient rules (``hooks``), the same hooks with ``torch.func``
-(``functorch``), or fast gradient clipping (``ghost``: per-sample gradient norms without per-sample gradients, then
-a second backward pass), and ours, ``fused`` (``common/models/fused_dp.py``: models whose trainable layers are all
-``nn.Linear``; one backward pass, exact per-sample norms and clipped sums by matmul, Opacus' optimizer for the
-noise). All give the same clipped, summed gradient; they differ in time and memory (``benchmarks/dp_step.py``,
-BENCHMARKS.md). A model's mode is that of its most demanding trainable encoder (:data:`PRECEDENCE`), unless its
-fusion head is one the mode cannot clip (:data:`FUSION_SUPPORT`); every mode is checked against a slow per-sample
-reference in ``tests/common/models/test_grad_sample_modes.py`` (``fused`` also against ghost, step for step, in
-``test_fused_dp.py``).
+(``functorch``), or fast gradient clipping (``ghost``: per-sample gradient norms without per-sample gradients, then a
+second backward pass), and ours, ``fused`` (``common/models/fused_dp.py``: models whose trainable layers are
+``nn.Linear``, ``nn.LayerNorm`` and ``nn.Embedding``; one backward pass, exact per-sample norms and clipped sums,
+Opacus' optimizer for the noise). All give the same clipped, summed gradient; they differ in time and memory
+(``benchmarks/dp_step.py``, BENCHMARKS.md). A model's mode is that of its most demanding trainable encoder
+(:data:`PRECEDENCE`), unless its fusion head is one the mode cannot clip (:data:`FUSION_SUPPORT`); every mode is checked
+against a slow per-sample reference in ``tests/common/models/test_grad_sample_modes.py`` (``fused`` also against ghost,
+step for step, in ``test_fused_dp.py``).
 
 ``client/train.py`` passes the mode to ``make_private`` (of ``common/models/dp_optimizers.py``'s engine: Opacus'
 own, without the ghost optimizer's deepcopy per step, plus ``fused``), after :func:`prepare_opacus`. Opacus is
@@ -36,10 +36,14 @@ GRAD_SAMPLE_MODES: dict[str, GradSampleMode] = {
     # each in turn, 1500 rounds, 10th percentiles: fused 1.52x, ghost 2.93x, Opacus' ghost 3.29x (1.49 / 2.81 / 3.13)
     "tabular": "fused",
     "minilm-frozen": "fused",  # the default model: the same small Linear layers after the cached embedding
-    # one BertLayer over 64 tokens: ghost 1.78x plain vs hooks 1.85x (3 interleaved repeats, 2026-12-02; one repeat
-    # earlier: 2.53x vs 2.91x), and a third of the memory (106 vs 294 MB)
-    "minilm-finetune-top": "ghost",
-    "tiny-bert": "ghost",  # the 30522-word embedding table: ghost norms instead of B copies of its gradient
+    # BERT layers (Linear, LayerNorm, Embedding: fused_rules.py). 2026-12-03, dp_step.py --steps 10 --repeats 3
+    # --warmup 2 --threads 1, batch 32, load 2.1-2.6 on 2 cores, one invocation per model: tiny-BERT fused 1.40x
+    # plain vs ghost 2.49x vs hooks 5.06x (54 vs 97 vs 197 ms; peak 21 vs 19 vs 244 MB: no B copies of the
+    # 30522-word table's gradient; again at load 1.6-1.8: 1.42x vs 2.35x vs 4.96x); MiniLM top layer fused 1.22x vs
+    # ghost 1.80x vs hooks 2.05x (peak 119 vs 106 vs 295 MB). Checked against a per-sample reference and Opacus' ghost
+    # in test_fused_dp.py and test_fused_rules.py
+    "minilm-finetune-top": "fused",
+    "tiny-bert": "fused",
     "small-cnn": "hooks",  # convolutions have no ghost norm in Opacus: ghost would add a second backward pass
     # convolutions have no ghost norm in Opacus 1.6: ghost computes their per-sample gradients AND runs a second
     # backward. Measured side by side (BENCHMARKS.md, 2026-12-02, 3 interleaved repeats): hooks 2.59x plain,

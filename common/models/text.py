@@ -218,8 +218,9 @@ class MiniLMTopLayerEncoder(nn.Module):
 class TinyBertEncoder(nn.Module):
     """tiny-bert: a small randomly initialised BertModel over MiniLM token ids + masked mean pool + Linear.
 
-    Note for DP-SGD memory: Opacus keeps a per-sample gradient of the word-embedding table,
-    B x 30522 x tiny_hidden floats (about 4 MB per sample at tiny_hidden=32).
+    Note for DP-SGD memory: Opacus' hooks mode keeps a per-sample gradient of the word-embedding table,
+    B x 30522 x tiny_hidden floats (about 4 MB per sample at tiny_hidden=32); the registered fused mode
+    (``common/models/fused_rules.py``) and ghost clipping never form it.
     """
 
     def __init__(self, config: TextEncoderConfig) -> None:

@@ -1,8 +1,8 @@
 """``train_dp`` runs DP-SGD in the grad-sample mode the registry picks, and the mode changes nothing but speed.
 
-With zero noise and the same seeded Poisson batches, a local epoch in ghost clipping (or, for an all-Linear model, our
-fused mode) and one in hooks mode must leave the same weights (their clipped sums are equal); the accountant gets one
-entry per step either way.
+With zero noise and the same seeded Poisson batches, a local epoch in ghost clipping (or our fused mode, for the default
+model and tiny-BERT) and one in hooks mode must leave the same weights (their clipped sums are equal); the accountant
+gets one entry per step either way.
 """
 
 from __future__ import annotations
@@ -68,16 +68,18 @@ def test_the_registered_mode_is_the_default() -> None:
         assert torch.equal(registered[k], explicit[k]), k
 
 
-def test_fused_and_hooks_leave_the_same_weights_and_the_same_accounting() -> None:
-    """The default model's kind (minilm-frozen: all nn.Linear) through train_dp in our fused mode, against hooks."""
-    assert grad_sample_mode(_config("minilm-frozen")) == "fused"
-    hooks, hooks_history, hooks_steps = _train("hooks", "minilm-frozen")
-    fused, fused_history, fused_steps = _train("fused", "minilm-frozen")
-    registered, _, _ = _train(None, "minilm-frozen")
+@pytest.mark.parametrize("text_kind", ["minilm-frozen", "tiny-bert"])
+def test_fused_and_hooks_leave_the_same_weights_and_the_same_accounting(text_kind: str) -> None:
+    """The default model's kind (minilm-frozen: all nn.Linear) and tiny-bert (Embedding, LayerNorm, Linear) through
+    train_dp in our fused mode, against hooks."""
+    assert grad_sample_mode(_config(text_kind)) == "fused"
+    hooks, hooks_history, hooks_steps = _train("hooks", text_kind)
+    fused, fused_history, fused_steps = _train("fused", text_kind)
+    registered, _, _ = _train(None, text_kind)
     assert hooks_steps == fused_steps == 5
     assert hooks_history == fused_history == [(0.0, 0.2, 5)]
     torch.manual_seed(0)
-    initial = FusionModel(_config("minilm-frozen")).state_dict()
+    initial = FusionModel(_config(text_kind)).state_dict()
     assert any(not torch.equal(hooks[k], initial[k]) for k in hooks)  # it trained
     for k in hooks:
         torch.testing.assert_close(fused[k], hooks[k], rtol=1e-4, atol=1e-6, msg=k)
