@@ -75,35 +75,13 @@ class Approval:
 
 
 # ------------------------------------------------------------------------------ the app bundle
-def _walk(root: Path) -> dict[str, Path]:
-    """Flower's ``collect_files`` (no symlinks, nothing outside ``root``), skipping folders .gitignore ignores.
-
-    Skipping is only a shortcut (Flower filters those files out again, by the same .gitignore): it spares
-    walking ``.venv`` (tens of thousands of files). With a negated pattern (``!``) nothing is skipped.
-    """
-    from flwr.cli.utils import build_pathspec, load_gitignore_patterns
-
-    ignore = root / ".gitignore"
-    patterns = load_gitignore_patterns(ignore.read_bytes()) if ignore.is_file() else []
-    spec = build_pathspec(patterns) if not any(p.lstrip().startswith("!") for p in patterns) else None
-    resolved, files = root.resolve(), {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        if spec is not None:
-            dirnames[:] = [d for d in dirnames
-                           if not spec.match_file(f"{d}/" if rel_dir == "." else f"{rel_dir}/{d}/")]
-        for name in filenames:
-            path = Path(dirpath) / name
-            if not path.is_symlink() and path.resolve().is_relative_to(resolved):
-                files[path.relative_to(root).as_posix()] = path
-    return files
-
-
 def build_app_fab(app_dir: Path) -> bytes:
     """The FAB ``flwr run APP_DIR`` would send: Flower's own deterministic build of the folder's files."""
     from flwr.cli.build import build_fab_from_files
 
-    return build_fab_from_files(_walk(Path(app_dir)))[0]
+    from common.runtime.app_files import app_files  # here: this file also runs alone, as the SuperExec's stub
+
+    return build_fab_from_files(app_files(Path(app_dir)))[0]
 
 
 def fab_files(content: bytes) -> dict[str, str]:
