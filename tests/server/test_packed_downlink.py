@@ -101,3 +101,43 @@ def test_central_mode_sends_packed_keeps_per_tensor_and_clips_a_reply_by_name_no
     for k in glob:
         np.testing.assert_array_equal(released[1][k], released[0][k], err_msg=k)
     assert abs(float(np.mean(released[0]["b"] - released[0]["a"])) - 3.7) < 1.0  # b stays b: not swapped with a
+
+
+def test_a_central_round_end_to_end_in_process_from_packed_messages(tmp_path):
+    """Server -> site -> server in central mode: Flower's DP wrapper (around a plain FedAvg) sends packed messages;
+    three real sites (the ClientApp handler) split them with their own models, train and record their release, and
+    reply one array per tensor in their model's order; the wrapper clips against its per-tensor global arrays and
+    releases the round."""
+    from flwr.app import Context
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from client.app import app
+    from common.privacy.ledger import Ledger
+    from common.records import CENTRAL_NOISE_MULTIPLIER
+    from tests.client.test_central_round import VIRTUAL20
+
+    run_config = app_defaults() | {"scenario-file": str(VIRTUAL20), "out-dir": str(tmp_path / "out"),
+                                   "privacy-mode": "central", "fusion": "late", "hidden-dim": 16}
+    run = parse_run_config(run_config)
+    initial = initial_trainable_state(build_model(run.model, scenario=load_scenario(VIRTUAL20), seed=0))
+    glob = ArrayRecord(initial)
+    strategy = _central_strategy(tmp_path / "server")
+    config = ConfigRecord({"federation-id": "fed", "num-server-rounds": 3, CENTRAL_NOISE_MULTIPLIER: 1.0})
+    replies = []
+    for msg in strategy.configure_train(1, glob, config, FakeGrid([1, 2, 3])):
+        node = msg.metadata.dst_node_id
+        assert all(k in BRANCHES for k in msg.content[ARRAYS])  # packed
+        TaskIdentity.node_id = node
+        reply = app(msg, Context(run_id=1, node_id=node, node_config={"partition-id": node - 1, "num-partitions": 20},
+                                 state=RecordDict(), run_config=run_config))
+        reply.metadata.__dict__["_src_node_id"] = node  # as Flower's transport sets it  # noqa: SLF001
+        assert reply.content[PRIVACY]["status"] == "trained", dict(reply.content[PRIVACY])
+        assert list(reply.content[ARRAYS]) == list(initial)  # per tensor, in the server's (= the model's) order
+        replies.append(reply)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None and strategy.accountant.num_releases == 1
+    assert list(arrays) == list(initial)
+    assert all(arrays[k].numpy().shape == tuple(v.shape) for k, v in initial.items())
+    for site in ("virtual-00", "virtual-01", "virtual-02"):
+        events = [e.event for e in Ledger(tmp_path / "out" / "sites" / site / "ledger.sqlite").entries()]
+        assert events == ["reserve", "confirm"], (site, events)
