@@ -14,7 +14,8 @@
 2. **Memory growth**: the peak memory that ``aggregate_train`` allocates on top of the reply messages (which
    Flower holds anyway; packed ResNet-sized replies), for growing numbers of replies (tracemalloc: numpy too).
 3. **Bytes per site per round**: one real train round of one hospital (the ClientApp's own handler, in this
-   process, DP-SGD and folded evaluation included); the reply and the server's train message serialized the way
+   process, DP-SGD and folded evaluation included); the reply and the server's train message (packed per branch as
+   ``server/downlink.py`` sends it, and one array per tensor as Flower's FedAvg builds it) serialized the way
    Flower ships them (its inflatable objects: message, records, array chunks), against the bytes of the trainable
    tensors they carry, with the same reply re-encoded one array per tensor (the layout before issue 15's packing,
    ``common/packing.py``) beside it, and where the bytes go (per Flower object kind, per record). The frozen
@@ -248,6 +249,7 @@ def bytes_per_round(site_index: int = 0) -> None:
     from common.config import app_defaults, load_scenario, parse_run_config
     from common.factory import build_model, initial_trainable_state
     from common.records import EVALUATE_GLOBAL
+    from server.downlink import pack_downlink
 
     out = Path(tempfile.mkdtemp(prefix="ff-bytes-"))
     scenario_file = REPO / "simulations" / "scenarios" / "hospitals.toml"
@@ -259,16 +261,20 @@ def bytes_per_round(site_index: int = 0) -> None:
     trainable = sum(v.numel() * v.element_size() for v in initial.values())
     print(f"\nbytes per site per round (hospitals, default model: {trainable:,} bytes of trainable float32; "
           "the frozen MiniLM's 22.7 M parameters are not in the model)")
-    print(f"  {'site':<14s} {'message':<22s} {'tensors':>7s} {'tensor bytes':>13s} {'wire bytes':>11s} "
+    print(f"  {'site':<14s} {'message':<26s} {'tensors':>7s} {'tensor bytes':>13s} {'wire bytes':>11s} "
           f"{'x tensors':>9s} {'x model':>8s}")
     for i, site in enumerate(scenario.sites):
         if site_index >= 0 and i != site_index and i != len(scenario.sites) - 1:
             continue  # the first site (all modalities) and the last (VA: no notes) by default
-        ask = Message(RecordDict({ARRAYS: ArrayRecord(initial),
-                                  CONFIG: ConfigRecord({"server-round": 1, "federation-id": "bytes",
-                                                        "num-server-rounds": run.federation.num_rounds,
-                                                        EVALUATE_GLOBAL: True})}),
-                      dst_node_id=i + 1, message_type="train")
+        def train_message() -> Message:  # what Flower's FedAvg builds: the global arrays one per tensor
+            return Message(RecordDict({ARRAYS: ArrayRecord(initial),
+                                       CONFIG: ConfigRecord({"server-round": 1, "federation-id": "bytes",
+                                                             "num-server-rounds": run.federation.num_rounds,
+                                                             EVALUATE_GLOBAL: True})}),
+                           dst_node_id=i + 1, message_type="train")
+
+        ask_per_tensor = train_message()
+        ask = pack_downlink([train_message()])[0]  # as the strategy sends it (server/downlink.py)
         ctx = Context(run_id=1, node_id=i + 1, node_config={"partition-id": i, "num-partitions": len(scenario.sites)},
                       state=RecordDict(), run_config=run_config)
         reply = app(ask, ctx)
@@ -277,14 +283,15 @@ def bytes_per_round(site_index: int = 0) -> None:
             raise SystemExit(f"{site.name}: the round did not train: {reply.error if reply.has_error() else dict(reply.content.config_records[PRIVACY])}")
         sent = reply.content.array_records[ARRAYS]
         before = as_per_tensor(reply, {k: tuple(v.shape) for k, v in initial.items()})
-        for name, msg, arrays in (("server -> site (train)", ask, ArrayRecord(initial)),
+        for name, msg, arrays in (("server -> site, per tensor", ask_per_tensor, ArrayRecord(initial)),
+                                  ("server -> site, as sent", ask, ask.content[ARRAYS]),
                                   ("reply, per tensor", before, before.content.array_records[ARRAYS]),
                                   ("reply, as sent", reply, sent)):
             tb = sum(a.numpy().nbytes for a in arrays.values())
             wb = wire_bytes(msg)
-            print(f"  {site.name:<14s} {name:<22s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
+            print(f"  {site.name:<14s} {name:<26s} {len(arrays):>7d} {tb:>13,d} {wb:>11,d} {wb / tb:>9.3f} "
                   f"{wb / trainable:>8.3f}", flush=True)
-            if msg is not ask:
+            if msg is not ask_per_tensor:
                 print(wire_breakdown(msg))
 
 

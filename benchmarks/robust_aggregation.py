@@ -56,11 +56,11 @@ class _Grid:
         return self.nodes
 
 
-def _poison(attack: str, msg: Message, reply: Message) -> Message:
+def _poison(attack: str, glob: ArrayRecord, reply: Message) -> Message:
     from common.packing import pack_branches, unpack_reply
 
     if attack in ("scale", "scale-unbounded", "both") and "arrays" in reply.content.array_records:
-        sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
+        sent = {k: a.numpy() for k, a in glob.items()}  # the global model per tensor (the message carries it packed)
         got = unpack_reply({k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}, sent)
         poisoned = {k: (sent[k] + np.float32(1e6) * (v - sent[k])).astype(np.float32) for k, v in got.items()}
         reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_branches(poisoned).items()})
@@ -160,7 +160,7 @@ def run_once(*, aggregator: str, attack: str, seed: int, rounds: int, work: Path
             if node == attacker and attack == "absent":
                 continue  # it never replies (the server records no-reply)
             reply = app(msg, contexts[node])
-            replies.append(_poison(attack, msg, reply) if node == attacker else reply)
+            replies.append(_poison(attack, arrays, reply) if node == attacker else reply)
         merged, _ = strategy.aggregate_train(rnd, replies)
         arrays = merged if merged is not None else arrays
     correct = bacc = total = 0.0

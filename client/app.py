@@ -15,6 +15,7 @@ from typing import Callable
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.downlink import received_state
 from client.errors import failure_code
 from client.replay import ReplayCache, state_digest
 from client.round import SiteRound
@@ -74,13 +75,18 @@ def _timing(job: SiteRound, node_config, seconds: float, startup: float | None) 
     return out
 
 
+def _global_state(job: SiteRound, msg: Message) -> dict:
+    """The message's global arrays as this site's model's tensors (packed branches split with its own layout)."""
+    return received_state({k: a.numpy() for k, a in msg.content[ARRAYS].items()}, job.layout())
+
+
 @app.train()
 @reply_on_error
 def train(msg: Message, context: Context) -> Message:
     """Train this site's branches with DP-SGD, or decline if the budget would be exceeded."""
     startup = process_age_seconds()
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
-    state = msg.content[ARRAYS].to_torch_state_dict()
+    state = _global_state(job, msg)
     # Folded evaluation: the received global model's test metrics ride along (one message, one process).
     t0 = time.perf_counter()
     evaluation = job.evaluate(state) if msg.content[CONFIG].get(EVALUATE_GLOBAL) else None
@@ -111,7 +117,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     startup = process_age_seconds()
     job = SiteRound.from_flower(context.run_config, context.node_config, msg.content[CONFIG], str(context.run_id))
     t0 = time.perf_counter()
-    metrics = job.evaluate(msg.content[ARRAYS].to_torch_state_dict())
+    metrics = job.evaluate(_global_state(job, msg))
     metrics.update(_timing(job, context.node_config, time.perf_counter() - t0, startup))
     content = RecordDict({METRICS: MetricRecord(metrics), SITE: ConfigRecord({"name": job.site.spec.name})})
     return Message(content=content, reply_to=msg)

@@ -78,6 +78,8 @@ class SiteRound:
         self.server_round, self.federation_id, self.run_id = server_round, federation_id, run_id
         self.message_config = dict(message_config or {})
         self.setup = Stopwatch()  # seconds spent loading data and building models (not compute)
+        self._layout: dict[str, tuple[int, ...]] | None = None
+        self._spare: torch.nn.Module | None = None  # the model built for layout(), handed to the next model()
 
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any], node_config: Mapping[str, Any],
@@ -95,9 +97,24 @@ class SiteRound:
             return load_site(self.site, model_modalities=self.scenario.modalities,
                              text_encoder=self.run.model.text_encoder, schema=self.scenario.schema)
 
+    def _build(self) -> torch.nn.Module:
+        spare, self._spare = self._spare, None
+        return spare if spare is not None else build_model(self.run.model, scenario=self.scenario,
+                                                           seed=self.run.federation.seed)
+
+    def layout(self) -> dict[str, tuple[int, ...]]:
+        """Name -> shape of this site's own model's trainable tensors: how it splits the server's packed arrays
+        (``client/downlink.py``). Taken from the model it builds (kept for the next :meth:`model`), never from the
+        server."""
+        if self._layout is None:
+            with self.setup:
+                self._spare = self._build()
+                self._layout = {k: tuple(v.shape) for k, v in trainable_state(self._spare, branches=BRANCHES).items()}
+        return self._layout
+
     def model(self, global_state: Mapping[str, torch.Tensor], data: SiteData) -> torch.nn.Module:
         with self.setup:
-            model = build_model(self.run.model, scenario=self.scenario, seed=self.run.federation.seed)
+            model = self._build()
             expected = {k: v.shape for k, v in trainable_state(model, branches=BRANCHES).items()}
             if {k: v.shape for k, v in global_state.items()} != expected:
                 wrong = sorted(set(expected) ^ set(global_state)) or sorted(

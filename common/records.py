@@ -1,6 +1,7 @@
 """Names of the records a site and the server exchange (the only contract between them), and what a reply may say.
 
-A train message carries ``ARRAYS`` (trainable tensors of the global model) and ``CONFIG``.
+A train or evaluate message carries ``ARRAYS`` (the trainable tensors of the global model, one flat float32 array per
+branch: ``server/downlink.py``, ``client/downlink.py``) and ``CONFIG``.
 A train reply carries ``ARRAYS`` (the branches this site trained; in a sample-mode federation one flat array per
 branch, ``common/packing.py``), ``METRICS`` (public facts Flower may
 average: the aggregation weight, and in simulation the timing split) and ``PRIVACY`` (a ConfigRecord:

@@ -41,6 +41,7 @@ from common.privacy.ledger import Ledger
 from common.privacy.reference import epsilon_pld
 from common.records import ARRAYS, CENTRAL_NOISE_MULTIPLIER, METRICS, NUM_EXAMPLES, PRIVACY, SITE, SITE_WEIGHT
 from common.storage import atomic_write_bytes
+from server.downlink import pack_downlink
 from server.recorder import RunRecorder
 from server.strategy import SiteEvaluation, SiteReply
 
@@ -94,6 +95,16 @@ class CentralDPStrategy(DifferentialPrivacyServerSideFixedClipping):
         return SiteReply(site, node, status, 0, privacy, dict(msg.content.metric_records.get(METRICS, {})),
                          error=str(privacy.get("reason", "")) if status == "failed" else "")
 
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """Flower's wrapper keeps ``arrays`` per tensor (it clips each reply against them); the messages carry them
+        packed (``server/downlink.py``)."""
+        return pack_downlink(super().configure_train(server_round, arrays, config, grid))
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return pack_downlink(super().configure_evaluate(server_round, arrays, config, grid))
+
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's clipping, equal-weight FedAvg, noise and accounting; then the records of the round.
@@ -104,6 +115,9 @@ class CentralDPStrategy(DifferentialPrivacyServerSideFixedClipping):
         replies = list(replies)
         site_replies = [self._site_reply(m) for m in replies]
         models = [m for m, r in zip(replies, site_replies) if r.status in ("trained", "replayed")]
+        order = list(self.current_arrays.keys())
+        for m in models:
+            _in_global_order(m, order)
         before = self.accountant.num_releases
         arrays, metrics = super().aggregate_train(server_round, models)
         released = self.accountant.num_releases == before + 1 and arrays is not None
@@ -159,6 +173,15 @@ class CentralDPStrategy(DifferentialPrivacyServerSideFixedClipping):
         agg = {k: sum(m[k] * m[NUM_EXAMPLES] for m in rows if k in m and math.isfinite(m[k])) /
                max(sum(m[NUM_EXAMPLES] for m in rows if k in m and math.isfinite(m[k])), 1e-12) for k in keys}
         return MetricRecord({**agg, NUM_EXAMPLES: float(total)})
+
+
+def _in_global_order(msg: Message, order: list[str]) -> None:
+    """Flower's wrapper clips a reply against the global arrays by POSITION (``to_numpy_ndarrays``): a reply with
+    exactly the global tensors, in another order, is put in the global order (the same Arrays; no value changes).
+    The train message no longer carries the server's order: it is packed per branch (``server/downlink.py``)."""
+    record = msg.content.array_records.get(ARRAYS)
+    if record is not None and list(record) != order and set(record) == set(order):
+        msg.content[ARRAYS] = ArrayRecord({k: record[k] for k in order})
 
 
 def _plan_info(plan: CentralPlan) -> dict[str, Any]:

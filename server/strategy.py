@@ -14,6 +14,9 @@ they claim, and replaces the global model with whatever it returns. This subclas
 4. each branch is combined over the sites that sent it by the ``aggregator`` setting (``server/aggregation.py``,
    Flower's own functions) and merged into the global arrays, which ``aggregate_train`` returns.
 
+The train and evaluate messages carry the global arrays packed, one flat array per branch (``server/downlink.py``);
+``self._global`` and what Flower's loop and FedOpt hold stay per tensor.
+
 Flower's FedOpt family (FedAdam, ...) applies its server step to what ``FedAvg.aggregate_train`` returns: composed
 with this class (``ModalityFedAvg`` first in the MRO), it steps on the merged arrays, whatever the aggregator.
 """
@@ -35,6 +38,7 @@ from common.config import AggregationSettings, RunConfig
 from common.privacy.accountant import Mechanism
 from common.records import EVALUATE_GLOBAL, NUM_EXAMPLES, STATUS_FAILED, TIMING_KEYS
 from server.aggregation import merge
+from server.downlink import pack_downlink
 from server.identity import SiteRegistry
 from server.replies import (
     NO_REPLY,
@@ -136,7 +140,8 @@ class ModalityFedAvg(FedAvg):
         self._round_started = time.monotonic()
         if self.fold_evaluation:
             config[EVALUATE_GLOBAL] = True
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        # Flower's sampling and messages (FedOpt keeps its per-tensor copy here); the messages carry them packed
+        messages = pack_downlink(super().configure_train(server_round + self.round_offset, arrays, config, grid))
         self._sampled = [m.metadata.dst_node_id for m in messages]
         self._sent = messages
         return messages
@@ -144,7 +149,7 @@ class ModalityFedAvg(FedAvg):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         self._evaluate_started = time.monotonic()
-        return super().configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        return pack_downlink(super().configure_evaluate(server_round + self.round_offset, arrays, config, grid))
 
     def _rules(self, global_np: Mapping[str, np.ndarray], server_round: int) -> ReplyRules:
         rec = self.recorder

@@ -28,6 +28,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
+from client.downlink import received_state
 from client.round import SiteRound
 from common.config import load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
@@ -113,7 +114,7 @@ def run_federation(run_config: Mapping[str, Any], *, run_id: str = "bench") -> F
             node = msg.metadata.dst_node_id
             job = SiteRound.from_flower(run_config, {"partition-id": node - 1, "num-partitions": n},
                                         msg.content[CONFIG], run_id)
-            outcome = job.train(msg.content[ARRAYS].to_torch_state_dict())
+            outcome = job.train(received_state({k: a.numpy() for k, a in msg.content[ARRAYS].items()}, job.layout()))
             content = RecordDict({METRICS: MetricRecord(outcome.metrics), PRIVACY: ConfigRecord(outcome.privacy)})
             if outcome.arrays is not None:  # as client/app.py sends them
                 wire = reply_arrays(outcome.arrays, mode=outcome.privacy["mode"])

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, Message
 
+from client.replay import state_digest
 from common.config import app_defaults, load_scenario, parse_run_config
 from common.factory import build_model, initial_trainable_state
 from common.privacy.ledger import Ledger
-from common.packing import unpack_branch
+from common.packing import pack_branches, unpack_branch
 from common.records import ARRAYS, EVALUATE_GLOBAL, EVALUATION, PRIVACY, STATUS_FAILED
 from tests.client.messages import send_train
 
@@ -29,11 +33,16 @@ def _site_file(tmp_path: Path) -> Path:
     return f
 
 
-def _send(site_file: Path, *, change=None, message_config: dict | None = None, **run_settings) -> Message:
+def _send(site_file: Path, *, change=None, message_config: dict | None = None, packed: bool = True,
+          **run_settings) -> Message:
+    """A train message as the server sends it (``packed``: one flat array per branch, server/downlink.py; else one
+    array per tensor, Flower's own layout), ``change``d, through the site's real handler."""
     run_config = app_defaults() | {"num-server-rounds": 1} | run_settings
     run = parse_run_config(app_defaults())
     state = {k: v.numpy().copy() for k, v in initial_trainable_state(
         build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)).items()}
+    if packed:
+        state = pack_branches(state)
     if change is not None:
         state = change(state)
     return send_train(site_file, run_config, ArrayRecord({k: Array(v) for k, v in state.items()}),
@@ -57,11 +66,71 @@ def _first(state: dict) -> str:
     (lambda s: {k: v for k, v in s.items() if k != _first(s)}, "missing tensor"),
 ])
 def test_case36_unusable_global_weights_fail_before_anything_is_spent(tmp_path, change, what):
-    reply = _send(_site_file(tmp_path), change=change)
+    reply = _send(_site_file(tmp_path), change=change, packed=False)
     privacy = reply.content.config_records[PRIVACY]
     assert privacy["status"] == STATUS_FAILED and privacy["code"] == "message", (what, dict(privacy))
     assert ARRAYS not in reply.content.array_records
     assert not any(e in ("reserve", "confirm", "release") for e in _spent(tmp_path)), _spent(tmp_path)
+
+
+def _nan_at_end(flat: np.ndarray) -> np.ndarray:
+    out = flat.copy()
+    out[-1] = np.nan
+    return out
+
+
+@pytest.mark.parametrize("change, what", [
+    (lambda s: s | {"head": s["head"][:-1]}, "one value short"),
+    (lambda s: s | {"tabular": np.concatenate([s["tabular"], s["tabular"][:1]])}, "one value too many"),
+    (lambda s: s | {"head": s["head"].astype(np.float64)}, "float64"),
+    (lambda s: s | {"text": s["text"].reshape(1, -1)}, "2-D"),
+    (lambda s: s | {"head": _nan_at_end(s["head"])}, "NaN"),
+    (lambda s: s | {"head": np.full_like(s["head"], np.inf)}, "inf"),
+    (lambda s: s | {"image": np.zeros(8, dtype=np.float32)}, "a branch the model does not have"),
+    (lambda s: {k: v for k, v in s.items() if k != "text"}, "a branch missing"),
+    (lambda s: s | {"head.mlp.3.bias": np.zeros(2, dtype=np.float32)}, "a tensor both packed and on its own"),
+])
+def test_a_packed_branch_that_does_not_fit_this_sites_own_model_fails_before_anything_is_spent(tmp_path, change,
+                                                                                               what):
+    """The site splits the server's packed branches with its OWN model's names and shapes; a branch of the wrong
+    length, dtype or dimensions, non-finite values, or branches its model does not have, fail the message with the
+    registry's 'message' code, and nothing is reserved or spent."""
+    reply = _send(_site_file(tmp_path), change=change)
+    privacy = reply.content.config_records[PRIVACY]
+    assert privacy["status"] == STATUS_FAILED and privacy["code"] == "message", (what, dict(privacy))
+    assert ARRAYS not in reply.content.array_records
+    assert _spent(tmp_path) == [], (what, _spent(tmp_path))
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda s: s | {"head": s["head"][:-1]}, r"packed 'head' branch is float32 of shape \(12674,\); this site's model "
+                                             r"expects float32 of shape \(12675,\)"),
+    (lambda s: s | {"head": s["head"].astype(np.float64)}, r"'head' branch is float64 of shape \(12675,\)"),
+    (lambda s: s | {"text": s["text"].reshape(1, -1)}, r"'text' branch is float32 of shape \(1, 1088\)"),
+    (lambda s: s | {"image": np.zeros(8, dtype=np.float32)}, r"packed 'image' branch; this site's model has no"),
+    (lambda s: s | {"head": _nan_at_end(s["head"])}, r"'head.mlp.3.weight' holds NaN or inf"),
+])
+def test_the_sites_own_log_says_which_branch_and_the_expected_and_received_length(tmp_path, caplog, change, says):
+    """The reply carries only the code; the site's log names the branch, the length expected and the one received."""
+    with caplog.at_level("ERROR", logger="fedfusion.client"):
+        _send(_site_file(tmp_path), change=change)
+    logged = "\n".join(str(r.exc_info[1]) for r in caplog.records if r.exc_info)
+    assert re.search(says, logged), logged
+
+
+def test_a_packed_message_gives_the_site_exactly_the_servers_tensors_in_its_models_order():
+    from client.downlink import received_state
+
+    run = parse_run_config(app_defaults())
+    model = build_model(run.model, scenario=load_scenario(run.paths.scenario_file), seed=0)
+    glob = {k: v.numpy() for k, v in initial_trainable_state(model).items()}
+    layout = {k: v.shape for k, v in glob.items()}
+    got = received_state(pack_branches(glob), layout)
+    assert list(got) == list(glob)  # the model's own parameter order (a central-mode reply keeps it)
+    for k, v in glob.items():
+        assert got[k].dtype == torch.float32 and tuple(got[k].shape) == v.shape
+        np.testing.assert_array_equal(got[k].numpy(), v, err_msg=k)
+    assert state_digest(got) == state_digest({k: torch.from_numpy(v) for k, v in glob.items()})
 
 
 def test_case35_a_scenario_path_from_the_server_is_never_opened(tmp_path):

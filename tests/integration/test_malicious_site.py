@@ -39,7 +39,6 @@ from flwr.app import Array, ArrayRecord
 from flwr.clientapp import ClientApp
 
 from client.app import evaluate, train
-from common.packing import pack_branches, unpack_reply
 
 
 def poison(msg, context, call_next):
@@ -47,10 +46,11 @@ def poison(msg, context, call_next):
     if (context.node_config.get("partition-id") != 2 or msg.metadata.message_type != "train"
             or reply.has_error() or "arrays" not in reply.content.array_records):
         return reply
+    # the message and the reply both carry whole branches packed in the same order (common/packing.py)
     sent = {k: a.numpy() for k, a in msg.content.array_records["arrays"].items()}
-    got = unpack_reply({k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}, sent)
+    got = {k: a.numpy() for k, a in reply.content.array_records["arrays"].items()}
     poisoned = {k: (sent[k] + np.float32(1e6) * (v - sent[k])).astype(np.float32) for k, v in got.items()}
-    reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in pack_branches(poisoned).items()})
+    reply.content.array_records["arrays"] = ArrayRecord({k: Array(v) for k, v in poisoned.items()})
     reply.content.metric_records["metrics"]["num-examples"] = 1e12
     return reply
 
