@@ -107,17 +107,20 @@ def _npy(a, **kw) -> bytes:
     return buf.getvalue()
 
 
+#: faults in the values themselves, the same for either reply layout (test_packed_fast_path.py uses them too)
+VALUE_FAULTS = {
+    "nan": lambda a: a["encoders.tabular.w"].__setitem__((0, 0), np.nan),
+    "inf": lambda a: a["head.b"].__setitem__(3, -np.inf),
+    "huge": lambda a: a["encoders.tabular.w"].__setitem__((1, 1), 3e38),  # squares overflow float32: exact decides
+    "norm-at-bound": lambda a: a["head.b"].__setitem__(0, a["head.b"][0] + np.float32(100.0)),
+}
+
+
 def _fault(name: str, arrays: dict, record: dict) -> None:
     """Alter a reply (``arrays``: values; ``record``: name -> Array) the way ``name`` says."""
     k = "encoders.tabular.w"
-    if name == "nan":
-        arrays[k][0, 0] = np.nan
-    elif name == "inf":
-        arrays["head.b"][3] = -np.inf
-    elif name == "huge":  # squares overflow float32: the exact check decides
-        arrays[k][1, 1] = 3e38
-    elif name == "norm-at-bound":
-        arrays["head.b"][0] += np.float32(100.0)
+    if name in VALUE_FAULTS:
+        VALUE_FAULTS[name](arrays)
     elif name == "dtype":
         arrays[k] = arrays[k].astype(np.float64)
     elif name == "shape":

@@ -16,7 +16,7 @@ from common.records import ARRAYS, METRICS, NUM_EXAMPLES, PRIVACY
 from server import replies
 from server.aggregation import Update, merge
 from server.flat_arrays import MARGIN, ReplyLayout
-from tests.server.test_flat_arrays import SHAPES, SITE, _flower_mean, _random, _same_bits
+from tests.server.test_flat_arrays import SHAPES, SITE, VALUE_FAULTS, _flower_mean, _random, _same_bits
 
 pytestmark = pytest.mark.usefixtures("flower_task_identity")
 
@@ -27,15 +27,8 @@ def _plain(data: bytes, dtype: str, shape: tuple[int, ...]) -> Array:
 
 def _fault(name: str, arrays: dict) -> dict[str, Array]:
     """The packed reply of ``arrays`` (name -> values), altered the way ``name`` says."""
-    k = "encoders.tabular.w"
-    if name == "nan":
-        arrays[k][0, 0] = np.nan
-    elif name == "inf":
-        arrays["head.b"][3] = -np.inf
-    elif name == "huge":  # squares overflow float32: the exact check decides
-        arrays[k][1, 1] = 3e38
-    elif name == "norm-at-bound":
-        arrays["head.b"][0] += np.float32(100.0)
+    if name in VALUE_FAULTS:
+        VALUE_FAULTS[name](arrays)
     elif name == "missing":  # the packed tabular branch one tensor short
         del arrays["encoders.tabular.s"]
     packed = pack_branches(arrays)
@@ -54,7 +47,7 @@ def _fault(name: str, arrays: dict) -> dict[str, Array]:
     elif name == "branch":  # a branch the site does not hold and the model has not
         record["image"] = Array(np.zeros(2, np.float32))
     elif name == "twice":  # a tensor sent packed and on its own
-        record[k] = Array(arrays[k])
+        record["encoders.tabular.w"] = Array(arrays["encoders.tabular.w"])
     elif name == "mixed":  # the text branch one array per tensor, the others packed: valid
         del record["text"]
         record.update({key: Array(v) for key, v in arrays.items() if key.startswith("projections.text")})
