@@ -95,3 +95,18 @@ def make_config() -> Callable[..., FusionConfig]:
 @pytest.fixture(scope="session")
 def make_batch() -> Callable[..., Batch]:
     return random_batch
+
+
+def make_private_sgd(engine, model: torch.nn.Module, mode: str, *, clip: float, noise: float, rows: int = 8,
+                     batch: int = 8, generator: torch.Generator | None = None):
+    """``engine.make_private`` of SGD (momentum 0.9) over ``model``'s trainable tensors, fixed batches of ``batch``
+    rows, cross-entropy; returns ``(module, optimizer, criterion)`` (ghost and fused modes return a criterion)."""
+    from torch.utils.data import DataLoader
+
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    made = engine.make_private(
+        module=model, optimizer=opt, data_loader=DataLoader(Rows(rows), batch_size=batch), noise_multiplier=noise,
+        max_grad_norm=clip, poisson_sampling=False, grad_sample_mode=mode, criterion=torch.nn.CrossEntropyLoss(),
+        noise_generator=generator)
+    assert len(made) == 4  # module, optimizer, criterion, loader
+    return made[0], made[1], made[2]

@@ -19,14 +19,13 @@ import pytest
 import torch
 from opacus import PrivacyEngine as OpacusEngine
 from torch import nn
-from torch.utils.data import DataLoader
 
 from common.models import FusionModel
 from common.models.dp_optimizers import CloningFastGradientClipping, PrivacyEngine
 from common.models.fused_dp import FUSED, FusedLinearGradSampleModule, unsupported_parameters
 from common.models.grad_sample import FUSION_SUPPORT, GRAD_SAMPLE_MODES, grad_sample_mode
 from common.models.params import freeze_branches
-from tests.common.models.conftest import Rows, random_batch, small_config
+from tests.common.models.conftest import make_private_sgd, random_batch, small_config
 from tests.common.models.test_grad_sample_modes import batch_for, config_for, dp_gradient, per_sample_gradients
 
 pytestmark = [
@@ -37,19 +36,8 @@ pytestmark = [
 FUSED_KINDS = sorted(kind for kind, mode in GRAD_SAMPLE_MODES.items() if mode == FUSED)
 
 
-def _make_private(engine, model: nn.Module, mode: str, *, clip: float, noise: float, rows: int = 8, batch: int = 8,
-                  generator: torch.Generator | None = None):
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
-    made = engine.make_private(
-        module=model, optimizer=opt, data_loader=DataLoader(Rows(rows), batch_size=batch), noise_multiplier=noise,
-        max_grad_norm=clip, poisson_sampling=False, grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(),
-        noise_generator=generator)
-    assert len(made) == 4  # module, optimizer, criterion, loader: as ghost
-    return made[0], made[1], made[2]
-
-
 def _fused_gradient(model: nn.Module, x, present, y, *, clip: float) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    dp_model, dp_opt, criterion = _make_private(PrivacyEngine(accountant="prv"), model, FUSED, clip=clip, noise=0.0,
+    dp_model, dp_opt, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model, FUSED, clip=clip, noise=0.0,
                                                 rows=len(y), batch=len(y))
     dp_opt.zero_grad(set_to_none=True)
     criterion(dp_model(x, present), y).backward()
@@ -88,7 +76,7 @@ def _steps(engine_class: type, mode: str, batches, *, noise: float, noise_seed: 
     torch.manual_seed(0)
     model = FusionModel(small_config("attention", modalities=("tabular", "text"), text_kind="minilm-frozen")).train()
     engine = engine_class(accountant="prv")
-    dp_model, dp_opt, criterion = _make_private(engine, model, mode, clip=0.5, noise=noise,
+    dp_model, dp_opt, criterion = make_private_sgd(engine, model, mode, clip=0.5, noise=noise,
                                                 generator=torch.Generator().manual_seed(noise_seed))
     for (x, present), y in batches:
         dp_opt.zero_grad(set_to_none=True)
@@ -126,7 +114,7 @@ def test_fused_steps_with_noise_equal_opacus_ghost_steps() -> None:
 def test_an_empty_batch_is_a_noise_only_step() -> None:
     torch.manual_seed(0)
     model = FusionModel(small_config("attention", modalities=("tabular", "text"), text_kind="minilm-frozen")).train()
-    dp_model, dp_opt, criterion = _make_private(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0,
+    dp_model, dp_opt, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0,
                                                 generator=torch.Generator().manual_seed(3))
     x, present = random_batch(model.config, 0)
     dp_opt.zero_grad(set_to_none=True)
@@ -152,7 +140,7 @@ def test_layers_other_than_linear_are_refused_with_their_names() -> None:
     with pytest.raises(NotImplementedError, match=r"only for nn.Linear.*head.log_weights.*grad_sample_mode='ghost'"):
         FusedLinearGradSampleModule(late, max_grad_norm=1.0)
     with pytest.raises(NotImplementedError, match=r"encoders.image.features.0.weight"):
-        _make_private(PrivacyEngine(accountant="prv"), cnn, FUSED, clip=1.0, noise=1.0)
+        make_private_sgd(PrivacyEngine(accountant="prv"), cnn, FUSED, clip=1.0, noise=1.0)
 
 
 def test_per_layer_clipping_and_tied_layers_are_refused() -> None:
@@ -181,7 +169,7 @@ def test_a_backward_without_a_training_forward_is_refused() -> None:
     """In eval mode nothing is captured: the step would silently be noise only."""
     torch.manual_seed(0)
     model = FusionModel(small_config("attention", modalities=("tabular",))).train()
-    dp_model, _, criterion = _make_private(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0)
+    dp_model, _, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0)
     x, present = random_batch(model.config, 4)
     dp_model.eval()
     with pytest.raises(ValueError, match="call model.train"):
@@ -191,7 +179,7 @@ def test_a_backward_without_a_training_forward_is_refused() -> None:
 def test_a_second_backward_without_a_step_is_refused_under_poisson_sampling() -> None:
     torch.manual_seed(0)
     model = FusionModel(small_config("attention", modalities=("tabular",))).train()
-    dp_model, _, criterion = _make_private(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0)
+    dp_model, _, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model, FUSED, clip=1.0, noise=1.0)
     dp_model.forbid_grad_accumulation()  # as client/train.py does
     (x, present), y = random_batch(model.config, 4), torch.zeros(4, dtype=torch.long)
     criterion(dp_model(x, present), y).backward()
@@ -208,7 +196,7 @@ def test_the_registered_mode_wraps_every_fusion(kind: str, fusion: str) -> None:
     mode = grad_sample_mode(config)
     fusions, otherwise = FUSION_SUPPORT[FUSED]
     assert mode == (FUSED if fusion in fusions else otherwise)
-    _make_private(PrivacyEngine(accountant="prv"), FusionModel(config).train(), mode, clip=1.0, noise=1.0)
+    make_private_sgd(PrivacyEngine(accountant="prv"), FusionModel(config).train(), mode, clip=1.0, noise=1.0)
 
 
 def test_fused_equals_ghost_with_dropout_and_a_frozen_branch() -> None:
@@ -220,7 +208,7 @@ def test_fused_equals_ghost_with_dropout_and_a_frozen_branch() -> None:
         torch.manual_seed(0)
         model = FusionModel(config).train()
         freeze_branches(model, ("text",))
-        dp_model, dp_opt, criterion = _make_private(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0)
+        dp_model, dp_opt, criterion = make_private_sgd(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0)
         torch.manual_seed(1)  # the dropout masks
         dp_opt.zero_grad(set_to_none=True)
         criterion(dp_model(x, present), y).backward()

@@ -19,13 +19,12 @@ import torch
 from opacus import PrivacyEngine as OpacusEngine
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 
 from common.models import FusionModel
 from common.models.dp_optimizers import PrivacyEngine
 from common.models.fused_dp import FUSED, FusedLinearGradSampleModule
 from common.models.grad_sample import prepare_opacus
-from tests.common.models.conftest import Rows, random_batch, small_config
+from tests.common.models.conftest import make_private_sgd, random_batch, small_config
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:Full backward hook is firing"),
@@ -83,18 +82,9 @@ def _reference(model: nn.Module, ids: torch.Tensor, y: torch.Tensor) -> dict[str
     return {n: torch.stack(v) for n, v in out.items()}
 
 
-def _private(engine, model: nn.Module, mode: str, *, clip: float, noise: float, batch: int,
-             generator: torch.Generator | None = None):
-    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
-    made = engine.make_private(module=model, optimizer=opt, data_loader=DataLoader(Rows(batch), batch_size=batch),
-                               noise_multiplier=noise, max_grad_norm=clip, poisson_sampling=False,
-                               grad_sample_mode=mode, criterion=nn.CrossEntropyLoss(), noise_generator=generator)
-    return made[0], made[1], made[2]
-
-
 def _clipped(engine, model: nn.Module, mode: str, ids, y, *, clip: float) -> dict[str, torch.Tensor]:
     """p.grad after the DP optimizer's pre_step, noise 0: the clipped sum over the batch size."""
-    dp_model, dp_opt, criterion = _private(engine, model, mode, clip=clip, noise=0.0, batch=len(y))
+    dp_model, dp_opt, criterion = make_private_sgd(engine, model, mode, clip=clip, noise=0.0, rows=len(y), batch=len(y))
     dp_opt.zero_grad(set_to_none=True)
     criterion(dp_model(ids), y).backward()
     assert dp_opt.pre_step()
@@ -160,8 +150,8 @@ def test_a_padding_row_gets_exactly_zero_before_noise() -> None:
     unpadded = copy.deepcopy(model)
     unpadded.word.padding_idx = None
     assert torch.count_nonzero(_reference(unpadded, ids, y)["word.weight"][:, 0]) > 0  # the padding tokens' share
-    dp_model, dp_opt, criterion = _private(PrivacyEngine(accountant="prv"), model, FUSED, clip=0.1, noise=1.0,
-                                           batch=len(y))
+    dp_model, dp_opt, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model, FUSED, clip=0.1, noise=1.0,
+                                                   rows=len(y), batch=len(y))
     dp_opt.zero_grad(set_to_none=True)
     criterion(dp_model(ids), y).backward()
     grad = model.word.weight.grad
@@ -174,7 +164,7 @@ def _steps(engine_class: type, mode: str, *, noise: float, sizes=(8, 5, 0, 8)) -
     torch.manual_seed(0)
     model = TinyText().train()
     engine = engine_class(accountant="prv")
-    dp_model, dp_opt, criterion = _private(engine, model, mode, clip=0.5, noise=noise, batch=8,
+    dp_model, dp_opt, criterion = make_private_sgd(engine, model, mode, clip=0.5, noise=noise, rows=8, batch=8,
                                            generator=torch.Generator().manual_seed(7))
     for seed, size in enumerate(sizes):
         ids, y = _batch(size, seed=seed)
@@ -201,8 +191,8 @@ def test_an_empty_batch_leaves_zero_gradients(kind: str) -> None:
     torch.manual_seed(0)
     text_model = FusionModel(small_config("attention", modalities=("tabular", "text"))) if kind == "tiny-bert" else None
     model = text_model or TinyText()
-    dp_model, dp_opt, criterion = _private(PrivacyEngine(accountant="prv"), model.train(), FUSED, clip=1.0, noise=1.0,
-                                           batch=8)
+    dp_model, dp_opt, criterion = make_private_sgd(PrivacyEngine(accountant="prv"), model.train(), FUSED, clip=1.0,
+                                                   noise=1.0, rows=8, batch=8)
     inputs = (_batch(0)[0],) if kind == "tiny-text" else random_batch(model.config, 0)
     dp_opt.zero_grad(set_to_none=True)
     criterion(dp_model(*inputs), torch.zeros(0, dtype=torch.long)).backward()
@@ -235,7 +225,8 @@ def test_tiny_bert_with_dropout_equals_opacus_ghost() -> None:
     for engine, mode in ((OpacusEngine, "ghost"), (PrivacyEngine, FUSED)):
         torch.manual_seed(0)
         model = FusionModel(config).train()
-        dp_model, dp_opt, criterion = _private(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0, batch=8)
+        dp_model, dp_opt, criterion = make_private_sgd(engine(accountant="prv"), model, mode, clip=0.05, noise=0.0,
+                                                       rows=8, batch=8)
         torch.manual_seed(1)  # the dropout masks
         dp_opt.zero_grad(set_to_none=True)
         criterion(dp_model(x, present), y).backward()
